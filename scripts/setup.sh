@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything secvma needs on a fresh Debian machine, build the guest code, fetch fixtures.
+# Idempotent: a second run only checks. Run as root (apt-get) or with the packages already present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(qemu-system-arm device-tree-compiler gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
+          cpio xz-utils zstd)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import secvma, pytest, hypothesis, mypy, ruff' 2>/dev/null \
+   || [ pyproject.toml -nt "$("$PY" -c 'import secvma,os;print(os.path.dirname(secvma.__file__))' 2>/dev/null || echo /nonexistent)" ]; then
+  echo "setup: installing the secvma package and its pinned dependencies"
+  "$PY" -m pip install -q --disable-pip-version-check -e '.[dev]'
+fi
+
+echo "setup: building guest code"
+"$PY" -m secvma.cli build >/dev/null
+
+if [ "${SECVMA_NO_FIXTURES:-0}" != 1 ]; then
+  echo "setup: fetching Debian fixtures (cached)"
+  "$PY" -m secvma.cli fixtures fetch || echo "setup: Debian fixtures unavailable; tests that need them will skip"
+fi

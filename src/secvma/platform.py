@@ -1,0 +1,245 @@
+"""The Platform seam: what a hypervisor sees of the machine, and the events it receives.
+
+kpcore (and any other hypervisor, such as `secvma.machine.null.NullHypervisor`) is written
+against these protocols only. The QEMU mailbox server (`secvma.machine.mailbox`) implements
+them for real AArch64 code; `tests/fakes.py` implements them over a bytearray so that policy
+tests run in milliseconds.
+
+Flow of one trap::
+
+    guest traps to EL2 -> trampoline saves state to the CPU's mailbox -> MailboxServer decodes
+    it into an Event -> hypervisor.handle(cpu, event) reads/writes guest memory through
+    `Platform`, edits registers through `Vcpu`, queues EL2 commands (MSR, TLBI, stage-2 setup,
+    abort injection) -> the trampoline runs the commands, reloads registers, ERETs.
+
+An event handler must leave the vCPU able to continue: advance the PC past the trapping
+instruction (`Vcpu.skip`), inject an abort, or leave ELR alone to retry the instruction
+(only after changing what made it fault, otherwise the guest loops).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NewType, Protocol, runtime_checkable
+
+PhysAddr = NewType("PhysAddr", int)
+"""A guest physical address (host IPA == PA in this design: stage 2 is an identity map)."""
+
+VirtAddr = NewType("VirtAddr", int)
+"""A guest virtual address (stage-1 input)."""
+
+
+class SysReg(enum.IntEnum):
+    """EL1 system registers the trampoline can write for the hypervisor (its MSR table index)."""
+
+    SCTLR_EL1 = 0
+    TTBR0_EL1 = 1
+    TTBR1_EL1 = 2
+    TCR_EL1 = 3
+    MAIR_EL1 = 4
+    AMAIR_EL1 = 5
+    CONTEXTIDR_EL1 = 6
+    ESR_EL1 = 7
+    FAR_EL1 = 8
+    AFSR0_EL1 = 9
+    AFSR1_EL1 = 10
+    ELR_EL1 = 11
+    SPSR_EL1 = 12
+    VBAR_EL1 = 13
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CpuStart:
+    """A vCPU entered the trampoline (boot CPU at reset, secondaries after PSCI CPU_ON).
+
+    `entry` is where the vCPU will start at EL1 unless the hypervisor changes ELR.
+    """
+
+    entry: int
+    context: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hvc:
+    """HVC #imm from EL1 (or EL0, which is UNDEFINED architecturally and never arrives)."""
+
+    imm: int
+    x: tuple[int, int, int, int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Smc:
+    """SMC #imm trapped by HCR_EL2.TSC (PSCI calls). ELR points at the SMC itself."""
+
+    imm: int
+    x: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage2Abort:
+    """A stage-2 data or instruction abort (EC 0x24 / 0x20, lower EL).
+
+    `ipa` is HPFAR_EL2.FIPA << 12 | FAR_EL2[11:0]; `far` the faulting VA. `from_el0` says
+    which exception level was running. `s1ptw` is set when the fault happened while the MMU
+    walked stage-1 tables (the table page itself is not readable at stage 2).
+    """
+
+    esr: int
+    far: int
+    ipa: PhysAddr
+    is_fetch: bool
+    is_write: bool
+    from_el0: bool
+    s1ptw: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SysregTrap:
+    """MSR/MRS trapped to EL2 (EC 0x18), e.g. by HCR_EL2.TVM/TRVM.
+
+    `encoding` is (op0, op1, CRn, CRm, op2); `reg` names it when it is one the trampoline can
+    write (else None); `value` is x[rt] for a write (0 when rt is XZR).
+    """
+
+    encoding: tuple[int, int, int, int, int]
+    reg: SysReg | None
+    is_write: bool
+    rt: int
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class OtherTrap:
+    """Any other synchronous exception from a lower EL that reached EL2 (EC not handled above)."""
+
+    esr: int
+    far: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unexpected:
+    """An exception the trampoline never expects (IRQ/FIQ/SError to EL2, current-EL sync)."""
+
+    vector: int
+    esr: int
+    far: int
+
+
+Event = CpuStart | Hvc | Smc | Stage2Abort | SysregTrap | OtherTrap | Unexpected
+
+
+# --- what the hypervisor sees ---------------------------------------------------------------
+
+
+class Vcpu(Protocol):
+    """One virtual CPU stopped in EL2 while its event is handled."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def elr(self) -> int:
+        """Address of the trapping instruction (or the next one, for HVC)."""
+        ...
+
+    @property
+    def spsr(self) -> int: ...
+
+    @property
+    def esr(self) -> int: ...
+
+    def x(self, n: int) -> int:
+        """General-purpose register n (0..30); n == 31 reads as zero (XZR)."""
+        ...
+
+    def set_x(self, n: int, value: int) -> None:
+        """Set x[n] on return to the guest; writes to n == 31 (XZR) are ignored."""
+        ...
+
+    def set_elr(self, value: int) -> None: ...
+
+    def set_spsr(self, value: int) -> None: ...
+
+    def skip(self) -> None:
+        """Resume after the trapping instruction (ELR += 4)."""
+        ...
+
+    def write_sysreg(self, reg: SysReg, value: int) -> None:
+        """Queue an EL1 system-register write on this CPU (done before ERET)."""
+        ...
+
+    def read_sysreg(self, reg: SysReg) -> int:
+        """Last value the hypervisor wrote or saw written to `reg` on this CPU (shadow)."""
+        ...
+
+    def set_stage2(self, vttbr: int, vtcr: int, hcr: int) -> None:
+        """Queue VTCR_EL2, VTTBR_EL2 and HCR_EL2 writes on this CPU, then a full TLB flush."""
+        ...
+
+    def inject_abort(self, esr: int, far: int) -> None:
+        """Deliver a synchronous exception to EL1 (via VBAR_EL1) instead of resuming at ELR."""
+        ...
+
+
+class Platform(Protocol):
+    """The machine as the hypervisor sees it: guest-physical memory and TLB maintenance."""
+
+    @property
+    def ram_base(self) -> PhysAddr: ...
+
+    @property
+    def ram_size(self) -> int: ...
+
+    @property
+    def hyp_base(self) -> PhysAddr:
+        """Start of the memory reserved for the hypervisor (stage-2 tables live here)."""
+        ...
+
+    @property
+    def hyp_size(self) -> int: ...
+
+    @property
+    def ncpus(self) -> int: ...
+
+    def read(self, pa: PhysAddr, size: int) -> bytes:
+        """Read guest RAM; raises `GuestMemoryError` outside RAM."""
+        ...
+
+    def write(self, pa: PhysAddr, data: bytes) -> None:
+        """Write guest RAM; raises `GuestMemoryError` outside RAM."""
+        ...
+
+    def read_u64(self, pa: PhysAddr) -> int: ...
+
+    def write_u64(self, pa: PhysAddr, value: int) -> None: ...
+
+    def flush_tlb_all(self, cpu: Vcpu) -> None:
+        """TLBI VMALLS12E1IS (all stage-1 and stage-2 entries of the VMID, all CPUs)."""
+        ...
+
+    def flush_tlb_ipa(self, cpu: Vcpu, ipa: PhysAddr) -> None:
+        """TLBI IPAS2E1IS for one page, then VMALLE1IS (stage-1 entries built on it)."""
+        ...
+
+    def flush_code(self, cpu: Vcpu, pa: PhysAddr, size: int) -> None:
+        """Make code written by the hypervisor into guest RAM visible to instruction fetch."""
+        ...
+
+    def halt(self, reason: str) -> None:
+        """Stop the machine: the run ends with `reason` as a hypervisor halt."""
+        ...
+
+
+@runtime_checkable
+class Hypervisor(Protocol):
+    """An EL2 policy. `handle` is called once per event, on the CPU that raised it."""
+
+    def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None: ...
+
+
+class GuestMemoryError(ValueError):
+    """A guest-physical access outside RAM (a guest-controlled address was bad)."""
