@@ -1,0 +1,7 @@
+"""Fixture commands: fetch the pinned Debian arm64 kernel, modules and Module.symvers."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []
