@@ -184,6 +184,10 @@ class Vcpu(Protocol):
         """Deliver a synchronous exception to EL1 (via VBAR_EL1) instead of resuming at ELR."""
         ...
 
+    def smc_passthrough(self) -> None:
+        """Forward a trapped SMC (PSCI) to the firmware and resume after it."""
+        ...
+
 
 class Platform(Protocol):
     """The machine as the hypervisor sees it: guest-physical memory and TLB maintenance."""

@@ -1,0 +1,391 @@
+// secvma EL2 trampoline: every EL2 event is forwarded to the Python hypervisor through a
+// per-CPU mailbox page in guest RAM (shared with the host as a file), and the commands Python
+// writes back are carried out before returning to EL1/EL0.
+//
+// Entered by QEMU at EL2h (virt, virtualization=on, raw -kernel) with x0 = DTB on the boot CPU,
+// and by PSCI CPU_ON (entry redirected here by Python) with x0 = context id on secondaries.
+// All addresses and offsets come from layout.inc, generated from secvma/machine/layout.py.
+#include "layout.inc"
+
+    .text
+    .globl _start
+_start:
+    mov     x19, x0                     // DTB (boot CPU) or PSCI context id
+    mrs     x1, mpidr_el1
+    and     x1, x1, #0xff               // Aff0 = cpu index
+    cmp     x1, #MAX_CPUS
+    b.hs    park
+    ldr     x2, =MBOX_BASE
+    add     x2, x2, x1, lsl #12
+    mov     sp, x2                      // SP_EL2 = this CPU's mailbox page
+    adr     x1, vectors
+    msr     vbar_el2, x1
+    mov     x1, #3                      // CNTHCTL_EL2: EL1PCTEN | EL1PCEN
+    msr     cnthctl_el2, x1
+    msr     cntvoff_el2, xzr
+    mrs     x1, midr_el1
+    msr     vpidr_el2, x1
+    mrs     x1, mpidr_el1
+    msr     vmpidr_el2, x1
+    str     x1, [sp, #MB_MPIDR]
+    mrs     x1, cntfrq_el0
+    str     x1, [sp, #MB_CNTFRQ]
+    mov     x1, #0x32ff                 // CPTR_EL2: RES1 bits, no FP/SIMD/SVE trap
+    msr     cptr_el2, x1
+    msr     hstr_el2, xzr
+    mrs     x1, pmcr_el0
+    ubfx    x1, x1, #11, #5             // MDCR_EL2.HPMN = PMCR_EL0.N
+    msr     mdcr_el2, x1
+    ldr     x1, =0x30d00800             // SCTLR_EL1: RES1 bits, MMU and caches off
+    msr     sctlr_el1, x1
+    ldr     x1, =(1 << 31)              // HCR_EL2.RW: EL1 is AArch64; Python sets the rest
+    msr     hcr_el2, x1
+    isb
+    str     xzr, [sp, #MB_TOT]
+    str     xzr, [sp, #MB_NTR]
+    str     xzr, [sp, #MB_SEQ]
+    str     xzr, [sp, #MB_FAST]
+    str     wzr, [sp, #MB_FASTTAB]      // empty fast-path table
+    // boot frame: x0 = DTB / context id, x1..x30 = 0, EL1h with DAIF masked
+    add     x2, sp, #MB_X
+    str     x19, [x2], #8
+    mov     x3, #30
+1:  str     xzr, [x2], #8
+    subs    x3, x3, #1
+    b.ne    1b
+    ldr     x1, =KERNEL_BASE
+    str     x1, [sp, #MB_ELR]
+    mov     x1, #SPSR_EL1H_MASKED
+    str     x1, [sp, #MB_SPSR]
+    str     xzr, [sp, #MB_ESR]
+    str     xzr, [sp, #MB_FAR]
+    str     xzr, [sp, #MB_HPFAR]
+    mov     w1, #KIND_HELLO
+    str     w1, [sp, #MB_KIND]
+    mrs     x0, cntpct_el0
+    str     x0, [sp, #MB_TENT]
+    b       post_wait
+
+// ---- synchronous exception from EL1/EL0 ------------------------------------------------
+lower_sync:                             // x0, x1 already saved by the vector
+    mrs     x0, cntpct_el0
+    str     x0, [sp, #MB_TENT]
+    stp     x2, x3, [sp, #MB_X + 16]
+    stp     x4, x5, [sp, #MB_X + 32]
+    stp     x6, x7, [sp, #MB_X + 48]
+    stp     x8, x9, [sp, #MB_X + 64]
+    stp     x10, x11, [sp, #MB_X + 80]
+    stp     x12, x13, [sp, #MB_X + 96]
+    stp     x14, x15, [sp, #MB_X + 112]
+    stp     x16, x17, [sp, #MB_X + 128]
+    stp     x18, x19, [sp, #MB_X + 144]
+    stp     x20, x21, [sp, #MB_X + 160]
+    stp     x22, x23, [sp, #MB_X + 176]
+    stp     x24, x25, [sp, #MB_X + 192]
+    stp     x26, x27, [sp, #MB_X + 208]
+    stp     x28, x29, [sp, #MB_X + 224]
+    str     x30, [sp, #MB_X + 240]
+    mrs     x0, esr_el2
+    str     x0, [sp, #MB_ESR]
+    mrs     x1, elr_el2
+    str     x1, [sp, #MB_ELR]
+    mrs     x1, spsr_el2
+    str     x1, [sp, #MB_SPSR]
+    ldr     x1, [sp, #MB_NTR]
+    add     x1, x1, #1
+    str     x1, [sp, #MB_NTR]
+    // fast path: an MSR (EC 0x18, direction write) whose ISS key is in the table
+    lsr     x1, x0, #26
+    cmp     x1, #0x18
+    b.ne    slow_path
+    tbnz    x0, #0, slow_path           // MRS (read): always to Python
+    and     x2, x0, #0x1ffffff          // ISS
+    and     x2, x2, #~(0x1f << 5)       // key: ISS without Rt
+    add     x3, sp, #MB_FASTTAB
+fast_scan:
+    ldr     w4, [x3]
+    cbz     w4, slow_path
+    cmp     w4, w2
+    b.eq    fast_hit
+    add     x3, x3, #FAST_ENTRY_SIZE
+    b       fast_scan
+fast_hit:
+    ubfx    x5, x0, #5, #5              // Rt
+    mov     x2, xzr
+    cmp     x5, #31
+    b.eq    1f
+    add     x6, sp, #MB_X
+    ldr     x2, [x6, x5, lsl #3]        // value = x[Rt]
+1:  str     x2, [x3, #8]                // last value, for Python's shadow
+    ldr     w1, [x3, #4]                // MSR table index
+    ldr     x4, [sp, #MB_FAST]
+    add     x4, x4, #1
+    str     x4, [sp, #MB_FAST]
+    ldr     x4, [sp, #MB_ELR]
+    add     x4, x4, #4
+    str     x4, [sp, #MB_ELR]
+    adr     x30, restore_eret           // return address for the MSR table
+    b       msr_dispatch
+
+slow_path:
+    mrs     x0, far_el2
+    str     x0, [sp, #MB_FAR]
+    mrs     x0, hpfar_el2
+    str     x0, [sp, #MB_HPFAR]
+    bl      save_el1
+    mov     w0, #KIND_TRAP
+    str     w0, [sp, #MB_KIND]
+
+post_wait:
+    ldr     x0, [sp, #MB_SEQ]
+    add     x0, x0, #1
+    str     x0, [sp, #MB_SEQ]
+    str     xzr, [sp, #MB_CMDS]         // Python must write at least the terminator
+    dmb     sy
+    mov     w0, #STATE_REQUEST
+    str     w0, [sp, #MB_STATE]         // request posted
+2:  ldr     w0, [sp, #MB_STATE]         // spin until Python answers
+    cmp     w0, #STATE_RESPONSE
+    b.ne    2b
+    dmb     sy
+    add     x20, sp, #MB_CMDS
+    mov     x21, #MAX_CMDS
+cmd_loop:
+    cbz     x21, cmds_done
+    sub     x21, x21, #1
+    ldp     x0, x1, [x20]
+    ldr     x2, [x20, #16]
+    add     x20, x20, #CMD_SIZE
+    cbz     x0, cmds_done
+    cmp     x0, #OP_MSR
+    b.eq    do_msr
+    cmp     x0, #OP_TLBI_ALL
+    b.eq    do_tlbi_all
+    cmp     x0, #OP_VTTBR
+    b.eq    do_vttbr
+    cmp     x0, #OP_HCR
+    b.eq    do_hcr
+    cmp     x0, #OP_VTCR
+    b.eq    do_vtcr
+    cmp     x0, #OP_TLBI_IPA
+    b.eq    do_tlbi_ipa
+    cmp     x0, #OP_CPTR
+    b.eq    do_cptr
+    cmp     x0, #OP_SMC
+    b.eq    do_smc
+    cmp     x0, #OP_IC_IALLU
+    b.eq    do_ic
+    cmp     x0, #OP_INJECT
+    b.eq    do_inject
+    cmp     x0, #OP_HALT
+    b.eq    park
+    b       cmd_loop                    // unknown op: ignored (Python validates its own)
+
+do_msr:
+    mov     w1, w1
+    adr     x30, cmd_loop
+msr_dispatch:                           // x1 = SysReg index, x2 = value, returns to x30
+    cmp     x1, #MSR_COUNT
+    b.hs    1f
+    adr     x3, msr_table
+    add     x3, x3, x1, lsl #3
+    br      x3
+1:  ret
+msr_table:
+    msr     sctlr_el1, x2       // 0
+    b       msr_done
+    msr     ttbr0_el1, x2       // 1
+    b       msr_done
+    msr     ttbr1_el1, x2       // 2
+    b       msr_done
+    msr     tcr_el1, x2         // 3
+    b       msr_done
+    msr     mair_el1, x2        // 4
+    b       msr_done
+    msr     amair_el1, x2       // 5
+    b       msr_done
+    msr     contextidr_el1, x2  // 6
+    b       msr_done
+    msr     esr_el1, x2         // 7
+    b       msr_done
+    msr     far_el1, x2         // 8
+    b       msr_done
+    msr     afsr0_el1, x2       // 9
+    b       msr_done
+    msr     afsr1_el1, x2       // 10
+    b       msr_done
+    msr     elr_el1, x2         // 11
+    b       msr_done
+    msr     spsr_el1, x2        // 12
+    b       msr_done
+    msr     vbar_el1, x2        // 13
+    b       msr_done
+    .equ MSR_COUNT, 14
+msr_done:
+    isb
+    ret
+
+do_tlbi_all:
+    dsb     ishst
+    tlbi    vmalls12e1is
+    dsb     ish
+    isb
+    b       cmd_loop
+do_vttbr:
+    msr     vttbr_el2, x1
+    isb
+    b       cmd_loop
+do_hcr:
+    msr     hcr_el2, x1
+    isb
+    b       cmd_loop
+do_vtcr:
+    msr     vtcr_el2, x1
+    isb
+    b       cmd_loop
+do_tlbi_ipa:                            // x1 = IPA
+    lsr     x1, x1, #12
+    dsb     ishst
+    tlbi    ipas2e1is, x1
+    dsb     ish
+    tlbi    vmalle1is
+    dsb     ish
+    isb
+    b       cmd_loop
+do_cptr:
+    msr     cptr_el2, x1
+    isb
+    b       cmd_loop
+do_smc:                                 // the guest's (possibly rewritten) PSCI call, from EL2
+    ldp     x0, x1, [sp, #MB_X]
+    ldp     x2, x3, [sp, #MB_X + 16]
+    smc     #0
+    stp     x0, x1, [sp, #MB_X]
+    stp     x2, x3, [sp, #MB_X + 16]
+    b       cmd_loop
+do_ic:
+    dsb     ish
+    ic      ialluis
+    dsb     ish
+    isb
+    b       cmd_loop
+do_inject:                              // synchronous exception to EL1: a = ESR, b = FAR
+    msr     esr_el1, x1
+    msr     far_el1, x2
+    ldr     x3, [sp, #MB_ELR]
+    msr     elr_el1, x3
+    ldr     x3, [sp, #MB_SPSR]
+    msr     spsr_el1, x3
+    mrs     x4, vbar_el1
+    and     x5, x3, #0xf                // SPSR.M[3:0] of the interrupted context
+    cmp     x5, #5                      // EL1h: current EL with SP_ELx
+    b.eq    1f
+    cmp     x5, #4                      // EL1t: current EL with SP_EL0
+    b.eq    2f
+    add     x4, x4, #0x400              // EL0 (AArch64): lower EL
+    b       2f
+1:  add     x4, x4, #0x200
+2:  str     x4, [sp, #MB_ELR]
+    mov     x3, #SPSR_EL1H_MASKED
+    str     x3, [sp, #MB_SPSR]
+    b       cmd_loop
+
+cmds_done:
+    str     wzr, [sp, #MB_STATE]
+    mrs     x0, cntpct_el0
+    ldr     x1, [sp, #MB_TENT]
+    sub     x0, x0, x1
+    str     x0, [sp, #MB_LAST]
+    ldr     x1, [sp, #MB_TOT]
+    add     x1, x1, x0
+    str     x1, [sp, #MB_TOT]
+restore_eret:
+    ldr     x0, [sp, #MB_ELR]
+    msr     elr_el2, x0
+    ldr     x0, [sp, #MB_SPSR]
+    msr     spsr_el2, x0
+    ldp     x2, x3, [sp, #MB_X + 16]
+    ldp     x4, x5, [sp, #MB_X + 32]
+    ldp     x6, x7, [sp, #MB_X + 48]
+    ldp     x8, x9, [sp, #MB_X + 64]
+    ldp     x10, x11, [sp, #MB_X + 80]
+    ldp     x12, x13, [sp, #MB_X + 96]
+    ldp     x14, x15, [sp, #MB_X + 112]
+    ldp     x16, x17, [sp, #MB_X + 128]
+    ldp     x18, x19, [sp, #MB_X + 144]
+    ldp     x20, x21, [sp, #MB_X + 160]
+    ldp     x22, x23, [sp, #MB_X + 176]
+    ldp     x24, x25, [sp, #MB_X + 192]
+    ldp     x26, x27, [sp, #MB_X + 208]
+    ldp     x28, x29, [sp, #MB_X + 224]
+    ldr     x30, [sp, #MB_X + 240]
+    ldp     x0, x1, [sp, #MB_X]
+    eret
+
+save_el1:                               // EL1 context for Python's walks and decoding
+    mrs     x0, sctlr_el1
+    str     x0, [sp, #MB_SCTLR]
+    mrs     x0, ttbr0_el1
+    str     x0, [sp, #MB_TTBR0]
+    mrs     x0, ttbr1_el1
+    str     x0, [sp, #MB_TTBR1]
+    mrs     x0, tcr_el1
+    str     x0, [sp, #MB_TCR]
+    mrs     x0, mair_el1
+    str     x0, [sp, #MB_MAIR]
+    mrs     x0, vbar_el1
+    str     x0, [sp, #MB_VBAR]
+    mrs     x0, sp_el0
+    str     x0, [sp, #MB_SP_EL0]
+    mrs     x0, sp_el1
+    str     x0, [sp, #MB_SP_EL1]
+    ret
+
+unexpected:                             // x1 = vector offset; x0, x1 saved by the vector
+    str     x1, [sp, #MB_VEC]
+    mrs     x0, esr_el2
+    str     x0, [sp, #MB_ESR]
+    mrs     x0, elr_el2
+    str     x0, [sp, #MB_ELR]
+    mrs     x0, far_el2
+    str     x0, [sp, #MB_FAR]
+    mrs     x0, spsr_el2
+    str     x0, [sp, #MB_SPSR]
+    mov     w0, #KIND_UNEXPECTED
+    str     w0, [sp, #MB_KIND]
+    b       post_wait
+
+park:                                   // a halted CPU sleeps here forever
+    msr     daifset, #0xf
+1:  wfi
+    b       1b
+
+    .ltorg
+
+    .macro VEC_UNEXP off
+    .balign 0x80
+    stp     x0, x1, [sp, #MB_X]
+    mov     x1, #\off
+    b       unexpected
+    .endm
+
+    .balign 0x800
+vectors:
+    VEC_UNEXP 0x000                     // current EL, SP_EL0
+    VEC_UNEXP 0x080
+    VEC_UNEXP 0x100
+    VEC_UNEXP 0x180
+    VEC_UNEXP 0x200                     // current EL, SP_ELx
+    VEC_UNEXP 0x280
+    VEC_UNEXP 0x300
+    VEC_UNEXP 0x380
+    .balign 0x80                        // 0x400: lower EL, AArch64, synchronous
+    stp     x0, x1, [sp, #MB_X]
+    b       lower_sync
+    VEC_UNEXP 0x480
+    VEC_UNEXP 0x500
+    VEC_UNEXP 0x580
+    VEC_UNEXP 0x600                     // lower EL, AArch32
+    VEC_UNEXP 0x680
+    VEC_UNEXP 0x700
+    VEC_UNEXP 0x780

@@ -1,0 +1,465 @@
+"""The mailbox server: the Platform implementation on QEMU, and the loop that serves traps.
+
+Each vCPU has a mailbox page (layout.py). The trampoline writes a request and spins; this
+loop sees `state == REQUEST`, decodes the saved syndrome into an `Event`, calls the
+hypervisor, writes the queued commands and `state = RESPONSE`. Register reads and writes go
+straight to the mailbox words through a `memoryview` over the mapped RAM file (zero copy).
+
+The loop busy-polls by default: one host core is burnt while the guest runs, which gives the
+lowest trap latency (see `secvma bench micro`). `spin_us` switches to spin-then-block: after
+that long without a trap the loop sleeps between polls, trading latency for a free core.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from secvma.machine import layout
+from secvma.machine.console import Console
+from secvma.machine.errors import (
+    GuestTimeout,
+    ProtocolError,
+    QemuDied,
+    UnexpectedException,
+)
+from secvma.machine.qemu import QemuProcess
+from secvma.platform import (
+    CpuStart,
+    Event,
+    GuestMemoryError,
+    Hvc,
+    Hypervisor,
+    OtherTrap,
+    PhysAddr,
+    Smc,
+    Stage2Abort,
+    SysReg,
+    SysregTrap,
+    Unexpected,
+)
+
+MASK64 = (1 << 64) - 1
+
+EC_HVC64 = 0x16
+EC_SMC64 = 0x17
+EC_SYS64 = 0x18
+EC_IABT_LOW = 0x20
+EC_DABT_LOW = 0x24
+
+PSCI_CPU_ON = (0xC4000003, 0x84000003)
+
+# (op0, op1, CRn, CRm, op2) of the registers the trampoline can write
+SYSREG_BY_ENCODING: dict[tuple[int, int, int, int, int], SysReg] = {
+    (3, 0, 1, 0, 0): SysReg.SCTLR_EL1,
+    (3, 0, 2, 0, 0): SysReg.TTBR0_EL1,
+    (3, 0, 2, 0, 1): SysReg.TTBR1_EL1,
+    (3, 0, 2, 0, 2): SysReg.TCR_EL1,
+    (3, 0, 10, 2, 0): SysReg.MAIR_EL1,
+    (3, 0, 10, 3, 0): SysReg.AMAIR_EL1,
+    (3, 0, 13, 0, 1): SysReg.CONTEXTIDR_EL1,
+    (3, 0, 5, 2, 0): SysReg.ESR_EL1,
+    (3, 0, 6, 0, 0): SysReg.FAR_EL1,
+    (3, 0, 5, 1, 0): SysReg.AFSR0_EL1,
+    (3, 0, 5, 1, 1): SysReg.AFSR1_EL1,
+    (3, 0, 4, 0, 1): SysReg.ELR_EL1,
+    (3, 0, 4, 0, 0): SysReg.SPSR_EL1,
+    (3, 0, 12, 0, 0): SysReg.VBAR_EL1,
+}
+ENCODING_BY_SYSREG = {v: k for k, v in SYSREG_BY_ENCODING.items()}
+
+_SAVED_EL1 = {
+    SysReg.SCTLR_EL1: layout.MB_SCTLR,
+    SysReg.TTBR0_EL1: layout.MB_TTBR0,
+    SysReg.TTBR1_EL1: layout.MB_TTBR1,
+    SysReg.TCR_EL1: layout.MB_TCR,
+    SysReg.MAIR_EL1: layout.MB_MAIR,
+    SysReg.VBAR_EL1: layout.MB_VBAR,
+}
+
+
+def sysreg_iss_key(reg: SysReg) -> int:
+    """The ISS of an MSR (write) to `reg` with Rt = 0: the trampoline fast-path table key."""
+    op0, op1, crn, crm, op2 = ENCODING_BY_SYSREG[reg]
+    return (op0 << 20) | (op2 << 17) | (op1 << 14) | (crn << 10) | (crm << 1)
+
+
+@dataclass
+class RunResult:
+    """How a run ended and what it cost."""
+
+    exit: str  # "poweroff" | "halt" | "until"
+    reason: str
+    wall_s: float
+    console: str
+    qemu_rc: int | None
+    traps: dict[str, int] = field(default_factory=dict)
+    fast_traps: int = 0
+    trampoline_traps: int = 0
+    roundtrip_us: list[float] = field(default_factory=list)
+    first_seen: dict[str, float] = field(default_factory=dict)
+    cntfrq: int = 0
+
+    def roundtrip_stats(self) -> dict[str, float]:
+        """Median, p99 and count of the trap round trips measured by the trampoline (µs)."""
+        s = sorted(self.roundtrip_us)
+        if not s:
+            return {"n": 0}
+        return {"n": len(s), "median": s[len(s) // 2], "p99": s[min(len(s) - 1, int(len(s) * 0.99))],
+                "min": s[0]}
+
+
+class MailboxCpu:
+    """`platform.Vcpu` for one vCPU stopped in the trampoline."""
+
+    def __init__(self, server: MailboxServer, index: int):
+        self.server = server
+        self._index = index
+        off = layout.mailbox_pa(index) - layout.RAM_BASE
+        self.off = off
+        self.q = server.q
+        self.qx = (off + layout.MB_X) // 8
+        self.q_elr = (off + layout.MB_ELR) // 8
+        self.q_spsr = (off + layout.MB_SPSR) // 8
+        self.q_esr = (off + layout.MB_ESR) // 8
+        self.cmds: list[tuple[int, int, int]] = []
+        self.shadow: dict[SysReg, int] = {}
+        self.pending_entry: int | None = None
+        self.last_rt_valid = False
+        self.started = False
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def elr(self) -> int:
+        return int(self.q[self.q_elr])
+
+    @property
+    def spsr(self) -> int:
+        return int(self.q[self.q_spsr])
+
+    @property
+    def esr(self) -> int:
+        return int(self.q[self.q_esr])
+
+    def x(self, n: int) -> int:
+        if not 0 <= n <= 31:
+            raise ValueError(f"no register x{n}")
+        return 0 if n == 31 else int(self.q[self.qx + n])
+
+    def set_x(self, n: int, value: int) -> None:
+        if not 0 <= n <= 31:
+            raise ValueError(f"no register x{n}")
+        if n != 31:
+            self.q[self.qx + n] = value & MASK64
+
+    def set_elr(self, value: int) -> None:
+        self.q[self.q_elr] = value & MASK64
+
+    def set_spsr(self, value: int) -> None:
+        self.q[self.q_spsr] = value & MASK64
+
+    def skip(self) -> None:
+        self.q[self.q_elr] = (self.q[self.q_elr] + 4) & MASK64
+
+    def write_sysreg(self, reg: SysReg, value: int) -> None:
+        self.cmds.append((layout.OP_MSR, int(reg), value & MASK64))
+        self.shadow[reg] = value & MASK64
+
+    def read_sysreg(self, reg: SysReg) -> int:
+        if reg in self.shadow:
+            return self.shadow[reg]
+        off = _SAVED_EL1.get(reg)
+        return int(self.q[(self.off + off) // 8]) if off is not None else 0
+
+    def el1_saved(self, field_off: int) -> int:
+        """An EL1 register the trampoline saved at this trap (layout.MB_SCTLR ... MB_SP_EL1)."""
+        return int(self.q[(self.off + field_off) // 8])
+
+    def set_stage2(self, vttbr: int, vtcr: int, hcr: int) -> None:
+        self.cmds += [(layout.OP_VTCR, vtcr, 0), (layout.OP_VTTBR, vttbr, 0),
+                      (layout.OP_TLBI_ALL, 0, 0), (layout.OP_HCR, hcr, 0)]
+
+    def inject_abort(self, esr: int, far: int) -> None:
+        self.cmds.append((layout.OP_INJECT, esr & MASK64, far & MASK64))
+
+    def smc_passthrough(self) -> None:
+        """Forward the trapped SMC (PSCI) to the firmware from EL2 and resume after it.
+
+        CPU_ON is redirected through the trampoline: the target CPU starts in EL2 first and
+        then enters the kernel's entry point at EL1 (otherwise it would run the kernel at EL2,
+        outside the hypervisor's control).
+        """
+        fid = self.x(0) & 0xFFFFFFFF
+        if fid in PSCI_CPU_ON:
+            target = self.x(1) & 0xFF
+            if target < self.server.ncpus:
+                self.server.cpus[target].pending_entry = self.x(2)
+                self.set_x(2, layout.TRAMPOLINE_BASE)
+        self.skip()
+        self.cmds.append((layout.OP_SMC, 0, 0))
+
+    def set_fast_path(self, regs: list[SysReg]) -> None:
+        """Let the trampoline perform MSRs to `regs` itself, without a round trip to Python."""
+        if len(regs) > layout.FAST_MAX:
+            raise ValueError(f"at most {layout.FAST_MAX} fast-path registers")
+        mm = self.server.mm
+        base = self.off + layout.MB_FASTTAB
+        for i, reg in enumerate(regs):
+            struct.pack_into("<IIQ", mm, base + i * layout.FAST_ENTRY_SIZE, sysreg_iss_key(reg), int(reg), 0)
+        struct.pack_into("<IIQ", mm, base + len(regs) * layout.FAST_ENTRY_SIZE, 0, 0, 0)
+
+
+class MailboxServer:
+    """`platform.Platform` over a running QEMU, and the trap-serving loop."""
+
+    def __init__(self, qemu: QemuProcess, hypervisor: Hypervisor, *,
+                 spin_us: float | None = None, kernel_entry: int | None = None):
+        if qemu.mm is None:
+            raise ValueError("QEMU must be started with shared RAM before serving mailboxes")
+        self.qemu = qemu
+        self.mm = qemu.mm
+        self.q = memoryview(self.mm).cast("Q")
+        self.u32 = memoryview(self.mm).cast("I")
+        self.hyp = hypervisor
+        self.ncpus = qemu.config.ncpus
+        self.cpus = [MailboxCpu(self, i) for i in range(self.ncpus)]
+        self.spin_us = spin_us
+        self.kernel_entry = kernel_entry if kernel_entry is not None else qemu.config.kernel_addr
+        self.traps: Counter[str] = Counter()
+        self.rt_ticks: list[int] = []
+        self._halt: str | None = None
+        self._current: MailboxCpu | None = None
+
+    # ---- Platform ----------------------------------------------------------------------
+    @property
+    def ram_base(self) -> PhysAddr:
+        return PhysAddr(layout.RAM_BASE)
+
+    @property
+    def ram_size(self) -> int:
+        return self.qemu.ram_size
+
+    @property
+    def hyp_base(self) -> PhysAddr:
+        return PhysAddr(layout.HYP_BASE)
+
+    @property
+    def hyp_size(self) -> int:
+        return layout.HYP_SIZE
+
+    def _off(self, pa: int, size: int) -> int:
+        off = pa - layout.RAM_BASE
+        if size < 0 or off < 0 or off + size > self.qemu.ram_size:
+            raise GuestMemoryError(f"guest-physical range {pa:#x}+{size:#x} is outside RAM")
+        return off
+
+    def read(self, pa: PhysAddr, size: int) -> bytes:
+        off = self._off(pa, size)
+        return self.mm[off:off + size]
+
+    def write(self, pa: PhysAddr, data: bytes) -> None:
+        off = self._off(pa, len(data))
+        self.mm[off:off + len(data)] = data
+
+    def read_u64(self, pa: PhysAddr) -> int:
+        off = self._off(pa, 8)
+        if off & 7:
+            return int.from_bytes(self.mm[off:off + 8], "little")
+        return int(self.q[off >> 3])
+
+    def write_u64(self, pa: PhysAddr, value: int) -> None:
+        off = self._off(pa, 8)
+        if off & 7:
+            self.mm[off:off + 8] = (value & MASK64).to_bytes(8, "little")
+        else:
+            self.q[off >> 3] = value & MASK64
+
+    def _cpu(self, cpu: object) -> MailboxCpu:
+        if not isinstance(cpu, MailboxCpu):
+            raise TypeError("not a vCPU of this machine")
+        return cpu
+
+    def flush_tlb_all(self, cpu: object) -> None:
+        self._cpu(cpu).cmds.append((layout.OP_TLBI_ALL, 0, 0))
+
+    def flush_tlb_ipa(self, cpu: object, ipa: PhysAddr) -> None:
+        self._cpu(cpu).cmds.append((layout.OP_TLBI_IPA, ipa & ~0xFFF, 0))
+
+    def flush_code(self, cpu: object, pa: PhysAddr, size: int) -> None:
+        self._cpu(cpu).cmds.append((layout.OP_IC_IALLU, 0, 0))
+
+    def halt(self, reason: str) -> None:
+        self._halt = reason
+        if self._current is not None:
+            self._current.cmds.append((layout.OP_HALT, 0, 0))
+
+    # ---- decoding ----------------------------------------------------------------------
+    def _event(self, cpu: MailboxCpu) -> Event:
+        q, off = self.q, cpu.off
+        kind = self.u32[(off + layout.MB_KIND) >> 2]
+        if kind == layout.KIND_TRAP:
+            esr = int(q[(off + layout.MB_ESR) >> 3])
+            ec = esr >> 26
+            if ec == EC_SYS64:
+                iss = esr & 0x1FFFFFF
+                enc = ((iss >> 20) & 3, (iss >> 14) & 7, (iss >> 10) & 0xF, (iss >> 1) & 0xF,
+                       (iss >> 17) & 7)
+                rt = (iss >> 5) & 0x1F
+                is_write = not iss & 1
+                value = cpu.x(rt) if is_write else 0
+                return SysregTrap(enc, SYSREG_BY_ENCODING.get(enc), is_write, rt, value)
+            if ec == EC_HVC64:
+                qx = cpu.qx
+                return Hvc(esr & 0xFFFF, (int(q[qx]), int(q[qx + 1]), int(q[qx + 2]), int(q[qx + 3]),
+                                          int(q[qx + 4]), int(q[qx + 5]), int(q[qx + 6]), int(q[qx + 7])))
+            far = int(q[(off + layout.MB_FAR) >> 3])
+            if ec in (EC_DABT_LOW, EC_IABT_LOW):
+                hpfar = int(q[(off + layout.MB_HPFAR) >> 3])
+                ipa = ((hpfar >> 4) << 12) | (far & 0xFFF)
+                iss = esr & 0x1FFFFFF
+                s1ptw = bool(iss & (1 << 7))
+                return Stage2Abort(esr, far, PhysAddr(ipa), ec == EC_IABT_LOW,
+                                   ec == EC_DABT_LOW and bool(iss & (1 << 6)),
+                                   (cpu.spsr & 0xF) == 0, s1ptw)
+            if ec == EC_SMC64:
+                return Smc(esr & 0xFFFF, (cpu.x(0), cpu.x(1), cpu.x(2), cpu.x(3)))
+            return OtherTrap(esr, far)
+        if kind == layout.KIND_HELLO:
+            if cpu.pending_entry is not None:
+                cpu.set_elr(cpu.pending_entry)
+                cpu.pending_entry = None
+            elif cpu.index == 0 and not cpu.started:
+                cpu.set_elr(self.kernel_entry)
+            cpu.started = True
+            cpu.last_rt_valid = False
+            return CpuStart(cpu.elr, cpu.x(0))
+        if kind == layout.KIND_UNEXPECTED:
+            vec = int(q[(off + layout.MB_VEC) >> 3])
+            return Unexpected(vec, cpu.esr, int(q[(off + layout.MB_FAR) >> 3]))
+        raise ProtocolError(f"cpu{cpu.index} mailbox holds unknown request kind {kind}",
+                            last_pc=cpu.elr)
+
+    def _respond(self, cpu: MailboxCpu) -> None:
+        cmds = cpu.cmds
+        if len(cmds) >= layout.MAX_CMDS:
+            raise ProtocolError(f"hypervisor queued {len(cmds)} EL2 commands on cpu{cpu.index}; "
+                                f"the trampoline takes {layout.MAX_CMDS - 1}")
+        base = cpu.off + layout.MB_CMDS
+        mm = self.mm
+        for i, (op, a, b) in enumerate(cmds):
+            struct.pack_into("<QQQ", mm, base + i * layout.CMD_SIZE, op, a, b)
+        struct.pack_into("<Q", mm, base + len(cmds) * layout.CMD_SIZE, layout.OP_END)
+        cmds.clear()
+        self.u32[(cpu.off + layout.MB_STATE) >> 2] = layout.STATE_RESPONSE
+
+    def _serve_one(self, cpu: MailboxCpu) -> None:
+        off = cpu.off
+        if cpu.last_rt_valid:
+            self.rt_ticks.append(int(self.q[(off + layout.MB_LAST) >> 3]))
+        ev = self._event(cpu)
+        if isinstance(ev, Unexpected):
+            self.traps["unexpected"] += 1
+            raise UnexpectedException(
+                f"cpu{cpu.index}: exception at EL2 vector {ev.vector:#x} (ESR {ev.esr:#x}, "
+                f"FAR {ev.far:#x}) - the trampoline never expects it", last_pc=cpu.elr)
+        self.traps[type(ev).__name__] += 1
+        self._current = cpu
+        self.hyp.handle(self, cpu, ev)
+        self._current = None
+        cpu.last_rt_valid = isinstance(ev, CpuStart) is False
+        self._respond(cpu)
+
+    # ---- the loop ----------------------------------------------------------------------
+    def serve(self, console: Console, timeout_s: float,
+              until: Callable[[Console], bool] | None = None,
+              poll_hook: Callable[[MailboxServer], None] | None = None) -> RunResult:
+        """Serve traps until QEMU exits, the hypervisor halts, `until(console)` or the timeout."""
+        qemu = self.qemu
+        t0 = qemu.t_start
+        deadline = t0 + timeout_s
+        states = [(cpu, (cpu.off + layout.MB_STATE) >> 2) for cpu in self.cpus]
+        u32 = self.u32
+        single = states[0] if len(states) == 1 else None
+        spin_s = None if self.spin_us is None else self.spin_us / 1e6
+        last_trap = time.perf_counter()
+        exit_kind, reason = "poweroff", ""
+        while True:
+            n = 0
+            hit: MailboxCpu | None = None
+            if single is not None:
+                c0, s0 = single
+                while n < 2048:
+                    if u32[s0] == 1:
+                        hit = c0
+                        break
+                    n += 1
+            else:
+                while n < 2048 and hit is None:
+                    for c, s in states:
+                        if u32[s] == 1:
+                            hit = c
+                            break
+                    n += 1
+            if hit is not None:
+                self._serve_one(hit)
+                if self._halt is not None:
+                    exit_kind, reason = "halt", self._halt
+                    break
+                if spin_s is not None:
+                    last_trap = time.perf_counter()
+                continue
+            # housekeeping every ~2048 polls
+            now = time.perf_counter()
+            console.poll()
+            if not qemu.alive():
+                break
+            if until is not None and until(console):
+                exit_kind, reason = "until", "stop condition met"
+                break
+            if poll_hook is not None:
+                poll_hook(self)
+                if self._halt is not None:
+                    exit_kind, reason = "halt", self._halt
+                    break
+            if now > deadline:
+                pcs = qemu.last_pcs()
+                raise GuestTimeout(
+                    f"guest still running after {timeout_s:.0f} s; console tail:\n{console.tail()}",
+                    last_pc=pcs[0] if pcs else None)
+            if spin_s is not None and now - last_trap > spin_s:
+                time.sleep(0.0001)
+        return self._finish(console, exit_kind, reason)
+
+    def _finish(self, console: Console, exit_kind: str, reason: str) -> RunResult:
+        qemu = self.qemu
+        wall = time.perf_counter() - qemu.t_start
+        cntfrq = int(self.q[(self.cpus[0].off + layout.MB_CNTFRQ) >> 3]) or 62_500_000
+        fast = sum(int(self.q[(c.off + layout.MB_FAST) >> 3]) for c in self.cpus)
+        ntr = sum(int(self.q[(c.off + layout.MB_NTR) >> 3]) for c in self.cpus)
+        if exit_kind != "poweroff":
+            self.release()
+            qemu.stop()
+        else:
+            assert qemu.proc is not None
+            rc = qemu.proc.wait()
+            if rc != 0:
+                console.poll()
+                raise QemuDied(f"QEMU exited with status {rc}: {qemu.stderr_tail()}\n"
+                               f"console tail:\n{console.tail()}")
+        console.poll()
+        rt = [t * 1e6 / cntfrq for t in self.rt_ticks]
+        return RunResult(exit_kind, reason, wall, console.text,
+                         qemu.proc.returncode if qemu.proc else None, dict(self.traps), fast, ntr, rt,
+                         {k.decode(errors="replace"): v for k, v in console.first_seen.items()},
+                         cntfrq)
+
+    def release(self) -> None:
+        """Drop the views on guest RAM so the mapping can be closed."""
+        self.q.release()
+        self.u32.release()

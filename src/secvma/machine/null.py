@@ -1,0 +1,114 @@
+"""NullHypervisor: no policy at all, so that guests can run before (or without) KPCore.
+
+Stage 2 is an identity map of all RAM outside the hypervisor region (2 MiB blocks, normal
+memory, read/write/execute) and of the device space below RAM (one 1 GiB device block); every
+hypercall is answered with 0 (success); PSCI calls go to the firmware; trapped register
+writes (only with `trap_sysregs=True`, for measurements) are carried out unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from secvma.machine import layout
+from secvma.platform import (
+    CpuStart,
+    Event,
+    Hvc,
+    OtherTrap,
+    Platform,
+    PhysAddr,
+    Smc,
+    Stage2Abort,
+    SysregTrap,
+    Unexpected,
+    Vcpu,
+)
+
+HCR_VM = 1 << 0
+HCR_FB = 1 << 9
+HCR_BSU_IS = 1 << 10
+HCR_TSC = 1 << 19
+HCR_TVM = 1 << 26
+HCR_RW = 1 << 31
+
+# VTCR_EL2: T0SZ=32 (4 GiB IPA), SL0=1 (start at level 1), inner/outer WB, inner shareable,
+# 4 KB granule, PS=0 (32-bit PA), RES1 bit 31
+VTCR_4G = 32 | (1 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 31)
+
+S2_VALID_TABLE = 0b11
+S2_BLOCK = 0b01
+S2_AF = 1 << 10
+S2_SH_INNER = 3 << 8
+S2AP_RW = 3 << 6
+S2_MEMATTR_NORMAL_WB = 0xF << 2
+S2_MEMATTR_DEVICE_NGNRE = 0x1 << 2
+S2_XN = 1 << 54
+
+VMID = 1
+
+# ESR_EL1 for an injected synchronous external abort on a data access (EC 0x25 current EL)
+ESR_DABT_CUR_EXT = (0x25 << 26) | (1 << 25) | 0x10
+ESR_DABT_LOW_EXT = (0x24 << 26) | (1 << 25) | 0x10
+
+
+def build_identity_stage2(platform: Platform, pool_base: int = layout.S2_POOL_BASE) -> int:
+    """Write an identity stage-2 map into the hypervisor pool; return its root (L1) PA."""
+    l1 = pool_base
+    platform.write(PhysAddr(l1), bytes(4096))
+    platform.write_u64(PhysAddr(l1), 0 | S2_BLOCK | S2_AF | S2AP_RW | S2_MEMATTR_DEVICE_NGNRE | S2_XN)
+    ram_end = platform.ram_base + platform.ram_size
+    hyp_end = platform.hyp_base + platform.hyp_size
+    next_table = pool_base + 0x1000
+    for gib in range(1, 4):
+        base = gib << 30
+        if base >= ram_end:
+            break
+        l2 = next_table
+        next_table += 0x1000
+        entries = bytearray(4096)
+        for i in range(512):
+            pa = base + (i << 21)
+            if pa < hyp_end or pa + (1 << 21) > ram_end:
+                continue
+            desc = pa | S2_BLOCK | S2_AF | S2_SH_INNER | S2AP_RW | S2_MEMATTR_NORMAL_WB
+            entries[i * 8:i * 8 + 8] = desc.to_bytes(8, "little")
+        platform.write(PhysAddr(l2), bytes(entries))
+        platform.write_u64(PhysAddr(l1 + gib * 8), l2 | S2_VALID_TABLE)
+    return l1
+
+
+class NullHypervisor:
+    """A hypervisor that allows everything (identity stage 2, HVC -> 0, PSCI passed through)."""
+
+    def __init__(self, trap_sysregs: bool = False):
+        self.trap_sysregs = trap_sysregs
+        self.root: int | None = None
+        self.events: Counter[str] = Counter()
+        self.hvc_log: list[tuple[int, tuple[int, ...]]] = []
+        self.hcr = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | (HCR_TVM if trap_sysregs else 0)
+
+    def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
+        self.events[type(event).__name__] += 1
+        match event:
+            case SysregTrap(reg=reg, is_write=True, value=value) if reg is not None:
+                cpu.write_sysreg(reg, value)
+                cpu.skip()
+            case SysregTrap(reg=reg, rt=rt) if reg is not None:
+                cpu.set_x(rt, cpu.read_sysreg(reg))
+                cpu.skip()
+            case Hvc(imm=imm, x=x):
+                if len(self.hvc_log) < 10_000:
+                    self.hvc_log.append((imm, x))
+                cpu.set_x(0, 0)
+            case Smc():
+                cpu.smc_passthrough()
+            case CpuStart():
+                if self.root is None:
+                    self.root = build_identity_stage2(platform)
+                cpu.set_stage2(self.root | (VMID << 48), VTCR_4G, self.hcr)
+            case Stage2Abort(from_el0=el0, far=far):
+                # outside the identity map: the hypervisor's memory or no memory at all
+                cpu.inject_abort(ESR_DABT_LOW_EXT if el0 else ESR_DABT_CUR_EXT, far)
+            case SysregTrap() | OtherTrap() | Unexpected():
+                platform.halt(f"NullHypervisor: unhandled {event!r} at {cpu.elr:#x}")

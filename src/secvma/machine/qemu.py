@@ -1,0 +1,227 @@
+"""The QEMU process: command line, shared RAM file, console log, HMP monitor, clean shutdown.
+
+Nothing here knows about traps or policy; `secvma.machine.mailbox` drives a running `QemuProcess`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from secvma.machine import layout
+from secvma.machine.build import build_dir, build_trampoline
+from secvma.machine.dtb import make_dtb
+from secvma.machine.errors import ImageError, ToolchainError
+
+LINUX_MAGIC_OFFSET = 0x38
+LINUX_MAGIC = b"ARM\x64"
+
+
+@dataclass
+class Blob:
+    """Extra bytes placed in guest RAM before the first instruction runs."""
+
+    addr: int
+    data: bytes
+
+
+@dataclass
+class MachineConfig:
+    """How to start the board. `kernel` is a Linux arm64 Image or a flat payload binary."""
+
+    kernel: Path
+    kernel_addr: int = layout.KERNEL_BASE
+    initrd: Path | None = None
+    append: str = "console=ttyAMA0 panic=-1"
+    ncpus: int = 1
+    ram_mb: int = 1024
+    cpu: str = "cortex-a57"
+    timeout_s: float = 120.0
+    echo_console: bool = False
+    log_path: Path | None = None
+    blobs: list[Blob] = field(default_factory=list)
+    plain: bool = False
+    """No hypervisor at all: the kernel is booted by QEMU directly at EL1 (for comparisons)."""
+    dtb_seed: bytes | None = None
+
+    def validate(self) -> None:
+        """Check what can be checked before QEMU starts; raise ImageError/ValueError."""
+        if not 1 <= self.ncpus <= layout.MAX_CPUS:
+            raise ValueError(f"ncpus must be 1..{layout.MAX_CPUS}, got {self.ncpus}")
+        ram = self.ram_mb << 20
+        if not (layout.HYP_SIZE + (64 << 20) <= ram <= layout.MAX_RAM):
+            raise ValueError(f"ram_mb must be {(layout.HYP_SIZE >> 20) + 64}..{layout.MAX_RAM >> 20}")
+        if not self.kernel.is_file():
+            raise ImageError(f"kernel image {self.kernel} does not exist",
+                             hint="give an existing file, or run `secvma fixtures fetch` for the "
+                             "Debian kernel")
+        size = self.kernel.stat().st_size
+        if size == 0:
+            raise ImageError(f"kernel image {self.kernel} is empty")
+        if self.kernel_addr % 4 or not (
+            layout.KERNEL_BASE <= self.kernel_addr
+            and self.kernel_addr + size <= layout.RAM_BASE + ram
+        ):
+            raise ImageError(f"kernel image {self.kernel} ({size} bytes) does not fit at "
+                             f"{self.kernel_addr:#x} in {self.ram_mb} MiB of RAM")
+        if self.initrd is not None and not self.initrd.is_file():
+            raise ImageError(f"initrd {self.initrd} does not exist")
+        for b in self.blobs:
+            if not (layout.KERNEL_BASE <= b.addr and b.addr + len(b.data) <= layout.RAM_BASE + ram):
+                raise ValueError(f"blob at {b.addr:#x} (+{len(b.data)}) lies outside kernel RAM")
+
+
+def linux_image_header_ok(path: Path) -> bool:
+    """True when `path` starts with a valid arm64 Linux Image header (magic at 0x38)."""
+    with path.open("rb") as f:
+        head = f.read(64)
+    return len(head) == 64 and head[LINUX_MAGIC_OFFSET:LINUX_MAGIC_OFFSET + 4] == LINUX_MAGIC
+
+
+def _set_pdeathsig() -> None:
+    """Child side: die with the parent, so no QEMU outlives a crashed Python."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class QemuProcess:
+    """One qemu-system-aarch64 run with guest RAM shared as a file mapped into this process."""
+
+    def __init__(self, config: MachineConfig):
+        config.validate()
+        self.config = config
+        self.ram_size = config.ram_mb << 20
+        self.workdir = Path(tempfile.mkdtemp(prefix="secvma-"))
+        self.ram_path = Path("/dev/shm") / f"secvma-{os.getpid()}-{secrets.token_hex(4)}"
+        self.log_path = config.log_path or (self.workdir / "console.log")
+        self.stderr_path = self.workdir / "qemu.stderr"
+        self.monitor_path = self.workdir / "monitor.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.mm: mmap.mmap | None = None
+        self.t_start = 0.0
+        self._fd = -1
+
+    # ---- start -------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        c = self.config
+        qemu = shutil.which("qemu-system-aarch64")
+        if qemu is None:
+            raise ToolchainError("qemu-system-aarch64 not found",
+                                 hint="run `bash scripts/setup.sh` (installs qemu-system-arm)")
+        mib = c.ram_mb
+        cmd = [qemu, "-nodefaults", "-display", "none", "-no-reboot",
+               "-cpu", c.cpu, "-smp", str(c.ncpus), "-m", f"{mib}M",
+               "-serial", f"file:{self.log_path}",
+               "-monitor", f"unix:{self.monitor_path},server,nowait"]
+        if c.plain:
+            cmd += ["-machine", "virt,highmem=off", "-kernel", str(c.kernel), "-append", c.append]
+            if c.initrd:
+                cmd += ["-initrd", str(c.initrd)]
+            return cmd
+        tramp = build_trampoline()
+        dtb = make_dtb(build_dir() / "dtb", c.ncpus, self.ram_size, c.cpu, self.workdir / "board.dtb",
+                       c.dtb_seed)
+        cmd += ["-machine", "virt,virtualization=on,highmem=off,memory-backend=ram",
+                "-object", f"memory-backend-file,id=ram,size={mib}M,mem-path={self.ram_path},share=on",
+                "-kernel", str(tramp.path), "-dtb", str(dtb), "-append", c.append,
+                "-device", f"loader,file={c.kernel},addr={c.kernel_addr:#x},force-raw=on"]
+        if c.initrd:
+            cmd += ["-initrd", str(c.initrd)]
+        for i, b in enumerate(c.blobs):
+            p = self.workdir / f"blob{i}.bin"
+            p.write_bytes(b.data)
+            cmd += ["-device", f"loader,file={p},addr={b.addr:#x},force-raw=on"]
+        return cmd
+
+    def start(self) -> None:
+        """Create the RAM file, map it, start QEMU (running)."""
+        cmd = self.command()
+        if not self.config.plain:
+            self._fd = os.open(self.ram_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(self._fd, self.ram_size)
+            self.mm = mmap.mmap(self._fd, self.ram_size, mmap.MAP_SHARED,
+                                mmap.PROT_READ | mmap.PROT_WRITE)
+        self.log_path.write_bytes(b"")
+        self.t_start = time.perf_counter()
+        with self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                         preexec_fn=_set_pdeathsig)
+
+    # ---- while running -----------------------------------------------------------------
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr_tail(self, n: int = 800) -> str:
+        try:
+            return self.stderr_path.read_bytes()[-n:].decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def hmp(self, command: str, timeout: float = 2.0) -> str:
+        """Run one HMP monitor command and return its output ('' when the monitor is gone)."""
+        if not self.alive():
+            return ""
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(timeout)
+                s.connect(str(self.monitor_path))
+                buf = b""
+                while b"(qemu)" not in buf:
+                    buf += s.recv(4096)
+                s.sendall(command.encode() + b"\n")
+                buf = b""
+                deadline = time.monotonic() + timeout
+                while buf.count(b"(qemu)") < 1 and time.monotonic() < deadline:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                return buf.decode(errors="replace")
+        except OSError:
+            return ""
+
+    def last_pcs(self) -> list[int]:
+        """The program counter of every vCPU, read from the monitor (empty if unavailable)."""
+        out = self.hmp("info registers -a")
+        return [int(m, 16) for m in re.findall(r"PC=([0-9a-fA-F]{16})", out)]
+
+    # ---- stop --------------------------------------------------------------------------
+    def stop(self) -> int | None:
+        """Stop QEMU if it still runs; unmap and delete the RAM file. Safe to call twice."""
+        rc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            rc = self.proc.returncode
+        if self.mm is not None:
+            with contextlib.suppress(BufferError):
+                self.mm.close()
+            self.mm = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            self.ram_path.unlink()
+        return rc
+
+    def cleanup(self) -> None:
+        """Remove the work directory (keeps a user-chosen console log)."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
