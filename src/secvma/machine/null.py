@@ -47,9 +47,15 @@ S2_XN = 1 << 54
 
 VMID = 1
 
-# ESR_EL1 for an injected synchronous external abort on a data access (EC 0x25 current EL)
+# ESR_EL1 values of an injected synchronous external abort (FSC 0x10, IL set), by EC:
+# data abort from the current EL / a lower EL, instruction abort likewise (Arm ARM D17.2.37)
 ESR_DABT_CUR_EXT = (0x25 << 26) | (1 << 25) | 0x10
 ESR_DABT_LOW_EXT = (0x24 << 26) | (1 << 25) | 0x10
+ESR_IABT_CUR_EXT = (0x21 << 26) | (1 << 25) | 0x10
+ESR_IABT_LOW_EXT = (0x20 << 26) | (1 << 25) | 0x10
+
+STUCK_REPEATS = 8
+"""The same stage-2 fault (PC, IPA) this many times in a row means the guest cannot progress."""
 
 
 def build_identity_stage2(platform: Platform, pool_base: int = layout.S2_POOL_BASE) -> int:
@@ -86,6 +92,7 @@ class NullHypervisor:
         self.root: int | None = None
         self.events: Counter[str] = Counter()
         self.hvc_log: list[tuple[int, tuple[int, ...]]] = []
+        self._last_fault: tuple[int, int, int] = (-1, -1, 0)
         self.hcr = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | (HCR_TVM if trap_sysregs else 0)
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
@@ -107,8 +114,26 @@ class NullHypervisor:
                 if self.root is None:
                     self.root = build_identity_stage2(platform)
                 cpu.set_stage2(self.root | (VMID << 48), VTCR_4G, self.hcr)
-            case Stage2Abort(from_el0=el0, far=far):
-                # outside the identity map: the hypervisor's memory or no memory at all
-                cpu.inject_abort(ESR_DABT_LOW_EXT if el0 else ESR_DABT_CUR_EXT, far)
+            case Stage2Abort():
+                self._outside_map(platform, cpu, event)
             case SysregTrap() | OtherTrap() | Unexpected():
                 platform.halt(f"NullHypervisor: unhandled {event!r} at {cpu.elr:#x}")
+
+    def _outside_map(self, platform: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
+        """An access outside the identity map (hypervisor memory, or no memory): abort to EL1.
+
+        A guest without a working vector (VBAR_EL1 unset) faults again on the vector fetch,
+        forever; after STUCK_REPEATS identical faults the machine is halted with the PC.
+        """
+        pc, ipa, n = self._last_fault
+        n = n + 1 if (pc, ipa) == (cpu.elr, ev.ipa) else 1
+        self._last_fault = (cpu.elr, ev.ipa, n)
+        if n >= STUCK_REPEATS:
+            platform.halt(f"guest stuck: {n} identical stage-2 faults at PC {cpu.elr:#x}, "
+                          f"IPA {ev.ipa:#x} (no usable exception vector?)")
+            return
+        if ev.is_fetch:
+            esr = ESR_IABT_LOW_EXT if ev.from_el0 else ESR_IABT_CUR_EXT
+        else:
+            esr = ESR_DABT_LOW_EXT if ev.from_el0 else ESR_DABT_CUR_EXT
+        cpu.inject_abort(esr, ev.far)

@@ -1,0 +1,76 @@
+/* secvma's /init for the Debian kernel: print a line from userspace, optionally run
+ * micro-benchmarks named on the kernel command line, power off (reboot(2) -> PSCI SYSTEM_OFF).
+ * Static, no libc: raw AArch64 syscalls. */
+typedef unsigned long u64;
+
+static long sc6(long n, long a, long b, long c, long d, long e)
+{
+	register long x8 asm("x8") = n, x0 asm("x0") = a, x1 asm("x1") = b, x2 asm("x2") = c,
+		      x3 asm("x3") = d, x4 asm("x4") = e;
+	asm volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4) : "memory");
+	return x0;
+}
+#define sc(n, a, b, c) sc6(n, a, b, c, 0, 0)
+#define SYS_write 64
+#define SYS_reboot 142
+#define SYS_sync 81
+#define SYS_getppid 173
+#define SYS_sched_yield 124
+#define SYS_clock_gettime 113
+#define SYS_clone 220
+#define SYS_wait4 260
+#define SYS_exit 93
+
+static long slen(const char *s) { long n = 0; while (s[n]) n++; return n; }
+static void puts_(const char *s) { sc(SYS_write, 1, (long)s, slen(s)); }
+static void putn(u64 v)
+{
+	char b[24]; int i = 23; b[i] = 0;
+	do { b[--i] = '0' + v % 10; v /= 10; } while (v);
+	puts_(b + i);
+}
+static u64 now(void) { long ts[2]; sc(SYS_clock_gettime, 1, (long)ts, 0); return ts[0] * 1000000000UL + ts[1]; }
+
+/* value of KEY=<digits> in the environment (the kernel passes unknown cmdline words there) */
+static long envnum(char **envp, const char *k)
+{
+	for (; *envp; envp++) {
+		const char *e = *envp, *q = k;
+		while (*q && *e == *q) { e++; q++; }
+		if (!*q && *e == '=') {
+			long v = 0; e++;
+			while (*e >= '0' && *e <= '9') v = v * 10 + (*e++ - '0');
+			return v;
+		}
+	}
+	return 0;
+}
+
+void cmain(long *sp)
+{
+	char **envp = (char **)(sp + 1 + sp[0] + 1);
+	puts_("SECVMA-INIT: hello from userspace\n");
+	long ns = envnum(envp, "SECVMA_SYSCALLS");
+	if (ns) {
+		u64 t = now();
+		for (long i = 0; i < ns; i++) sc(SYS_getppid, 0, 0, 0);
+		t = now() - t;
+		puts_("SECVMA-INIT: getppid ns/call "); putn(t / ns); puts_("\n");
+	}
+	long ny = envnum(envp, "SECVMA_YIELDS");
+	if (ny) {
+		u64 t = now();
+		long pid = sc(SYS_clone, 17 /* SIGCHLD */, 0, 0);
+		for (long i = 0; i < ny; i++) sc(SYS_sched_yield, 0, 0, 0);
+		if (pid == 0) sc(SYS_exit, 0, 0, 0);
+		sc6(SYS_wait4, -1, 0, 0, 0, 0);
+		t = now() - t;
+		puts_("SECVMA-INIT: sched_yield ns/switch "); putn(t / ny / 2); puts_("\n");
+	}
+	puts_("SECVMA-INIT: powering off\n");
+	sc(SYS_sync, 0, 0, 0);
+	sc6(SYS_reboot, 0xfee1dead, 672274793, 0x4321fedc, 0, 0);
+	for (;;)
+		;
+}
+asm(".globl _start\n_start:\n mov x0, sp\n bl cmain\n");
