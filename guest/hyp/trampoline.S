@@ -45,7 +45,6 @@ _start:
     str     xzr, [sp, #MB_NTR]
     str     xzr, [sp, #MB_SEQ]
     str     xzr, [sp, #MB_FAST]
-    str     wzr, [sp, #MB_FASTTAB]      // empty fast-path table
     // boot frame: x0 = DTB / context id, x1..x30 = 0, EL1h with DAIF masked
     add     x2, sp, #MB_X
     str     x19, [x2], #8
