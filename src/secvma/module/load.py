@@ -1,0 +1,182 @@
+"""The kernel's load-time view of a module: section headers as the arm64 loader rewrites them.
+
+Why: both the SECvma signature (eval-spec §3.3) and the section layout are computed from the
+headers *after* Linux modified them (`rewrite_section_headers`, `module_frob_arch_sections`,
+`layout_and_allocate`), not from the file as is. This module reproduces those rewrites on
+copies of the headers and keeps the (sorted) relocations next to them.
+
+Steps, in kernel order:
+1. clear SHF_ALLOC on `__versions` and `.modinfo` (they stay in the temporary image);
+2. clear SHF_ALLOC on `.data..percpu` (allocated separately, per CPU);
+3. set SHF_RO_AFTER_INIT on `.data..ro_after_init` and `__jump_table` (6.1);
+4. arm64 `module_frob_arch_sections`: sort the RELA sections that patch executable sections,
+   count PLT slots, and turn `.plt` / `.init.plt` (and, with DYNAMIC_FTRACE, the
+   trampoline) into NOBITS sections of the right size;
+5. KALLSYMS: symtab and strtab become SHF_ALLOC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from secvma.module.config import LoaderConfig
+from secvma.module.elf import ElfModule, Section, ShFlags, ShType
+from secvma.module.errors import ElfFormatError, LayoutError
+from secvma.module.relocations import R
+from secvma.module.sort import Rela, rela_key, sort_relas
+
+PERCPU_SECTION = ".data..percpu"
+RO_AFTER_INIT_SECTIONS = (".data..ro_after_init", "__jump_table")
+
+
+def is_init_section(name: str) -> bool:
+    """`module_init_section`: the kernel places every `.init*` section in the init region."""
+    return name.startswith(".init")
+
+
+def is_init_layout_section(name: str, cfg: LoaderConfig) -> bool:
+    """`module_init_layout_section`: without MODULE_UNLOAD, exit code is discarded too."""
+    return is_init_section(name) or (not cfg.module_unload and name.startswith(".exit"))
+
+
+@dataclass(frozen=True)
+class LoadView:
+    """Rewritten headers, sorted relocations and PLT sizing of one module."""
+
+    elf: ElfModule
+    config: LoaderConfig
+    sections: tuple[Section, ...]
+    relocations: dict[int, list[Rela]]  # RELA section index -> entries (sorted if the kernel does)
+    plt_index: int
+    init_plt_index: int
+    core_plts: int
+    init_plts: int
+    percpu_index: int  # 0 when the module has no per-CPU data
+
+    def section(self, name: str) -> Section | None:
+        found = None
+        for s in self.sections:
+            if s.name == name:
+                found = s
+        return found
+
+
+def _ffz(x: int) -> int:
+    """Index of the lowest zero bit."""
+    return ((~x) & (x + 1)).bit_length() - 1
+
+
+def count_plts(view_syms: list[tuple[int, int, int, int, int, int]], relas: list[Rela],
+               dst_index: int, dst: Section, cfg: LoaderConfig) -> tuple[int, int]:
+    """arm64 `count_plts` on *sorted* relas: (PLT slots needed, new sh_addralign of dst).
+
+    Branches to symbols in the same section never need a PLT; duplicates (equal key, zero
+    addend) share one. With the 843419 workaround, ADRPs that may land on a vulnerable page
+    offset either raise the section alignment or reserve a veneer slot.
+    """
+    ret = 0
+    align = dst.addralign
+    prev = -1
+    for r in relas:
+        rtype = r[1] & 0xFFFFFFFF
+        if rtype in (R.JUMP26, R.CALL26):
+            key = rela_key(r)
+            dup = key == prev
+            prev = key
+            if not cfg.randomize_base:
+                continue
+            if view_syms[r[1] >> 32][3] == dst_index:
+                continue
+            if r[2] != 0 or not dup:
+                ret += 1
+        else:
+            prev = rela_key(r)
+            if rtype in (R.ADR_PREL_PG_HI21, R.ADR_PREL_PG_HI21_NC) and cfg.erratum_843419:
+                min_align = 2 << _ffz(r[0] | 0x7)
+                if min_align > 4096:
+                    ret += 1
+                else:
+                    align = max(align, min_align)
+    if cfg.erratum_843419:
+        ret += -(-ret // (4096 // cfg.plt_entry_size))
+    return ret, align
+
+
+def prepare(elf: ElfModule, cfg: LoaderConfig, *, exact_sort: bool = False) -> LoadView:
+    """The kernel's load-time view of `elf` under `cfg` (module steps 1–5).
+
+    `exact_sort` reproduces Linux 4.18's heapsort order of equal-key relocations, which only
+    the SECvma message needs; relocation results do not depend on it (equal keys relocate
+    identically and PLT reuse only looks at the previous entry), so the default uses the
+    much faster C sort.
+    """
+    secs = list(elf.sections)
+
+    def setflags(idx: int, set_: int = 0, clear: int = 0) -> None:
+        s = secs[idx]
+        secs[idx] = dataclasses.replace(s, flags=(s.flags | set_) & ~clear)
+
+    for name in ("__versions", ".modinfo", PERCPU_SECTION):
+        found = elf.section_by_name(name)
+        if found is not None:
+            setflags(found.index, clear=ShFlags.ALLOC)
+    for name in RO_AFTER_INIT_SECTIONS:
+        found = elf.section_by_name(name)
+        if found is not None:
+            setflags(found.index, set_=ShFlags.RO_AFTER_INIT)
+    percpu = elf.section_by_name(PERCPU_SECTION)
+
+    plt = init_plt = 0
+    tramp = 0
+    for s in secs:
+        if s.name == ".plt":
+            plt = s.index
+        elif s.name == ".init.plt":
+            init_plt = s.index
+        elif s.name == ".text.ftrace_trampoline":
+            tramp = s.index
+    if not plt or not init_plt:
+        raise LayoutError("module PLT section(s) missing (.plt and .init.plt; arm64 module.lds)")
+
+    syms = elf.raw_symbols()
+    relocs: dict[int, list[Rela]] = {}
+    core_plts = init_plts = 0
+    for rs in elf.rela_sections():
+        raw = elf.relocations(rs.index)
+        dst = secs[rs.info]
+        if not dst.flags & ShFlags.EXECINSTR:
+            relocs[rs.index] = raw
+            continue
+        ordered = sort_relas(raw) if exact_sort else sorted(raw, key=rela_key)
+        relocs[rs.index] = ordered
+        _check_symbol_indices(ordered, len(syms), rs)
+        n, align = count_plts(syms, ordered, rs.info, dst, cfg)
+        if align != dst.addralign:
+            secs[rs.info] = dataclasses.replace(dst, addralign=align)
+        if is_init_section(dst.name):
+            init_plts += n
+        else:
+            core_plts += n
+
+    pe = cfg.plt_entry_size
+    nobits_x = ShFlags.EXECINSTR | ShFlags.ALLOC
+    for idx, count in ((plt, core_plts), (init_plt, init_plts)):
+        secs[idx] = dataclasses.replace(secs[idx], type=ShType.NOBITS, flags=nobits_x,
+                                        addralign=cfg.l1_cache_bytes, size=(count + 1) * pe)
+    if tramp and cfg.ftrace_plts:
+        secs[tramp] = dataclasses.replace(secs[tramp], type=ShType.NOBITS, flags=nobits_x,
+                                          addralign=cfg.l1_cache_bytes,
+                                          size=cfg.ftrace_plts * pe)
+    if cfg.kallsyms:
+        setflags(elf.symtab_index, set_=ShFlags.ALLOC)
+        setflags(elf.strtab_index, set_=ShFlags.ALLOC)
+    return LoadView(elf, cfg, tuple(secs), relocs, plt, init_plt, core_plts, init_plts,
+                    percpu.index if percpu is not None else 0)
+
+
+def _check_symbol_indices(relas: list[Rela], nsyms: int, rs: Section) -> None:
+    if relas and max(r[1] >> 32 for r in relas) >= nsyms:
+        bad = next(r for r in relas if r[1] >> 32 >= nsyms)
+        raise ElfFormatError(f"{rs.name}: relocation at {bad[0]:#x} uses symbol {bad[1] >> 32}, "
+                          f"but the symbol table has {nsyms} entries")
