@@ -37,7 +37,7 @@ def test_psci_system_off_powers_the_machine_down() -> None:
 
 def test_msr_trapped_by_tvm_is_emulated() -> None:
     """With TVM an MSR TTBR0_EL1 traps to Python, which performs it; MRS reads the new value."""
-    res, h = run("""
+    _res, h = run("""
         ldr x5, =0x12345000
         msr ttbr0_el1, x5
         isb
@@ -51,7 +51,7 @@ def test_msr_trapped_by_tvm_is_emulated() -> None:
 
 def test_stage2_data_abort_on_hypervisor_memory_is_injected_into_el1() -> None:
     """A load from the hypervisor's region faults at stage 2 and arrives at VBAR_EL1 + 0x200."""
-    res, h = run(f"""
+    _res, h = run(f"""
         ldr x5, ={layout.MBOX_BASE + 0x60:#x}
         ldr x6, [x5]
         mov x0, #1
@@ -65,7 +65,7 @@ def test_stage2_data_abort_on_hypervisor_memory_is_injected_into_el1() -> None:
 
 def test_stage2_instruction_abort_is_injected_as_an_instruction_abort() -> None:
     """Branching into the hypervisor's memory is a stage-2 fetch fault, injected as IABT."""
-    res, h = run(f"""
+    _res, h = run(f"""
         ldr x5, ={layout.TRAMPOLINE_BASE:#x}
         br x5
     """)

@@ -1,7 +1,94 @@
-"""Machine commands: boot, bench micro, setup."""
+"""Machine commands: `secvma build` (guest code) and `secvma boot` (a kernel under EL2)."""
 
 from __future__ import annotations
 
-import click
+import importlib
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.table import Table
+
+from secvma.machine.errors import MachineError
+from secvma.ui import console, emit_json, fail
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the built paths as JSON.")
+def build(as_json: bool) -> None:
+    """Build the guest code: EL2 trampoline, Debian initramfs, testbed kernel (cached)."""
+    from secvma.machine.build import build_trampoline
+    from secvma.machine.initramfs import build_initramfs
+
+    out: dict[str, str] = {}
+    try:
+        out["trampoline"] = str(build_trampoline().path)
+        out["initramfs"] = str(build_initramfs())
+        try:
+            testbed = importlib.import_module("secvma.testbed.build")
+        except ImportError:
+            pass  # the testbed kernel is optional for the machine itself
+        else:
+            img = testbed.build_testbed()
+            out["testbed"] = str(getattr(img, "bin", getattr(img, "path", img)))
+    except MachineError as e:
+        fail(str(e), e.hint)
+    if as_json:
+        emit_json(out)
+    else:
+        for k, v in out.items():
+            console.print(f"[green]built[/] {k}: {v}")
+
+
+@click.command(name="boot")
+@click.option("--kernel", type=click.Path(path_type=Path), default=None,
+              help="Linux arm64 Image or flat EL1 payload (default: the Debian fixture kernel).")
+@click.option("--initrd", type=click.Path(path_type=Path), default=None,
+              help="Initramfs (default: secvma's /init when booting the Debian kernel).")
+@click.option("--smp", type=click.IntRange(1, 8), default=1, show_default=True)
+@click.option("--mem", "ram_mb", type=int, default=1024, show_default=True, help="RAM in MiB.")
+@click.option("--append", default="console=ttyAMA0 panic=-1", show_default=True)
+@click.option("--plain", is_flag=True, help="No hypervisor at all (QEMU boots the kernel at EL1).")
+@click.option("--quiet", is_flag=True, help="Do not echo the guest console.")
+@click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, append: str,
+             plain: bool, quiet: bool, timeout: float, as_json: bool) -> None:
+    """Boot a kernel at EL1 under the NullHypervisor (every trap served by Python)."""
+    from secvma.machine.initramfs import INIT_BANNER, build_initramfs
+    from secvma.machine.null import NullHypervisor
+    from secvma.machine.qemu import MachineConfig
+    from secvma.machine.runner import boot
+
+    if kernel is None:
+        from secvma import fixtures
+
+        fx = fixtures.available()
+        if fx is None:
+            fail("no kernel given and the Debian fixtures are not fetched",
+                 "run `secvma fixtures fetch`, or pass --kernel PATH")
+        kernel = fx.kernel_image
+        initrd = initrd or build_initramfs()
+    try:
+        res = boot(MachineConfig(kernel=kernel, initrd=initrd, ncpus=smp, ram_mb=ram_mb,
+                                 append=append, plain=plain, timeout_s=timeout,
+                                 echo_console=not quiet and not as_json),
+                   None if plain else NullHypervisor(), watch=(INIT_BANNER,))
+    except MachineError as e:
+        fail(str(e), e.hint)
+    except ValueError as e:
+        fail(str(e))
+    summary = {"exit": res.exit, "reason": res.reason, "wall_s": round(res.wall_s, 3),
+               "userspace_s": res.first_seen.get(INIT_BANNER.decode()), "traps": res.traps,
+               "fast_traps": res.fast_traps, "roundtrip_us": res.roundtrip_stats()}
+    if as_json:
+        emit_json(summary)
+        return
+    t = Table(title="boot summary")
+    t.add_column("what")
+    t.add_column("value")
+    for k, v in summary.items():
+        t.add_row(k, str(v))
+    console.print(t)
+
+
+COMMANDS: list[click.Command] = [build, boot_cmd]

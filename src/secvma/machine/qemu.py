@@ -71,7 +71,7 @@ class MachineConfig:
         if size == 0:
             raise ImageError(f"kernel image {self.kernel} is empty")
         if self.kernel_addr % 4 or not (
-            layout.KERNEL_BASE <= self.kernel_addr
+            self.kernel_addr >= layout.KERNEL_BASE
             and self.kernel_addr + size <= layout.RAM_BASE + ram
         ):
             raise ImageError(f"kernel image {self.kernel} ({size} bytes) does not fit at "
@@ -79,7 +79,7 @@ class MachineConfig:
         if self.initrd is not None and not self.initrd.is_file():
             raise ImageError(f"initrd {self.initrd} does not exist")
         for b in self.blobs:
-            if not (layout.KERNEL_BASE <= b.addr and b.addr + len(b.data) <= layout.RAM_BASE + ram):
+            if not (b.addr >= layout.KERNEL_BASE and b.addr + len(b.data) <= layout.RAM_BASE + ram):
                 raise ValueError(f"blob at {b.addr:#x} (+{len(b.data)}) lies outside kernel RAM")
 
 

@@ -1,0 +1,64 @@
+"""`secvma bench ...`: measurements printed side by side with their targets."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from secvma.machine.errors import MachineError
+from secvma.ui import console, emit_json, fail
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks (micro: trap round trips and boot time)."""
+
+
+@bench.command()
+@click.option("--iterations", type=click.IntRange(100, 1_000_000), default=20000, show_default=True)
+@click.option("--boot-runs", type=click.IntRange(0, 20), default=3, show_default=True,
+              help="Boots of the Debian kernel per configuration (0 skips the boot figures).")
+@click.option("--spin-us", type=float, default=200.0, show_default=True,
+              help="Spin window of the spin-then-block alternative.")
+@click.option("--json", "as_json", is_flag=True)
+def micro(iterations: int, boot_runs: int, spin_us: float, as_json: bool) -> None:
+    """Trap round trips (HVC, stage-2 fault, MSR) and Debian boot time, null vs plain."""
+    from secvma import fixtures
+    from secvma.bench.micro import TARGETS, run_micro
+
+    kernel = None
+    if boot_runs:
+        fx = fixtures.available()
+        if fx is None:
+            fail("the Debian kernel is not fetched", "run `secvma fixtures fetch` or pass --boot-runs 0")
+        kernel = fx.kernel_image
+    try:
+        with console.status("measuring (trap loops, then boots)...", spinner="dots"):
+            res = run_micro(iterations, boot_runs, kernel, spin_us)
+    except MachineError as e:
+        fail(str(e), e.hint)
+    if as_json:
+        emit_json(res)
+        return
+    t = Table(title="secvma bench micro")
+    for col in ("figure", "median", "p99", "guest-side", "target", "ok"):
+        t.add_column(col)
+    for key in ("hvc_roundtrip_us", "stage2_abort_us", "sysreg_trap_us"):
+        med = res[key]
+        t.add_row(key, f"{med:.2f} µs", f"{res[key.replace('_us', '_p99_us')]:.2f} µs",
+                  f"{res[key.replace('_us', '_guest_us')]:.2f} µs", f"≤ {TARGETS[key]} µs",
+                  "[green]yes[/]" if med <= TARGETS[key] else "[red]no[/]")
+    if res.get("boot_s_null") is not None:
+        ok = res["boot_ratio"] <= TARGETS["boot_ratio"]
+        t.add_row("boot_s_null / boot_s_plain", f"{res['boot_s_null']:.3f} / {res['boot_s_plain']:.3f} s",
+                  "", f"ratio {res['boot_ratio']:.2f}", f"≤ {TARGETS['boot_ratio']}×",
+                  "[green]yes[/]" if ok else "[red]no[/]")
+    console.print(t)
+    sb = res["spin_then_block"]
+    console.print(f"spin-then-block ({sb['spin_us']:.0f} µs window): HVC {sb['hvc_roundtrip_us']:.2f} µs "
+                  f"median, {sb['hvc_roundtrip_guest_us']:.2f} µs guest-side"
+                  + (f", boot {sb['boot_s_null']:.3f} s" if "boot_s_null" in sb else ""))
+    console.print(f"[dim]{res['busy_polling']}[/]")
+
+
+COMMANDS: list[click.Command] = [bench]

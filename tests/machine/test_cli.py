@@ -1,0 +1,39 @@
+"""The machine's CLI commands, run in-process with click's runner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from secvma.cli import main
+
+pytestmark = pytest.mark.qemu
+
+
+def test_build_reports_the_trampoline_and_initramfs() -> None:
+    """`secvma build --json` builds the guest code and names the outputs."""
+    res = CliRunner().invoke(main, ["build", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["trampoline"].endswith(".bin") and out["initramfs"].endswith(".cpio")
+
+
+def test_boot_of_a_missing_kernel_says_what_to_do(tmp_path: object) -> None:
+    """`secvma boot --kernel missing` exits 2 with the cause and a next step."""
+    res = CliRunner().invoke(main, ["boot", "--kernel", "/nonexistent/Image", "--quiet"])
+    assert res.exit_code == 2
+    assert "does not exist" in res.output
+
+
+def test_bench_micro_json_keys() -> None:
+    """`secvma bench micro --json` prints every contracted key with a measured number."""
+    res = CliRunner().invoke(main, ["bench", "micro", "--iterations", "500", "--boot-runs", "0",
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    for key in ("hvc_roundtrip_us", "stage2_abort_us", "sysreg_trap_us"):
+        assert isinstance(out[key], float) and out[key] > 0
+    assert out["spin_then_block"]["hvc_roundtrip_us"] > 0
+    assert out["boot_s_null"] is None and out["boot_s_plain"] is None  # --boot-runs 0
