@@ -14,7 +14,7 @@ AS = "aarch64-linux-gnu-as"
 OBJCOPY = "aarch64-linux-gnu-objcopy"
 
 
-def assemble_lines(lines: Sequence[str], march: str = "armv8.4-a") -> list[int]:
+def assemble_lines(lines: Sequence[str], march: str = "armv8.5-a+memtag") -> list[int]:
     """Assemble one instruction per line with binutils; return the 32-bit words in order."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp, "t.s")
