@@ -18,10 +18,17 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import secvma, pytest, hypothesis, mypy, ruff' 2>/dev/null \
-   || [ pyproject.toml -nt "$("$PY" -c 'import secvma,os;print(os.path.dirname(secvma.__file__))' 2>/dev/null || echo /nonexistent)" ]; then
+# (Re)install when anything is missing, when the installed secvma is another checkout's, or when
+# pyproject.toml changed since the install.
+here=$(pwd)/src/secvma
+installed=$("$PY" -c 'import secvma, os; print(os.path.dirname(os.path.realpath(secvma.__file__)))' 2>/dev/null || true)
+stamp=$("$PY" -c 'import sys; print(sys.prefix)')/.secvma-installed
+if [ "$installed" != "$(realpath "$here")" ] \
+   || ! "$PY" -c 'import pytest, hypothesis, mypy, ruff, elftools, asn1crypto, zstandard, rich' 2>/dev/null \
+   || ! cmp -s pyproject.toml "$stamp"; then
   echo "setup: installing the secvma package and its pinned dependencies"
-  "$PY" -m pip install -q --disable-pip-version-check -e '.[dev]'
+  "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
+  cp pyproject.toml "$stamp" 2>/dev/null || true
 fi
 
 echo "setup: building guest code"
