@@ -16,6 +16,7 @@ target index make sense, and symbol names/section indices in range.
 
 from __future__ import annotations
 
+import itertools
 import lzma
 import struct
 from collections.abc import Iterator
@@ -200,7 +201,7 @@ class ElfModule:
         spans += [(s.offset, s.offset + s.size, f"section {s.index} ({s.name})")
                   for s in self.sections if s.has_bytes and s.size > 0 and s.type != ShType.NULL]
         spans.sort()
-        for (_a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:], strict=False):
+        for (_a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
             if b0 < a1:
                 raise ElfFormatError(f"{bn} overlaps {an}")
 
@@ -270,7 +271,7 @@ class ElfModule:
         return _cstr(self._strtab, self.raw_symbols()[index][0], f"symbol {index}")
 
     def symbol(self, index: int) -> Symbol:
-        name, info, _other, shndx, value, size = self.raw_symbols()[index]
+        _name, info, _other, shndx, value, size = self.raw_symbols()[index]
         return Symbol(index, self.symbol_name(index), value, size, info >> 4, info & 0xF, shndx)
 
     def symbols(self) -> Iterator[Symbol]:

@@ -210,6 +210,7 @@ def encode_imm(imm: Imm, insn: int, value: int) -> int:
         immlo, immhi = value & 3, (value >> 2) & 0x7FFFF
         return (insn & ~((3 << 29) | (0x7FFFF << 5)) & 0xFFFFFFFF) | (immlo << 29) | (immhi << 5)
     shift, mask = imm.value
+    shift, mask = int(shift), int(mask)
     return (insn & ~(mask << shift) & 0xFFFFFFFF) | ((value & mask) << shift)
 
 

@@ -101,6 +101,9 @@ class ExportTable:
     def get(self, name: str) -> Export | None:
         return self._by_name.get(name)
 
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
     def __len__(self) -> int:
         return len(self._by_name)
 
@@ -161,9 +164,11 @@ def module_exports(elf: ElfModule, section_addrs: Mapping[int, int], owner: str)
     Address = the exported symbol's own section address + value; CRC from `__crc_<name>`
     (SHN_ABS value, or the u32 at its place in `__kcrctab*`), when present.
     """
-    ks = {s.index: kind for name, kind in (("__ksymtab", ExportKind.PLAIN),
-                                            ("__ksymtab_gpl", ExportKind.GPL))
-          if (s := elf.section_by_name(name)) is not None}
+    ks: dict[int, ExportKind] = {}
+    for secname, kind in (("__ksymtab", ExportKind.PLAIN), ("__ksymtab_gpl", ExportKind.GPL)):
+        found = elf.section_by_name(secname)
+        if found is not None:
+            ks[found.index] = kind
     if not ks:
         return []
     syms = list(elf.symbols())
