@@ -27,3 +27,39 @@ def binutils() -> dict[str, str]:
         pytest.skip(f"aarch64-linux-gnu-{'/'.join(missing)} not installed "
                     "(apt-get install binutils-aarch64-linux-gnu)")
     return {t: str(p) for t, p in tools.items()}
+
+
+@pytest.fixture(scope="session")
+def assemble(binutils: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Assemble AArch64 source text into a relocatable object (bytes) with GNU as."""
+    import subprocess
+
+    work = tmp_path_factory.mktemp("asm")
+    counter = [0]
+
+    def run(source: str) -> bytes:
+        counter[0] += 1
+        src, obj = work / f"t{counter[0]}.S", work / f"t{counter[0]}.o"
+        src.write_text(source)
+        subprocess.run([binutils["as"], "-o", str(obj), str(src)], check=True,
+                       capture_output=True, text=True)
+        return obj.read_bytes()
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def skeleton() -> str:
+    """Assembly for the sections every arm64 module has (.plt placeholders, .modinfo)."""
+    return _SKELETON
+
+
+_SKELETON = """
+    .section .plt,"ax",%progbits
+    .byte 0
+    .section .init.plt,"a",%progbits
+    .byte 0
+    .section .modinfo,"a",%progbits
+    .asciz "license=GPL"
+    .asciz "name=synthetic"
+"""
