@@ -310,10 +310,16 @@ def decompress(data: bytes, name: str = "") -> bytes:
             dctx = zstandard.ZstdDecompressor()
             with dctx.stream_reader(data) as reader:
                 out = reader.read(MAX_MODULE_BYTES + 1)
+            if len(out) > MAX_MODULE_BYTES:
+                raise DecompressError(f"{name or 'module'}: decompresses beyond "
+                                      f"{MAX_MODULE_BYTES} B")
+            # The bounded read cannot tell a truncated frame from a short one; this can.
+            obj = dctx.decompressobj()
+            obj.decompress(data)
+            if not obj.eof:
+                raise DecompressError(f"{name or 'module'}: truncated zstd stream")
         except zstandard.ZstdError as exc:
             raise DecompressError(f"{name or 'module'}: bad zstd stream: {exc}") from exc
-        if len(out) > MAX_MODULE_BYTES:
-            raise DecompressError(f"{name or 'module'}: decompresses beyond {MAX_MODULE_BYTES} B")
         return bytes(out)
     return data
 
