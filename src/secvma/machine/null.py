@@ -15,13 +15,11 @@ from secvma.platform import (
     CpuStart,
     Event,
     Hvc,
-    OtherTrap,
     PhysAddr,
     Platform,
     Smc,
     Stage2Abort,
     SysregTrap,
-    Unexpected,
     Vcpu,
 )
 
@@ -96,28 +94,34 @@ class NullHypervisor:
         self.hcr = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | (HCR_TVM if trap_sysregs else 0)
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
-        self.events[type(event).__name__] += 1
-        match event:
-            case SysregTrap(reg=reg, is_write=True, value=value) if reg is not None:
-                cpu.write_sysreg(reg, value)
-                cpu.skip()
-            case SysregTrap(reg=reg, rt=rt) if reg is not None:
-                cpu.set_x(rt, cpu.read_sysreg(reg))
-                cpu.skip()
-            case Hvc(imm=imm, x=x):
-                if len(self.hvc_log) < 10_000:
-                    self.hvc_log.append((imm, x))
-                cpu.set_x(0, 0)
-            case Smc():
-                cpu.smc_passthrough()
-            case CpuStart():
-                if self.root is None:
-                    self.root = build_identity_stage2(platform)
-                cpu.set_stage2(self.root | (VMID << 48), VTCR_4G, self.hcr)
-            case Stage2Abort():
-                self._outside_map(platform, cpu, event)
-            case SysregTrap() | OtherTrap() | Unexpected():
+        kind = type(event)
+        self.events[kind.__name__] += 1
+        if kind is SysregTrap:
+            assert isinstance(event, SysregTrap)
+            if event.reg is None:
                 platform.halt(f"NullHypervisor: unhandled {event!r} at {cpu.elr:#x}")
+            elif event.is_write:
+                cpu.write_sysreg(event.reg, event.value)
+                cpu.skip()
+            else:
+                cpu.set_x(event.rt, cpu.read_sysreg(event.reg))
+                cpu.skip()
+        elif kind is Hvc:
+            assert isinstance(event, Hvc)
+            if len(self.hvc_log) < 10_000:
+                self.hvc_log.append((event.imm, event.x))
+            cpu.set_x(0, 0)
+        elif kind is Stage2Abort:
+            assert isinstance(event, Stage2Abort)
+            self._outside_map(platform, cpu, event)
+        elif kind is Smc:
+            cpu.smc_passthrough()
+        elif kind is CpuStart:
+            if self.root is None:
+                self.root = build_identity_stage2(platform)
+            cpu.set_stage2(self.root | (VMID << 48), VTCR_4G, self.hcr)
+        else:
+            platform.halt(f"NullHypervisor: unhandled {event!r} at {cpu.elr:#x}")
 
     def _outside_map(self, platform: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
         """An access outside the identity map (hypervisor memory, or no memory): abort to EL1.
