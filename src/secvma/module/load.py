@@ -24,7 +24,7 @@ from secvma.module.config import LoaderConfig
 from secvma.module.elf import ElfModule, Section, ShFlags, ShType
 from secvma.module.errors import ElfFormatError, LayoutError
 from secvma.module.relocations import R
-from secvma.module.sort import Rela, rela_key, sort_relas
+from secvma.module.sort import Rela, sort_relas
 
 PERCPU_SECTION = ".data..percpu"
 RO_AFTER_INIT_SECTIONS = (".data..ro_after_init", "__jump_table")
@@ -67,49 +67,69 @@ def _ffz(x: int) -> int:
     return ((~x) & (x + 1)).bit_length() - 1
 
 
+PLT_TYPES = frozenset({R.JUMP26, R.CALL26, R.ADR_PREL_PG_HI21, R.ADR_PREL_PG_HI21_NC})
+_BRANCH = frozenset({R.JUMP26, R.CALL26})
+
+
 def count_plts(view_syms: list[tuple[int, int, int, int, int, int]], relas: list[Rela],
                dst_index: int, dst: Section, cfg: LoaderConfig) -> tuple[int, int]:
     """arm64 `count_plts` on *sorted* relas: (PLT slots needed, new sh_addralign of dst).
 
     Branches to symbols in the same section never need a PLT; duplicates (equal key, zero
     addend) share one. With the 843419 workaround, ADRPs that may land on a vulnerable page
-    offset either raise the section alignment or reserve a veneer slot.
+    offset either raise the section alignment or reserve a veneer slot. Only the relative
+    order of branch entries matters for duplicate detection (the sort groups by type first,
+    so an entry of another type is never a duplicate), which lets callers pass just those.
     """
     ret = 0
     align = dst.addralign
-    prev = -1
-    for r in relas:
-        rtype = r[1] & 0xFFFFFFFF
-        if rtype in (R.JUMP26, R.CALL26):
-            key = rela_key(r)
-            dup = key == prev
-            prev = key
-            if not cfg.randomize_base:
+    if cfg.randomize_base:
+        prev: tuple[int, int] | None = None
+        for _off, info, add in relas:
+            if info & 0xFFFFFFFF not in _BRANCH:
+                prev = None
                 continue
-            if view_syms[r[1] >> 32][3] == dst_index:
+            cur = (info, add)
+            dup = cur == prev
+            prev = cur
+            if view_syms[info >> 32][3] == dst_index:
                 continue
-            if r[2] != 0 or not dup:
+            if add != 0 or not dup:
                 ret += 1
-        else:
-            prev = rela_key(r)
-            if rtype in (R.ADR_PREL_PG_HI21, R.ADR_PREL_PG_HI21_NC) and cfg.erratum_843419:
-                min_align = 2 << _ffz(r[0] | 0x7)
+    if cfg.erratum_843419:
+        for off, info, _add in relas:
+            if info & 0xFFFFFFFF in (R.ADR_PREL_PG_HI21, R.ADR_PREL_PG_HI21_NC):
+                min_align = 2 << _ffz(off | 0x7)
                 if min_align > 4096:
                     ret += 1
                 else:
                     align = max(align, min_align)
-    if cfg.erratum_843419:
         ret += -(-ret // (4096 // cfg.plt_entry_size))
     return ret, align
+
+
+def plt_order(relas: list[Rela]) -> list[Rela]:
+    """Entries in an order that relocates exactly like the kernel's sorted array.
+
+    Only PLT-emitting types (branches, ADRP) depend on order; they are sorted by
+    (type, symbol, addend) and put after the rest, and `apply_relocations` handles types in
+    ascending order, so PLT slots are emitted in the kernel's order. Equal keys relocate
+    identically, so no exact heapsort is needed here.
+    """
+    m32 = 0xFFFFFFFF
+    special = [r for r in relas if r[1] & m32 in PLT_TYPES]
+    if not special:
+        return relas
+    special.sort(key=lambda r: (((r[1] & m32) << 32) | (r[1] >> 32), r[2]))
+    return [r for r in relas if r[1] & m32 not in PLT_TYPES] + special
 
 
 def prepare(elf: ElfModule, cfg: LoaderConfig, *, exact_sort: bool = False) -> LoadView:
     """The kernel's load-time view of `elf` under `cfg` (module steps 1–5).
 
-    `exact_sort` reproduces Linux 4.18's heapsort order of equal-key relocations, which only
-    the SECvma message needs; relocation results do not depend on it (equal keys relocate
-    identically and PLT reuse only looks at the previous entry), so the default uses the
-    much faster C sort.
+    `exact_sort` reproduces Linux 4.18's heapsort order of every RELA section patching code,
+    which only the SECvma message needs; relocation results do not depend on it (see
+    `plt_order`), so by default only PLT-relevant entries are sorted, with the C sort.
     """
     secs = list(elf.sections)
 
@@ -148,7 +168,7 @@ def prepare(elf: ElfModule, cfg: LoaderConfig, *, exact_sort: bool = False) -> L
         if not dst.flags & ShFlags.EXECINSTR:
             relocs[rs.index] = raw
             continue
-        ordered = sort_relas(raw) if exact_sort else sorted(raw, key=rela_key)
+        ordered = sort_relas(raw) if exact_sort else plt_order(raw)
         relocs[rs.index] = ordered
         _check_symbol_indices(ordered, len(syms), rs)
         n, align = count_plts(syms, ordered, rs.info, dst, cfg)

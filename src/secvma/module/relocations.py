@@ -20,6 +20,7 @@ Linux rules kept on purpose (arch/arm64/kernel/module.c, 6.1):
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from secvma.module.errors import (
 )
 
 M64 = (1 << 64) - 1
+_INFO = operator.itemgetter(1)
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _U16 = struct.Struct("<H")
@@ -355,17 +357,18 @@ def apply_relocations(target: RelocTarget, relas: Sequence[tuple[int, int, int]]
         lst.append(r)
     nsyms = len(symvals)
     size = len(target.buf)
-    for t, lst in by_type.items():
+    for t in sorted(by_type):  # ascending type: the kernel's sorted order for PLT emission
+        lst = by_type[t]
         rec = RECIPES.get(t)
         if rec is None:
             raise UnsupportedRelocation(f"{target.name}: unsupported relocation {reloc_name(t)} "
                                         f"at {lst[0][0]:#x}")
         nb = rec.place_bytes
-        if max(r[0] for r in lst) + nb > size:
+        if max(lst)[0] + nb > size:  # tuples order by r_offset first
             bad = next(r for r in lst if r[0] + nb > size)
             raise RelocationError(f"{target.name}: {reloc_name(t)} at offset {bad[0]:#x} is "
                                   f"outside the {size}-byte section")
-        if max(r[1] >> 32 for r in lst) >= nsyms:
+        if max(lst, key=_INFO)[1] >> 32 >= nsyms:  # one type per group: max info = max sym
             bad = next(r for r in lst if r[1] >> 32 >= nsyms)
             raise RelocationError(f"{target.name}: {reloc_name(t)} at {bad[0]:#x} uses symbol "
                                   f"{bad[1] >> 32}; the symbol table has {nsyms} entries")

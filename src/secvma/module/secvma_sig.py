@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secvma.module.config import SECVMA_4_18, LoaderConfig
-from secvma.module.elf import RELA, ElfModule, Section, ShFlags, ShType
+from secvma.module.elf import ElfModule, Section, ShFlags, ShType
 from secvma.module.errors import (
     InvalidModuleSignature,
     KeyFormatError,
@@ -41,6 +41,7 @@ from secvma.module.load import count_plts
 from secvma.module.sort import sort_relas
 
 RECORD = struct.Struct("<6Q")
+M64 = (1 << 64) - 1
 MAX_VERIFY_SECTIONS = 100  # MAX_VERIFY_SECTION_SIZE in the SECvma patch
 SIGNATURE_BYTES = 64
 _TAKEN = 1 << 63  # the kernel marks taken sections by setting bit 63 of sh_entsize
@@ -110,7 +111,8 @@ def build_message(elf: ElfModule, cfg: LoaderConfig = SECVMA_4_18, *,
         relas = sort_relas(elf.relocations(rs.index))
         if relas and max(r[1] >> 32 for r in relas) >= len(syms):
             raise MessageError(f"{rs.name}: relocation symbol index out of range")
-        contents[rs.index] = b"".join(RELA.pack(*r) for r in relas)
+        contents[rs.index] = struct.pack(f"<{len(relas) * 3}Q",
+                                         *[v & M64 for r in relas for v in r])
         n, align = count_plts(syms, relas, rs.info, dst, cfg)
         secs[rs.info] = dataclasses.replace(secs[rs.info], addralign=align)
         nplt[dst.name.startswith(".init")] += n
