@@ -65,6 +65,11 @@ class ShFlags(IntFlag):
     RO_AFTER_INIT = 0x00200000  # Linux-private flag set by the loader (module.h)
 
 
+# Plain-int copies for hot loops: IntFlag arithmetic goes through Python-level __and__.
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
+SHF_MERGE, SHF_STRINGS, SHF_RO_AFTER_INIT = 0x10, 0x20, 0x00200000
+SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 2, 3, 4, 8, 9
+
 SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
 SHN_LIVEPATCH = 0xFF20

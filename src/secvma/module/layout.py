@@ -15,7 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from secvma.module.elf import SHN_LORESERVE, SHN_UNDEF, SYM, ShFlags
+from secvma.module.elf import (
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_RO_AFTER_INIT,
+    SHF_WRITE,
+    SYM,
+)
 from secvma.module.errors import LayoutError
 from secvma.module.load import LoadView, is_init_layout_section
 
@@ -30,11 +36,11 @@ class Region(Enum):
 
 # (required flags, forbidden flags) per pass, as `masks[]` in layout_sections (ARCH_SHF_SMALL=0).
 PASSES: tuple[tuple[int, int], ...] = (
-    (ShFlags.EXECINSTR | ShFlags.ALLOC, 0),
-    (ShFlags.ALLOC, ShFlags.WRITE),
-    (ShFlags.RO_AFTER_INIT | ShFlags.ALLOC, 0),
-    (ShFlags.WRITE | ShFlags.ALLOC, 0),
-    (ShFlags.ALLOC, 0),
+    (SHF_EXECINSTR | SHF_ALLOC, 0),
+    (SHF_ALLOC, SHF_WRITE),
+    (SHF_RO_AFTER_INIT | SHF_ALLOC, 0),
+    (SHF_WRITE | SHF_ALLOC, 0),
+    (SHF_ALLOC, 0),
 )
 
 
@@ -123,18 +129,12 @@ def _layout_symtab(view: LoadView, placement: dict[int, tuple[Region, int]],
     init[0] = off + sym.size
     # Core symbols: named, defined in an ALLOC|EXEC core section (not KALLSYMS_ALL).
     strtab = elf.section_bytes(elf.strtab_index)
-    ndst = strtab_size = 0
-    for i, (name, _info, _o, shndx, _v, _s) in enumerate(elf.raw_symbols()):
-        core = (i == 0) or (
-            shndx != SHN_UNDEF and shndx < SHN_LORESERVE and name != 0
-            and view.sections[shndx].flags & ShFlags.ALLOC
-            and view.sections[shndx].flags & ShFlags.EXECINSTR
-            and placement.get(shndx, (Region.INIT, 0))[0] is Region.CORE
-        )
-        if core:
-            end = strtab.find(b"\0", name)
-            strtab_size += (end - name if end >= 0 else 0) + 1
-            ndst += 1
+    core_exec = {i for i, (r, _o) in placement.items() if r is Region.CORE
+                 and view.sections[i].flags & SHF_EXECINSTR}
+    names = [name for name, _i, _o, shndx, _v, _s in elf.raw_symbols()[1:]
+             if name and shndx in core_exec]
+    ndst = 1 + len(names)  # symbol 0 is always kept
+    strtab_size = 1 + sum(strtab.find(b"\0", n) - n + 1 for n in names)
     core_sz = sizes[Region.CORE]
     symoffs = _align(core_sz[0], sym.addralign)
     core_sz[0] = strict(symoffs + ndst * SYM.size + strtab_size + ndst)

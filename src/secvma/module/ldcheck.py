@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from secvma.module.elf import SHDR, SHN_UNDEF, ElfModule, ShFlags, ShType
+from secvma.module.elf import SHDR, SHF_ALLOC, SHF_MERGE, SHF_STRINGS, SHN_UNDEF, SHT_NOBITS, ElfModule
 from secvma.module.errors import LayoutError, ModuleError
 
 LD = "aarch64-linux-gnu-ld"
@@ -52,7 +52,7 @@ def oracle_layout(elf: ElfModule, base: int = 0xFFFF800008000000,
     addrs: dict[int, int] = {}
     cur = base
     for s in elf.sections:
-        if s.flags & ShFlags.ALLOC and s.size > 0:
+        if s.flags & SHF_ALLOC and s.size > 0:
             al = max(1, s.addralign)
             cur = (cur + al - 1) // al * al
             addrs[s.index] = cur
@@ -69,9 +69,9 @@ def unmerged_copy(elf: ElfModule) -> bytes:
     """The object with SHF_MERGE|SHF_STRINGS cleared, so ld keeps strings where they are."""
     d = bytearray(elf.data)
     for s in elf.sections:
-        if s.flags & ShFlags.MERGE:
+        if s.flags & SHF_MERGE:
             off = elf.e_shoff + s.index * SHDR.size + 8
-            struct.pack_into("<Q", d, off, s.flags & ~(ShFlags.MERGE | ShFlags.STRINGS))
+            struct.pack_into("<Q", d, off, s.flags & ~(SHF_MERGE | SHF_STRINGS))
     return bytes(d)
 
 
@@ -116,7 +116,7 @@ def read_output_sections(data: bytes) -> dict[str, tuple[int, bytes]]:
     stroff = hdrs[e_shstrndx][4]
     out = {}
     for name_off, typ, flags, addr, off, size, *_ in hdrs:
-        if typ == ShType.NOBITS or not flags & ShFlags.ALLOC:
+        if typ == SHT_NOBITS or not flags & SHF_ALLOC:
             continue
         end = data.index(b"\0", stroff + name_off)
         name = data[stroff + name_off : end].decode()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from secvma.module.elf import ShFlags
+from secvma.module.elf import SHF_ALLOC
 from secvma.module.errors import LayoutError
 from secvma.module.load import LoadView, is_init_section
 from secvma.module.relocations import PltSection, RelocTarget, apply_relocations
@@ -45,7 +45,7 @@ def relocate_sections(view: LoadView, addresses: Mapping[int, int], symvals: Seq
         if not 0 < idx < len(view.sections):
             raise LayoutError(f"address given for section {idx}, which does not exist")
         s = view.sections[idx]
-        if not s.flags & ShFlags.ALLOC:
+        if not s.flags & SHF_ALLOC:
             continue
         contents[idx] = (bytearray(view.elf.section_bytes(idx)) if s.has_bytes
                          else bytearray(s.size))
@@ -58,7 +58,7 @@ def relocate_sections(view: LoadView, addresses: Mapping[int, int], symvals: Seq
     for rs_index, relas in view.relocations.items():
         rs = view.sections[rs_index]
         dst = view.sections[rs.info]
-        if not dst.flags & ShFlags.ALLOC or not relas:
+        if not dst.flags & SHF_ALLOC or not relas:
             continue
         if rs.info not in contents:
             raise LayoutError(f"{rs.name}: target {dst.name} has no address")

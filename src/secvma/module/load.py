@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from secvma.module.config import LoaderConfig
-from secvma.module.elf import ElfModule, Section, ShFlags, ShType
+from secvma.module.elf import SHF_ALLOC, SHF_EXECINSTR, SHF_RO_AFTER_INIT, SHT_NOBITS, ElfModule, Section
 from secvma.module.errors import ElfFormatError, LayoutError
 from secvma.module.relocations import R
 from secvma.module.sort import Rela, sort_relas
@@ -140,11 +140,11 @@ def prepare(elf: ElfModule, cfg: LoaderConfig, *, exact_sort: bool = False) -> L
     for name in ("__versions", ".modinfo", PERCPU_SECTION):
         found = elf.section_by_name(name)
         if found is not None:
-            setflags(found.index, clear=ShFlags.ALLOC)
+            setflags(found.index, clear=SHF_ALLOC)
     for name in RO_AFTER_INIT_SECTIONS:
         found = elf.section_by_name(name)
         if found is not None:
-            setflags(found.index, set_=ShFlags.RO_AFTER_INIT)
+            setflags(found.index, set_=SHF_RO_AFTER_INIT)
     percpu = elf.section_by_name(PERCPU_SECTION)
 
     plt = init_plt = 0
@@ -165,7 +165,7 @@ def prepare(elf: ElfModule, cfg: LoaderConfig, *, exact_sort: bool = False) -> L
     for rs in elf.rela_sections():
         raw = elf.relocations(rs.index)
         dst = secs[rs.info]
-        if not dst.flags & ShFlags.EXECINSTR:
+        if not dst.flags & SHF_EXECINSTR:
             relocs[rs.index] = raw
             continue
         ordered = sort_relas(raw) if exact_sort else plt_order(raw)
@@ -180,17 +180,17 @@ def prepare(elf: ElfModule, cfg: LoaderConfig, *, exact_sort: bool = False) -> L
             core_plts += n
 
     pe = cfg.plt_entry_size
-    nobits_x = ShFlags.EXECINSTR | ShFlags.ALLOC
+    nobits_x = SHF_EXECINSTR | SHF_ALLOC
     for idx, count in ((plt, core_plts), (init_plt, init_plts)):
-        secs[idx] = dataclasses.replace(secs[idx], type=ShType.NOBITS, flags=nobits_x,
+        secs[idx] = dataclasses.replace(secs[idx], type=SHT_NOBITS, flags=nobits_x,
                                         addralign=cfg.l1_cache_bytes, size=(count + 1) * pe)
     if tramp and cfg.ftrace_plts:
-        secs[tramp] = dataclasses.replace(secs[tramp], type=ShType.NOBITS, flags=nobits_x,
+        secs[tramp] = dataclasses.replace(secs[tramp], type=SHT_NOBITS, flags=nobits_x,
                                           addralign=cfg.l1_cache_bytes,
                                           size=cfg.ftrace_plts * pe)
     if cfg.kallsyms:
-        setflags(elf.symtab_index, set_=ShFlags.ALLOC)
-        setflags(elf.strtab_index, set_=ShFlags.ALLOC)
+        setflags(elf.symtab_index, set_=SHF_ALLOC)
+        setflags(elf.strtab_index, set_=SHF_ALLOC)
     return LoadView(elf, cfg, tuple(secs), relocs, plt, init_plt, core_plts, init_plts,
                     percpu.index if percpu is not None else 0)
 

@@ -30,7 +30,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secvma.module.config import SECVMA_4_18, LoaderConfig
-from secvma.module.elf import ElfModule, Section, ShFlags, ShType
+from secvma.module.elf import (
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_WRITE,
+    SHT_NOBITS,
+    SHT_RELA,
+    ElfModule,
+    Section,
+)
 from secvma.module.errors import (
     InvalidModuleSignature,
     KeyFormatError,
@@ -75,14 +83,14 @@ class SignedMessage:
         for e in self.entries:
             if e.index == index:
                 start = e.offset + RECORD.size
-                return b"" if e.type == ShType.NOBITS else self.message[start : start + e.size]
+                return b"" if e.type == SHT_NOBITS else self.message[start : start + e.size]
         raise KeyError(index)
 
 
 def _first_alloc(secs: list[Section], name: str) -> int:
     """Kernel `find_sec`: first *allocated* section of that name, or 0."""
     for s in secs[1:]:
-        if s.flags & ShFlags.ALLOC and s.name == name:
+        if s.flags & SHF_ALLOC and s.name == name:
             return s.index
     return 0
 
@@ -98,7 +106,7 @@ def build_message(elf: ElfModule, cfg: LoaderConfig = SECVMA_4_18, *,
     for name in ("__versions", ".modinfo"):
         idx = _first_alloc(secs, name)
         if idx:
-            secs[idx] = dataclasses.replace(secs[idx], flags=secs[idx].flags & ~ShFlags.ALLOC)
+            secs[idx] = dataclasses.replace(secs[idx], flags=secs[idx].flags & ~SHF_ALLOC)
     sym_i = elf.symtab_index
     str_i = secs[sym_i].link
     contents: dict[int, bytes] = {}
@@ -106,7 +114,7 @@ def build_message(elf: ElfModule, cfg: LoaderConfig = SECVMA_4_18, *,
     nplt = {False: 0, True: 0}
     for rs in elf.rela_sections():
         dst = secs[rs.info]
-        if not dst.flags & ShFlags.EXECINSTR:
+        if not dst.flags & SHF_EXECINSTR:
             continue
         relas = sort_relas(elf.relocations(rs.index))
         if relas and max(r[1] >> 32 for r in relas) >= len(syms):
@@ -126,10 +134,10 @@ def build_message(elf: ElfModule, cfg: LoaderConfig = SECVMA_4_18, *,
         raise MessageError("module PLT section(s) missing: need .plt and .init.plt")
     for idx, is_init in ((plt, False), (init_plt, True)):
         secs[idx] = dataclasses.replace(
-            secs[idx], type=ShType.NOBITS, flags=ShFlags.EXECINSTR | ShFlags.ALLOC,
+            secs[idx], type=SHT_NOBITS, flags=SHF_EXECINSTR | SHF_ALLOC,
             addralign=cfg.l1_cache_bytes, size=(nplt[is_init] + 1) * cfg.plt_entry_size)
     for idx in (sym_i, str_i):
-        secs[idx] = dataclasses.replace(secs[idx], flags=secs[idx].flags | ShFlags.ALLOC)
+        secs[idx] = dataclasses.replace(secs[idx], flags=secs[idx].flags | SHF_ALLOC)
 
     checklist = _checklist(secs, sym_i, str_i)
     if not 0 < len(checklist) <= MAX_VERIFY_SECTIONS:
@@ -144,7 +152,7 @@ def build_message(elf: ElfModule, cfg: LoaderConfig = SECVMA_4_18, *,
                                     s.type, s.link, pos))
         parts.append(rec)
         pos += RECORD.size
-        if s.type != ShType.NOBITS:
+        if s.type != SHT_NOBITS:
             body = contents.get(idx)
             if body is None:
                 body = elf.data[s.offset : s.offset + s.size]
@@ -167,15 +175,15 @@ def _checklist(secs: list[Section], sym_i: int, str_i: int) -> list[int]:
             for s in secs:
                 if s.index in taken or s.index in (sym_i, str_i) or s.index == 0:
                     continue
-                if s.name.startswith(".init") != init or not s.flags & ShFlags.ALLOC:
+                if s.name.startswith(".init") != init or not s.flags & SHF_ALLOC:
                     continue
-                ok = (s.flags & ShFlags.EXECINSTR) if need_exec else not s.flags & ShFlags.WRITE
+                ok = (s.flags & SHF_EXECINSTR) if need_exec else not s.flags & SHF_WRITE
                 if ok:
                     out.append(s.index)
                     taken.add(s.index)
     out += [sym_i, str_i]
     listed = set(out)
-    out += [s.index for s in secs if s.type == ShType.RELA and s.info in listed]
+    out += [s.index for s in secs if s.type == SHT_RELA and s.info in listed]
     return out
 
 
