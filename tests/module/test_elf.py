@@ -6,6 +6,7 @@ import io
 import lzma
 import struct
 from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 import zstandard
@@ -38,13 +39,13 @@ def test_sections_symbols_relocations_agree_with_pyelftools(debian: FixtureSet,
         assert (ours.name, ours.offset, ours.size, ours.flags, ours.link, ours.info,
                 ours.addralign) == (theirs.name, h["sh_offset"], h["sh_size"], h["sh_flags"],
                                     h["sh_link"], h["sh_info"], h["sh_addralign"])
-    symtab = ref.get_section(elf.symtab_index)
+    symtab: Any = ref.get_section(elf.symtab_index)
     for ours_sym, theirs_sym in zip(elf.symbols(), symtab.iter_symbols(), strict=True):
         assert (ours_sym.name, ours_sym.value, ours_sym.size) == (
             theirs_sym.name, theirs_sym["st_value"], theirs_sym["st_size"])
     for rs in elf.rela_sections():
         theirs_r = [(r["r_offset"], r["r_info"], r["r_addend"])
-                    for r in ref.get_section(rs.index).iter_relocations()]
+                    for r in cast(Any, ref.get_section(rs.index)).iter_relocations()]
         assert elf.relocations(rs.index) == theirs_r
     assert img.name == name
 

@@ -113,5 +113,5 @@ def test_missing_pin_falls_back_to_newest_6_1_with_headers() -> None:
 
 def test_no_6_1_kernel_at_all_is_unavailable() -> None:
     """An archive without any 6.1 arm64 kernel gives FixturesUnavailable."""
-    with pytest.raises(fx.FixturesUnavailable, match="6.1"):
+    with pytest.raises(fx.FixturesUnavailable, match=r"6\.1"):
         fx._choose_packages(_FakeApt({}))  # type: ignore[arg-type]

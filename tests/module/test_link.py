@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 
@@ -118,7 +119,7 @@ def test_layout_respects_alignment_regions_and_page_rounding(images: dict[str, M
         spans[region].append((off, off + s.size))
     for region, items in spans.items():
         items.sort()
-        assert all(a[1] <= b[0] for a, b in zip(items, items[1:], strict=False)), region
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(items)), region
     for r in (lay.core, lay.init):
         assert r.text_size <= r.ro_size <= r.ro_after_init_size <= r.size
         assert all(x % 4096 == 0 for x in (r.text_size, r.ro_size, r.size))

@@ -26,7 +26,8 @@ from secvma.module.linux_sig import (
     verify_appended_signature,
 )
 
-HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+HASHES: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(),
+                                           "sha512": hashes.SHA512()}
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
@@ -52,10 +53,10 @@ def sign_like_kernel(content: bytes, key: Key, cert: x509.Certificate, digest: s
         ])
         to_sign = attrs.dump()
     if isinstance(key, rsa.RSAPrivateKey):
-        sig = key.sign(to_sign, padding.PKCS1v15(), HASHES[digest]())
+        sig = key.sign(to_sign, padding.PKCS1v15(), HASHES[digest])
         alg = "rsassa_pkcs1v15"
     else:
-        sig = key.sign(to_sign, ec.ECDSA(HASHES[digest]()))
+        sig = key.sign(to_sign, ec.ECDSA(HASHES[digest]))
         alg = f"{digest}_ecdsa"
     issuer = asn1_x509.Name.load(cert.issuer.public_bytes())
     si = {
@@ -71,7 +72,7 @@ def sign_like_kernel(content: bytes, key: Key, cert: x509.Certificate, digest: s
     sd = cms.SignedData({"version": "v1", "digest_algorithms": [{"algorithm": digest}],
                          "encap_content_info": {"content_type": "data"},
                          "signer_infos": [cms.SignerInfo(si)]})
-    p7 = cms.ContentInfo({"content_type": "signed_data", "content": sd}).dump()
+    p7 = bytes(cms.ContentInfo({"content_type": "signed_data", "content": sd}).dump())
     return content + p7 + struct.pack(">BBBBB3sI", 0, 0, 2, 0, 0, b"\0\0\0", len(p7)) + MAGIC
 
 

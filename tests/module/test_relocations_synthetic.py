@@ -196,7 +196,7 @@ def _decode_plt(buf: bytes, slot_addr: int, off: int) -> int:
     assert adrp & 0x9F00001F == 0x90000010 and br == 0xD61F0200
     imm = ((adrp >> 29) & 3) | (((adrp >> 5) & 0x7FFFF) << 2)
     imm -= (1 << 21) if imm >> 20 else 0
-    return ((slot_addr & ~0xFFF) + (imm << 12)) + ((add >> 10) & 0xFFF)
+    return int(((slot_addr & ~0xFFF) + (imm << 12)) + ((add >> 10) & 0xFFF))
 
 
 def test_far_branches_go_through_deduplicated_plt_entries(assemble: Asm, skeleton: str) -> None:
