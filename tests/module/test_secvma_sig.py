@@ -257,3 +257,28 @@ def test_page_multiple_length_aborts_quirk(assemble: Asm, skeleton: str) -> None
     assert len(build_message(elf).message) % 4096 == 0
     with pytest.raises(MessageError, match="multiple of 4096"):
         build_message(elf, page_multiple_abort_quirk=True)
+
+
+@pytest.mark.parametrize(("checklist", "match"), [
+    ([], "1..100"), (list(range(1, 102)), "1..100"), ([0], "out of range"),
+    ([999], "out of range"), ([1], "SHT_SYMTAB"),
+])
+def test_el2_checklist_refusals(synthetic: ElfModule, checklist: list[int], match: str) -> None:
+    """A guest-supplied checklist that EL2 would refuse raises MessageError."""
+    from secvma.module.secvma_sig import serialize_checklist
+
+    with pytest.raises(MessageError, match=match):
+        serialize_checklist(synthetic.sections, checklist, lambda s: b"\0" * s.size)
+
+
+def test_el2_serialization_reads_frozen_bytes(synthetic: ElfModule) -> None:
+    """EL2 serialises what its reader returns, so content changed after freezing is caught."""
+    from secvma.module.secvma_sig import serialize_checklist
+
+    msg = build_message(synthetic)
+    good = serialize_checklist(synthetic.sections, msg.checklist,
+                               lambda s: synthetic.section_bytes(s.index))
+    bad = serialize_checklist(synthetic.sections, msg.checklist,
+                              lambda s: b"\xff" * s.size if s.name == ".rodata"
+                              else synthetic.section_bytes(s.index))
+    assert good.message != bad.message and len(good.message) == len(bad.message)

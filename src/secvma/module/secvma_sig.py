@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from secvma.module.elf import (
     SHF_WRITE,
     SHT_NOBITS,
     SHT_RELA,
+    SHT_SYMTAB,
     ElfModule,
     Section,
 )
@@ -140,30 +142,50 @@ def build_message(elf: ElfModule, cfg: LoaderConfig = SECVMA_4_18, *,
         secs[idx] = dataclasses.replace(secs[idx], flags=secs[idx].flags | SHF_ALLOC)
 
     checklist = _checklist(secs, sym_i, str_i)
+
+    def read(sec: Section) -> bytes:
+        body = contents.get(sec.index)
+        return body if body is not None else elf.data[sec.offset : sec.offset + sec.size]
+
+    msg = serialize_checklist(secs, checklist, read)
+    if page_multiple_abort_quirk and len(msg.message) % 4096 == 0:
+        raise MessageError(f"message length {len(msg.message)} is a multiple of 4096 "
+                           "(sign_mod aborts)")
+    return msg
+
+
+def serialize_checklist(sections: Sequence[Section], checklist: Sequence[int],
+                        read: Callable[[Section], bytes]) -> SignedMessage:
+    """Records + contents for a given checklist (EL2's `init_info` + `move_section`).
+
+    This is the hypervisor's half: the guest kernel supplies the checklist and the
+    (already rewritten) headers, and `read` returns a section's current bytes from wherever
+    the hypervisor froze them. Refuses what EL2 refuses: an empty or > 100-entry
+    checklist, an index of 0 or >= e_shnum, no SHT_SYMTAB entry, short contents.
+    """
     if not 0 < len(checklist) <= MAX_VERIFY_SECTIONS:
         raise MessageError(f"checklist has {len(checklist)} entries; SECvma accepts 1..100")
+    n = len(sections)
+    if any(not 0 < i < n for i in checklist):
+        raise MessageError(f"checklist index out of range 1..{n - 1}: {list(checklist)}")
+    if not any(sections[i].type == SHT_SYMTAB for i in checklist):
+        raise MessageError("checklist has no SHT_SYMTAB entry")
     parts: list[bytes] = []
     entries = []
     pos = 0
     for idx in checklist:
-        s = secs[idx]
-        rec = RECORD.pack(s.size, s.flags, s.addralign or 1, s.info, s.type, s.link)
+        s = sections[idx]
         entries.append(MessageEntry(idx, s.name, s.size, s.flags, s.addralign or 1, s.info,
                                     s.type, s.link, pos))
-        parts.append(rec)
+        parts.append(RECORD.pack(s.size, s.flags, s.addralign or 1, s.info, s.type, s.link))
         pos += RECORD.size
         if s.type != SHT_NOBITS:
-            body = contents.get(idx)
-            if body is None:
-                body = elf.data[s.offset : s.offset + s.size]
+            body = read(s)
             if len(body) != s.size:
                 raise MessageError(f"section {idx} ({s.name}) has {len(body)} of {s.size} bytes")
             parts.append(body)
             pos += s.size
-    msg = b"".join(parts)
-    if page_multiple_abort_quirk and len(msg) % 4096 == 0:
-        raise MessageError(f"message length {len(msg)} is a multiple of 4096 (sign_mod aborts)")
-    return SignedMessage(msg, tuple(checklist), tuple(entries))
+    return SignedMessage(b"".join(parts), tuple(checklist), tuple(entries))
 
 
 def _checklist(secs: list[Section], sym_i: int, str_i: int) -> list[int]:
