@@ -216,8 +216,7 @@ class _PrivateApt:
 
     def update(self) -> None:
         """Refresh the private arm64 lists; apt prints W:/E: lines for unreachable mirrors."""
-        out = self.run("apt-get", "-q", "update")
-        del out
+        self.run("apt-get", "-q", "update")
         if not any((self.base / "lists").glob("*Packages*")):
             raise FixturesUnavailable("apt-get update fetched no arm64 package lists")
 

@@ -14,7 +14,8 @@ def fixtures_group() -> None:
 
 
 @fixtures_group.command("fetch")
-@click.option("--force", is_flag=True, help="Download and extract again even if cached.")
+@click.option("--force", is_flag=True,
+              help="Extract again even if the cache looks complete (verified .debs are reused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fixture set as JSON.")
 def fetch_cmd(force: bool, as_json: bool) -> None:
     """Fetch (or reuse) the fixtures via a private apt state; exit 1 if unreachable."""

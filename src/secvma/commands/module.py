@@ -6,6 +6,7 @@ Exit codes: 0 success / valid; 1 the module or signature is bad (the reason is p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -227,7 +228,7 @@ def relocate_cmd(module: Path, out_dir: Path, core_base: str, init_base: str,
                  deps: tuple[Path, ...], percpu_base: str, erratum: bool,
                  no_licence_check: bool, as_json: bool) -> None:
     """Lay MODULE out, resolve its symbols and write each relocated section's bytes."""
-    cfg = LoaderConfig(**{**LINUX_6_1.__dict__, "erratum_843419": erratum})
+    cfg = dataclasses.replace(LINUX_6_1, erratum_843419=erratum)
     exports = ExportTable()
     if symvers is not None:
         try:
