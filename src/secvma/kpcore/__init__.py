@@ -1,1 +1,22 @@
-"""secvma.kpcore."""
+"""secvma.kpcore: SECvma's hypervisor core (EL2 policy) in Python, per kpcore-spec.md.
+
+Modules (data flows top to bottom):
+
+    core        KPCore.handle: dispatch, refusal -> outcome, TLB flush, VBAR, invariants
+    hypercalls  HVC dispatcher (0-2, 5, 6, 30-35)      userpgd   HVC 33/34/35
+    faults      stage-2 aborts                          kpt       table-store emulation
+    sysregs     TVM-trapped MSRs                        fetch     instruction at ELR
+    boot        HVC 6 classification                    bootinfo  the HVC 6 block
+    hostmem     class changes that touch stage 2        stage2    stage-2 table manager
+    pages       page-usage table + transitions          descs     descriptor shapes
+    invariants  spec §9                                 policy    Policy / Quirks
+    refusal     HypRefusal, Outcome, Refusal            state     KState
+    snapshot    JSON dump for `secvma inspect`
+
+Public API: `make_policy(name, s2=..., check_invariants=...) -> KPCore`.
+"""
+
+from secvma.kpcore.core import KPCore, make_policy
+from secvma.kpcore.policy import POLICY_NAMES, S2_MODES, Policy, Quirks
+
+__all__ = ["POLICY_NAMES", "S2_MODES", "KPCore", "Policy", "Quirks", "make_policy"]

@@ -1,0 +1,89 @@
+"""Host stage-2 aborts: lazy fill, emulated table stores, and the rest (spec §2.1, §2.6).
+
+C: sekvm/FaultHandler.c:handle_host_stage2_fault, kint/HostKpt.c:host_kpt_handler.
+
+    fault                                      page                        action
+    translation / access flag / S1PTW walk     host RAM, MMIO              map by class (RETRY)
+                                               EL2 memory                  refuse (C: panic)
+    permission, and the leaf now allows it     any                         RETRY (stale TLB)
+    write permission                           EL1_PGD..PTE, EL0_PGD,      emulate (kpt.py)
+                                               MOD_txt/ro
+                                               NONE in the pool (2024)     emulate unchecked
+                                               anything else               refuse (C: panic)
+    fetch / read permission                    any                         refuse (C: re-maps the
+                                                                           same entry: stall)
+"""
+
+from __future__ import annotations
+
+from secvma.arch.esr import DataAbort, InstructionAbort, decode_esr
+from secvma.arch.walk import s2_perms
+from secvma.kpcore import kpt
+from secvma.kpcore.bootinfo import in_pgtable_pool
+from secvma.kpcore.hostmem import map_page_host
+from secvma.kpcore.pages import Owner, Usage
+from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, Outcome
+from secvma.kpcore.state import KState
+from secvma.platform import Platform, Stage2Abort, Vcpu
+
+EMULATED_CLASSES = frozenset({Usage.EL1_PGD, Usage.EL1_PUD, Usage.EL1_PMD, Usage.EL1_PTE,
+                              Usage.EL0_PGD, Usage.EL1_MOD_TXT, Usage.EL1_MOD_RO})
+
+
+def _fsc(esr: int) -> int:
+    syn = decode_esr(esr)
+    if isinstance(syn, DataAbort):
+        return syn.dfsc
+    if isinstance(syn, InstructionAbort):
+        return syn.ifsc
+    return 0
+
+
+def _allowed_now(st: KState, ev: Stage2Abort) -> bool:
+    """Whether the current stage-2 leaf permits this access (the fault was a stale TLB)."""
+    hit = st.s2.leaf(ev.ipa)
+    if hit is None:
+        return False
+    from secvma.arch.walk import Perm
+
+    perms = s2_perms(hit[2], 0 if ev.from_el0 else 1, feat_xnx=False)
+    need = Perm.X if ev.is_fetch else Perm.W if ev.is_write else Perm.R
+    return need in perms
+
+
+def handle_abort(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> Outcome:
+    """Route one stage-2 abort (see the module table)."""
+    ipa = ev.ipa
+    if not 0 <= ipa < 1 << 32:
+        raise HypRefusal(Errno.EINVAL, "s2-fault", "IPA outside the 4 GiB space", ipa=ipa)
+    pfn = ipa >> 12
+    fsc = _fsc(ev.esr)
+    permission = 0x0C <= fsc <= 0x0F
+    if ev.s1ptw or not permission:
+        result = map_page_host(st, ipa)
+        if result == "mapped":
+            return Outcome.RETRY
+        if result == "forbidden":
+            raise HypPanic(Errno.EPERM, "s2-el2-memory", "access to hypervisor memory",
+                           ipa=ipa)
+        st.s2.pending_flush.add(ipa & ~0xFFF)  # present: a stale translation fault
+        return Outcome.RETRY
+    if _allowed_now(st, ev):
+        st.s2.pending_flush.add(ipa & ~0xFFF)
+        return Outcome.RETRY
+    owner = st.pages.owner_of(pfn)
+    usage = st.pages.usage_of(pfn)
+    if ev.is_write and not ev.is_fetch and owner is Owner.HOST and st.installed:
+        if usage in EMULATED_CLASSES:
+            if st.policy.hardened:
+                return kpt.emulate_hardened(st, plat, cpu, ev, usage)
+            return kpt.emulate_c(st, plat, cpu, ev, usage)
+        boot = st.boot
+        if st.policy.quirks.pool_area_unvalidated and boot is not None \
+                and in_pgtable_pool(boot, ipa):
+            return kpt.emulate_c(st, plat, cpu, ev, usage)
+        raise HypPanic(Errno.EPERM, "s2-write-protected",
+                       f"write to a {usage.name} page", ipa=ipa, usage=usage)
+    access = "fetch" if ev.is_fetch else "write" if ev.is_write else "read"
+    raise HypRefusal(Errno.EPERM, "s2-permission", f"{access} not permitted on a "
+                     f"{usage.name} page", ipa=ipa, usage=usage)

@@ -1,0 +1,86 @@
+"""Everything KPCore knows: one `KState` per machine (pages, stage 2, roots, registers, log).
+
+Lock order of the C code (s2page -> host_kpt) has no counterpart here: the mailbox server
+serves one trap at a time, so every handler runs to completion before the next one starts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from secvma.hvabi import BootInfo
+from secvma.kpcore.pages import Owner, PageTable, commit_give_el2, pfn_of
+from secvma.kpcore.policy import Policy
+from secvma.kpcore.refusal import Refusal
+from secvma.kpcore.stage2 import Stage2
+from secvma.platform import Platform, SysReg
+
+S2_POOL_OFFSET = 0x20_0000
+"""The stage-2 table pool starts 2 MiB into the hypervisor region (machine/layout.py)."""
+
+PINNED = (SysReg.SCTLR_EL1, SysReg.TCR_EL1, SysReg.MAIR_EL1, SysReg.AMAIR_EL1,
+          SysReg.CONTEXTIDR_EL1)
+"""Registers pinned to their value at install (spec §5.2, INV-ROOTS)."""
+
+
+@dataclass(slots=True)
+class CpuState:
+    """Per-vCPU view: whether HVC 6 ran on it (TVM set) and the roots it runs with."""
+
+    tvm: bool = False
+    boot_window: bool = False  # between this CPU's first HVC 6 and its MMU-on SCTLR write
+    enabled_once: bool = False
+    ttbr0: int = 0
+    ttbr1: int = 0
+    stub_escaped: bool = False  # secvma2024: HVC 1/2 handed EL2 back to the host (gap 14)
+
+
+@dataclass(slots=True)
+class Stall:
+    """The last stalled store per CPU (secvma2024 spins on it forever)."""
+
+    pc: int
+    ipa: int
+    repeats: int
+
+
+@dataclass
+class KState:
+    """The hypervisor's whole state (inspectable; `invariants.check` reads only this)."""
+
+    policy: Policy
+    pages: PageTable
+    s2: Stage2
+    hyp_range: tuple[int, int]
+    boot: BootInfo | None = None
+    installed: bool = False
+    cpus: dict[int, CpuState] = field(default_factory=dict)
+    pinned: dict[SysReg, int] = field(default_factory=dict)
+    vbar: int = 0
+    user_roots: set[int] = field(default_factory=set)
+    refusals: list[Refusal] = field(default_factory=list)
+    events: Counter[str] = field(default_factory=Counter)
+    stalls: dict[int, Stall] = field(default_factory=dict)
+    dirty_tables: set[int] = field(default_factory=set)
+
+    @classmethod
+    def create(cls, platform: Platform, policy: Policy) -> KState:
+        """Fresh state: EL2's region owned by COREVISOR, empty stage 2 in the pool."""
+        pages = PageTable(platform.ram_base, platform.ram_size)
+        hyp_lo, hyp_hi = platform.hyp_base, platform.hyp_base + platform.hyp_size
+        for pfn in range(pfn_of(hyp_lo), pfn_of(hyp_hi)):
+            if pages.index(pfn) is not None:
+                commit_give_el2(pages, pfn)
+        pool_lo = hyp_lo + S2_POOL_OFFSET if platform.hyp_size > 2 * S2_POOL_OFFSET else hyp_lo
+        s2 = Stage2(platform, pool_lo, hyp_hi)
+        return cls(policy, pages, s2, (hyp_lo, hyp_hi))
+
+    def cpu(self, index: int) -> CpuState:
+        st = self.cpus.get(index)
+        if st is None:
+            st = self.cpus[index] = CpuState()
+        return st
+
+    def is_host_ram(self, pa: int) -> bool:
+        return self.pages.owner_of(pa >> 12) is Owner.HOST
