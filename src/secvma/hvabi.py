@@ -302,17 +302,17 @@ def c_static_asserts() -> str:
     check("BOOT_INFO_MAGIC", BOOT_INFO_MAGIC)
     check("BOOT_INFO_VERSION", BOOT_INFO_VERSION)
     for cls in (BootInfo, ModArch):
-        for f, off, size in field_offsets(cls):
-            check(f"offsetof(struct {cls.C_NAME}, {f})", off)
-            check(f"sizeof(((struct {cls.C_NAME} *)0)->{f})", size)
+        for name, off, size in field_offsets(cls):
+            check(f"offsetof(struct {cls.C_NAME}, {name})", off)
+            check(f"sizeof(((struct {cls.C_NAME} *)0)->{name})", size)
         check(f"sizeof(struct {cls.C_NAME})", cls.SIZE)
     check("sizeof(struct kernel_symbol)", KERNEL_SYMBOL_SIZE)
     check("CMD_MAGIC", CMD_MAGIC)
     check("CMD_VERSION", CMD_VERSION)
     check("CMD_NAME_LEN", CMD_NAME_LEN)
     check("CMD_MSG_LEN", CMD_MSG_LEN)
-    for f in fields(CMD):
-        check(f"offsetof(struct secvma_cmd, {f.name})", getattr(CMD, f.name))
+    for fld in fields(CMD):
+        check(f"offsetof(struct secvma_cmd, {fld.name})", getattr(CMD, fld.name))
     check("sizeof(struct secvma_cmd)", CmdLayout.SIZE)
     for op in Op:
         check(f"CMD_{op.name}", op.value)

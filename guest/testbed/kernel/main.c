@@ -6,6 +6,10 @@ u64 idmap_pud[512] __attribute__((aligned(4096)));
 char init_stack[KSTACK_PAGES * 4096] __attribute__((aligned(16)));
 __asm__(".globl init_stack_top\n.set init_stack_top, init_stack + " "16384");
 
+/* a page of kernel data the attack primitives may scribble on (e.g. DC ZVA) */
+u8 secvma_scratch[4096] __attribute__((aligned(4096), section(".data.scratch"))) = { 1 };
+EXPORT_SYMBOL(secvma_scratch);
+
 /* a GPL-only exported variable the test modules read */
 u64 secvma_test_value = 1000;
 EXPORT_SYMBOL_GPL(secvma_test_value);

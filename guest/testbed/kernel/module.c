@@ -370,9 +370,19 @@ int module_load(const void *image, u64 len, int *handle, u64 *modid, int *init_r
 	asm volatile("ic iallu; dsb ish; isb");
 	free_tmp(m);
 
-	/* 5. init */
+	/* 5. init, under the probe: a module whose text the hypervisor left non-executable
+	 * (e.g. loaded by the kernel while EL2 forces PXN) fails to load instead of oopsing */
 	*modid = m->arch.modid;
-	*init_rc = m->init_fn ? ((int (*)(void))m->init_fn)() : 0;
+	*init_rc = m->init_fn ? (int)probe_call((void *)m->init_fn, 0, 0, 0, 0) : 0;
+	if (probe.faulted) {
+		snprintf(msg, msglen, "%s: init faulted (esr %lx far %lx)%s", m->name, probe.esr,
+			 probe.far, m->protected ? "" : ": module text not executable, loaded without EL2");
+		printk("module %s\n", msg);
+		if (m->protected)
+			hvc_call(HVC_MFREE, m->arch.modid, 0, 0, 0, 0);
+		module_free(m);
+		return -1;
+	}
 	if (m->protected)
 		hvc_call(HVC_MOD_INIT_FREE, m->arch.modid, 0, 0, 0, 0);
 	if (*init_rc) {
@@ -398,8 +408,8 @@ int module_unload(int handle, char *msg, u64 msglen)
 	if (handle < 0 || handle >= MAX_MODULES || !mods[handle].used)
 		return snprintf(msg, msglen, "no module %d", handle), -1;
 	struct loaded_module *m = &mods[handle];
-	if (m->exit_fn)
-		((void (*)(void))m->exit_fn)();
+	if (m->exit_fn && (probe_call((void *)m->exit_fn, 0, 0, 0, 0), probe.faulted))
+		printk("module %s: exit faulted (esr %lx far %lx)\n", m->name, probe.esr, probe.far);
 	if (m->protected && hvc_call(HVC_MFREE, m->arch.modid, 0, 0, 0, 0) == HVC_INVALID)
 		printk("module %s: HVC 31 (MFREE) refused\n", m->name);
 	snprintf(msg, msglen, "%s unloaded", m->name);

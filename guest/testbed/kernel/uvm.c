@@ -6,7 +6,12 @@
  */
 #include "kernel.h"
 
-static u16 next_asid = 1;
+/*
+ * ASIDs are even, as Linux allocates them with KPTI (UNMAP_KERNEL_AT_EL0, SECvma's config):
+ * the odd twin (bit 48 of TTBR1, USER_ASID_FLAG) belongs to the trampoline's user view, and
+ * KPCore accepts TTBR1 = swapper only with that bit clear.
+ */
+static u16 next_asid = 2;
 
 #define USER_PAGE (PTE_VALID | PTE_TABLE | PTE_AF | PTE_SH_IS | PTE_ATTRIDX(MT_NORMAL) | \
 		   PTE_USER | PTE_NG | PTE_PXN)
@@ -14,9 +19,10 @@ static u16 next_asid = 1;
 u64 alloc_asid(void)
 {
 	for (;;) {
-		u16 a = next_asid++;
+		u16 a = next_asid;
+		next_asid += 2;
 		if (!next_asid) {
-			next_asid = 1;
+			next_asid = 2;
 			asm volatile("tlbi vmalle1is; dsb ish; isb");
 		}
 		int used = !a;

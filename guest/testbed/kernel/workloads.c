@@ -5,12 +5,12 @@
 #include "kernel.h"
 #include "uprog.h"
 
-#define HB_GROUPS 2
-#define HB_PAIRS 4
-#define HB_LOOPS 10
+#define HB_GROUPS 4
+#define HB_PAIRS 5      /* senders = receivers per group (fd table: 13 free slots) */
+#define HB_LOOPS 25
 #define KB_WORKERS 4
-#define KB_ITERS 12
-#define KB_VMALLOC_ROUNDS 24
+#define KB_ITERS 40
+#define KB_VMALLOC_ROUNDS 64
 
 static int run_user(const char *prog, u64 arg, int *status)
 {

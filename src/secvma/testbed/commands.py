@@ -40,7 +40,7 @@ from secvma.hvabi import (
 from secvma.machine.mailbox import MailboxServer, RunResult
 from secvma.machine.qemu import MachineConfig
 from secvma.machine.runner import boot
-from secvma.platform import Hypervisor, Platform, PhysAddr, SysReg
+from secvma.platform import Hypervisor, PhysAddr, Platform, SysReg
 from secvma.testbed.build import TestbedImage, build_testbed
 from secvma.testbed.image import KernelImage
 
@@ -89,6 +89,12 @@ class CommandResult:
     @property
     def value(self) -> int:
         return self.ret[0]
+
+    @property
+    def signed(self) -> int:
+        """`ret[0]` as a signed 64-bit number (exit statuses, negative error codes)."""
+        v = self.ret[0]
+        return v - (1 << 64) if v >> 63 else v
 
     @property
     def ec(self) -> int:
@@ -370,16 +376,25 @@ def run_commands(hypervisor: Hypervisor, commands: Iterable[Command], *,
 
     t0 = time.perf_counter()
     run = boot(_machine(image, timeout_s, echo_console, ram_mb), hypervisor, poll_hook=hook)
-    driver.abort(MachineStopped(f"machine stopped ({run.exit}: {run.reason})"))
+    why = stop_reason(run)
+    driver.abort(MachineStopped(why))
     results = []
     for p in pendings:
         if p.result is not None:
             results.append(p.result)
         else:
-            results.append(CommandResult(p.command, Status.BUSY,
-                                         msg=f"not run: machine stopped ({run.exit}: {run.reason})"))
+            results.append(CommandResult(p.command, Status.BUSY, msg=f"not run: {why}"))
     boot_s = driver.ready_at - t0 if driver.ready_at is not None else None
     return CommandRun(results, run, boot_s, info[0] if info else None)
+
+
+def stop_reason(run: RunResult) -> str:
+    """Why the machine stopped, with the kernel's last console line (e.g. its panic)."""
+    lines = [ln.strip() for ln in run.console.splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if "panic" in ln.lower()), lines[-1] if lines else "")
+    s = f"machine stopped ({run.exit}"
+    s += f": {run.reason})" if run.reason else ")"
+    return s + (f"; kernel: {last}" if last else "")
 
 
 class TestbedSession(Primitives):
@@ -436,8 +451,7 @@ class TestbedSession(Primitives):
         try:
             self.run_result = boot(self._config, self.hypervisor, poll_hook=self._driver.poll,
                                    on_started=started)
-            self._driver.abort(MachineStopped(
-                f"machine stopped ({self.run_result.exit}: {self.run_result.reason})"))
+            self._driver.abort(MachineStopped(stop_reason(self.run_result)))
         except BaseException as exc:  # the waiting caller re-raises it
             self.error = exc
             self._driver.abort(MachineStopped(f"machine failed: {exc}"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from secvma.hvabi import HVC_ENOSYS, BootInfo, Hvc
 from secvma.machine.null import NullHypervisor
-from secvma.platform import Event, Platform, PhysAddr, SysReg, Vcpu
+from secvma.platform import Event, PhysAddr, Platform, SysReg, Vcpu
 from secvma.platform import Hvc as HvcEvent
 
 ASID_SHIFT = 48

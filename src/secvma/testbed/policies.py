@@ -1,0 +1,46 @@
+"""Which hypervisor protects the testbed: the policy registry behind `secvma run --policy`."""
+
+from __future__ import annotations
+
+import importlib
+
+from secvma.platform import Hypervisor
+from secvma.testbed.nullabi import TestbedNullHypervisor
+
+POLICIES = ("none", "secvma2024", "hardened")
+S2_MODES = ("huge", "4k")
+DEFAULT_POLICY = "hardened"
+
+
+class PolicyUnavailable(RuntimeError):
+    """The policy exists in the design but its implementation is not built (yet)."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.hint = hint
+
+
+def make_hypervisor(policy: str, s2: str = "huge") -> Hypervisor:
+    """A fresh hypervisor for one run.
+
+    `none` -> `TestbedNullHypervisor` (no protection, the SECvma hypercalls work);
+    `secvma2024` / `hardened` -> `secvma.kpcore.make_policy(name, s2=...)`.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; one of {', '.join(POLICIES)}")
+    if s2 not in S2_MODES:
+        raise ValueError(f"unknown stage-2 mode {s2!r}; one of {', '.join(S2_MODES)}")
+    if policy == "none":
+        return TestbedNullHypervisor()
+    try:
+        kpcore = importlib.import_module("secvma.kpcore")
+        factory = kpcore.make_policy
+    except (ImportError, AttributeError):
+        raise PolicyUnavailable(
+            f"policy '{policy}' needs the hypervisor core (secvma.kpcore), not built yet",
+            hint="use --policy none") from None
+    hv = factory(policy, s2=s2)
+    if not isinstance(hv, Hypervisor):
+        raise TypeError(f"secvma.kpcore.make_policy({policy!r}) returned {type(hv).__name__}, "
+                        "not a Hypervisor")
+    return hv

@@ -1,0 +1,119 @@
+"""Run named workloads on the testbed under a hypervisor and summarise the run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from secvma.hvabi import Op, Status
+from secvma.platform import Hypervisor
+from secvma.testbed.build import TestbedImage
+from secvma.testbed.commands import Command, CommandResult, run_commands
+
+WORKLOADS = ("hackbench", "kernbench", "modules", "faults")
+"""Every named workload of the kernel (workloads.c); `all` runs them in this order."""
+
+
+@dataclass(frozen=True)
+class WorkloadReport:
+    name: str
+    ok: bool
+    wall_s: float
+    """Host-measured: from posting the command to seeing it done."""
+    guest_s: float
+    message: str
+
+
+@dataclass
+class RunReport:
+    """One boot of the testbed running some workloads."""
+
+    policy: str
+    s2: str
+    workloads: dict[str, WorkloadReport]
+    traps: dict[str, int]
+    hvc: dict[int, int]
+    refusals: list[str]
+    invariant_violations: list[str]
+    boot_s: float | None
+    wall_s: float
+    exit: str
+    reason: str
+    console: str = field(repr=False, default="")
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.workloads) and all(w.ok for w in self.workloads.values()) \
+            and not self.invariant_violations
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form; keys `workloads`, `traps`, `refusals`, `invariant_violations` are stable."""
+        return {
+            "workloads": {n: {"ok": w.ok, "wall_s": round(w.wall_s, 6),
+                              "guest_s": round(w.guest_s, 6), "message": w.message}
+                          for n, w in self.workloads.items()},
+            "traps": dict(self.traps),
+            "refusals": len(self.refusals),
+            "invariant_violations": len(self.invariant_violations),
+            "refusal_details": list(self.refusals),
+            "invariant_violation_details": list(self.invariant_violations),
+            "hvc": {str(k): v for k, v in sorted(self.hvc.items())},
+            "policy": self.policy,
+            "s2": self.s2,
+            "boot_s": None if self.boot_s is None else round(self.boot_s, 4),
+            "wall_s": round(self.wall_s, 4),
+            "exit": self.exit,
+            "reason": self.reason,
+            "ok": self.ok,
+        }
+
+
+def expand(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Workload names with `all` expanded; raises ValueError on an unknown name."""
+    out: list[str] = []
+    for n in names:
+        if n == "all":
+            out += [w for w in WORKLOADS if w not in out]
+        elif n in WORKLOADS:
+            if n not in out:
+                out.append(n)
+        else:
+            raise ValueError(f"unknown workload {n!r}; one of {', '.join((*WORKLOADS, 'all'))}")
+    return out
+
+
+def _hvc_counts(hv: Hypervisor) -> dict[int, int]:
+    counts = getattr(hv, "hvc_counts", None)
+    if isinstance(counts, dict):
+        return {int(k): int(v) for k, v in counts.items()}
+    out: dict[int, int] = {}
+    for _imm, x in getattr(hv, "hvc_log", []):
+        out[x[0]] = out.get(x[0], 0) + 1
+    return out
+
+
+def _strings(hv: Hypervisor, attr: str) -> list[str]:
+    v = getattr(hv, attr, None)
+    return [str(x) for x in v] if isinstance(v, list) else []
+
+
+def run_workloads(hypervisor: Hypervisor, workloads: list[str] | tuple[str, ...] = ("all",), *,
+                  policy: str = "", s2: str = "", image: TestbedImage | None = None,
+                  timeout_s: float = 120.0, echo_console: bool = False) -> RunReport:
+    """Boot the testbed under `hypervisor`, run each workload by command, power off."""
+    names = expand(workloads)
+    run = run_commands(hypervisor, [Command(Op.WORKLOAD, name=n) for n in names], image=image,
+                       timeout_s=timeout_s, echo_console=echo_console)
+    reports: dict[str, WorkloadReport] = {}
+    for n, r in zip(names, run.results, strict=True):
+        reports[n] = _report(n, r)
+    return RunReport(policy, s2, reports, dict(run.run.traps), _hvc_counts(hypervisor),
+                     _strings(hypervisor, "refusals"), _strings(hypervisor, "invariant_violations"),
+                     run.boot_s, run.run.wall_s, run.run.exit, run.run.reason, run.run.console)
+
+
+def _report(name: str, r: CommandResult) -> WorkloadReport:
+    msg = r.msg
+    if r.status not in (Status.OK, Status.FAILED) and not msg:
+        msg = r.status.name.lower()
+    return WorkloadReport(name, r.ok, r.wall_s, r.guest_s, msg)
