@@ -146,7 +146,7 @@ def _roots(st: KState, out: list[Violation]) -> None:
                         or c.ttbr1 & USER_ASID_FLAG):
             out.append(Violation("INV-ROOTS", f"cpu{idx}: TTBR1 {c.ttbr1:#x} not swapper"))
         base0 = c.ttbr0 & TTBR_BADDR
-        if not c.boot_window and c.ttbr0 and base0 != boot.empty_zero_page \
+        if c.switched and base0 != boot.empty_zero_page \
                 and st.pages.usage_of(base0 >> 12) is not Usage.EL0_PGD:
             out.append(Violation("INV-ROOTS", f"cpu{idx}: TTBR0 {c.ttbr0:#x} not a user PGD"))
 

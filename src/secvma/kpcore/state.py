@@ -31,6 +31,7 @@ class CpuState:
     tvm: bool = False
     boot_window: bool = False  # between this CPU's first HVC 6 and its MMU-on SCTLR write
     enabled_once: bool = False
+    switched: bool = False  # HVC 35 has loaded a user root (INV-ROOTS applies to TTBR0)
     ttbr0: int = 0
     ttbr1: int = 0
     stub_escaped: bool = False  # secvma2024: HVC 1/2 handed EL2 back to the host (gap 14)

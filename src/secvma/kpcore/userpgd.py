@@ -88,4 +88,5 @@ def do_switch_mm(st: KState, cpu: Vcpu, ttbr0: int, asid: int) -> int:
     cpu.write_sysreg(SysReg.TTBR0_EL1, ttbr0)
     c.ttbr0, c.ttbr1 = ttbr0, new_ttbr1
     c.boot_window = False
+    c.switched = True
     return 0

@@ -1,0 +1,24 @@
+"""Shared fixtures for the KPCore logic tests (fake machine, both policies)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import FakeMachine  # noqa: E402
+
+from secvma.kpcore import KPCore, make_policy  # noqa: E402
+
+
+def booted(policy: str = "hardened", s2: str = "huge") -> tuple[FakeMachine, KPCore]:
+    hv = make_policy(policy, s2=s2)
+    return FakeMachine(hv), hv
+
+
+@pytest.fixture(params=["hardened", "secvma2024"])
+def any_policy(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
