@@ -177,7 +177,9 @@ void *vmalloc(u64 size)
 	for (u64 i = 0; i < n; i++) {
 		u64 pa = alloc_pages(1);
 		if (!pa) {
-			vfree((void *)va, i * PAGE_SIZE);
+			while (i--)
+				free_pages(unmap_kernel_page(va + i * PAGE_SIZE), 1);
+			bm_free(&vmalloc_bm, va, n + 1);
 			return NULL;
 		}
 		map_kernel_page(va + i * PAGE_SIZE, pa, prot_bits(PROT_KERNEL_RW));
