@@ -11,7 +11,8 @@
 	X(UP_READ, "read")             /* reads a u64 at VA arg: the EL0 fault probe */ \
 	X(UP_WRITE, "write")           /* writes at VA arg */               \
 	X(UP_EXEC, "exec")             /* jumps to VA arg */                \
-	X(UP_HELLO, "hello")           /* prints, exits 0 */
+	X(UP_HELLO, "hello")           /* prints, exits 0 */               \
+	X(UP_SPIN, "spin")             /* spins arg ms without syscalls; 0 if it was preempted */
 #define UP_ENUM(id, name) id,
 enum { UPROG_LIST(UP_ENUM) UP_COUNT };
 #undef UP_ENUM

@@ -55,7 +55,8 @@ static int wl_kernbench(char *msg, u64 len)
 		snprintf(msg, len, "kernbench: user program exited with %d", st);
 		return -1;
 	}
-	snprintf(msg, len, "kernbench: %d vmalloc rounds, %d workers x %d mmap/touch/munmap rounds ok",
+	snprintf(msg, len, "kernbench: %d vmalloc rounds, %d workers x %d mmap/touch/munmap rounds, "
+		 "2 CPU-bound tasks preempted, ok",
 		 KB_VMALLOC_ROUNDS, KB_WORKERS, KB_ITERS);
 	return 0;
 }

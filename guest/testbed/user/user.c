@@ -156,6 +156,25 @@ static int kb_worker(u64 arg)
 	return vclock() >= t0 ? 0 : 36;
 }
 
+/*
+ * Spin for arg ms on the vDSO clock without entering the kernel; exit 0 only if some gap
+ * between two clock reads was longer than 1 ms, i.e. the timer preempted us for another task.
+ */
+static int spin(u64 ms)
+{
+	u64 (*vclock)(void) = (u64 (*)(void))(0x70000000ULL + VDSO_CLOCK_OFF);
+	u64 freq;
+	asm volatile("mrs %0, cntfrq_el0" : "=r"(freq));
+	u64 t0 = vclock(), last = t0, gap = 0;
+	while (last - t0 < ms * freq / 1000) {
+		u64 now = vclock();
+		if (now - last > gap)
+			gap = now - last;
+		last = now;
+	}
+	return gap > freq / 1000 ? 0 : 40;
+}
+
 /* arg = workers<<16 | iterations */
 static int kernbench(u64 arg)
 {
@@ -168,6 +187,15 @@ static int kernbench(u64 arg)
 	for (u64 w = 0; w < workers; w++) {
 		int st = -1;
 		if (pids[w] < 0 || sys(SYS_WAIT, pids[w], &st, 0) != pids[w] || st)
+			bad++;
+	}
+	/* two CPU-bound children at once: each must have been preempted by the timer tick */
+	int sp[2];
+	for (int i = 0; i < 2; i++)
+		sp[i] = (int)sys(SYS_SPAWN, UP_SPIN, 20, 0);
+	for (int i = 0; i < 2; i++) {
+		int st = -1;
+		if (sp[i] < 0 || sys(SYS_WAIT, sp[i], &st, 0) != sp[i] || st)
 			bad++;
 	}
 	/* a child that exits with a code: the code must come back through wait */
@@ -190,6 +218,7 @@ int user_main(u64 arg, u64 prog)
 	case UP_WRITE: *(volatile u64 *)arg = 0x5ec7; return 0;
 	case UP_EXEC: return (int)((u64 (*)(void))arg)();
 	case UP_HELLO: puts_("hello from EL0\n"); return 0;
+	case UP_SPIN: return spin(arg);
 	}
 	return 99;
 }
