@@ -476,3 +476,44 @@ class FakeMachine:
 
     def entry(self, table_pa: int, idx: int) -> int:
         return self.plat.read_u64(PhysAddr(table_pa + 8 * idx))
+
+
+VMALLOC = 0xFFFF_8000_1000_0000
+
+
+def slot_of(m: FakeMachine, va: int, level: int) -> int:
+    """PA of the entry for `va` at `level` of swapper (tables must exist above it)."""
+    table = SWAPPER
+    for lvl in range(level):
+        e = m.plat.read_u64(PhysAddr(table + 8 * ((va >> (39 - 9 * lvl)) & 511)))
+        assert e & 3 == 3, f"no table at L{lvl} for {va:#x}"
+        table = e & 0xFFFF_FFFF_F000
+    return table + 8 * ((va >> (39 - 9 * level)) & 511)
+
+
+def table_desc(pa: int) -> int:
+    return pa | 3
+
+
+def page_desc(pa: int, *, pxn: bool = False) -> int:
+    return pa | ATTR_NORMAL | PTE_PAGE | UXN | (PXN if pxn else 0)
+
+
+def block_desc(pa: int, *, pxn: bool = False) -> int:
+    return pa | ATTR_NORMAL | UXN | (PXN if pxn else 0)
+
+
+def map_vmalloc(m: FakeMachine, va: int, pa: int, *, pxn: bool = True) -> tuple[int, int]:
+    """Link a new PTE table for `va` (from the pool) and map `pa` there, as vmap does.
+
+    Returns (pte table PA, slot PA of the PTE)."""
+    pmd_slot = slot_of(m, va, 2)
+    pte_table = m.plat.read_u64(PhysAddr(pmd_slot)) & 0xFFFF_FFFF_F000
+    if not pte_table:
+        pte_table = m.kernel.alloc_pool()
+        r = m.store(lva(pmd_slot), table_desc(pte_table))
+        assert r.done, r
+    slot = pte_table + 8 * ((va >> 12) & 511)
+    r = m.store(lva(slot), page_desc(pa, pxn=pxn))
+    assert r.done, r
+    return pte_table, slot

@@ -7,7 +7,7 @@ walk_and_set_el1_pt / _pud / _pmd, check_if_pte.
     swapper, tramp       any -> EL1_PGD, subcount +1
     reachable tables     any -> EL1_PUD / EL1_PMD / EL1_PTE (host pages only), subcount +1
     leaves               PXN set unless the target is KCODE (PTE: KCODE or INIT, which get UXN);
-                         PTE targets subcount +1 (hardened also counts the first page of blocks)
+                         PTE targets subcount +1 (blocks are not counted, as in C)
 
 Check, then commit: `plan_boot` walks the tables read-only and returns a `BootPlan` (table pages
 with levels, references, descriptor fixes); `hardened` refuses to install when the tables are
@@ -98,9 +98,7 @@ def _walk(st: KState, plat: Platform, plan: BootPlan, table_pa: int, level: int)
         else:
             probe = table_pa if any_nz and level == 1 else target  # gap 16: wrong address
             whole_code = _all_class(st, plan, probe, leaf_pages(level), {Usage.EL1_KCODE})
-            new = raw if whole_code or raw & PXN else raw | PXN
-            if not any_nz:
-                plan.refs[target >> 12] += 1
+            new = raw if whole_code or raw & PXN else raw | PXN  # blocks are not counted
         if new != raw:
             plan.fixes.append((slot, new))
 

@@ -10,8 +10,8 @@
     INV-USER     every non-zero user-PGD entry has PXNTable
     INV-ROOTS    CPUs that ran HVC 6 keep TVM, TTBR1 = swapper, TTBR0 = zero page / EL0_PGD
                  (outside their boot window); pinned registers only ever get pinned values
-    INV-COUNT    subcount = references from kernel tables (hardened only: the C code does not
-                 maintain it, spec §11 gaps 16/17)
+    INV-COUNT    subcount = table links + PTE-level leaves referencing the page (hardened
+                 only: the C code does not maintain it, spec §11 gaps 16/17)
     INV-BLOCK    every stage-2 block covers pages of one owner and class (hardened only)
 
 INV-VM, INV-DMA and INV-MOD hold vacuously here (no VMs, no SMMU, no in-hypervisor module
@@ -111,7 +111,7 @@ def _table(st: KState, plat: Platform, pfn: int, refs: Counter[int] | None,
         if sh in (Shape.EMPTY, Shape.MALFORMED):
             continue
         target = out_pa(e, level, sh)
-        if refs is not None:
+        if refs is not None and (sh is Shape.TABLE or level == 3):
             refs[target >> 12] += 1
         where = f"{pfn << 12:#x}[{k}] (L{level})"
         if sh is Shape.TABLE:

@@ -7,12 +7,13 @@ Per written slot (P = the table page, L = its level, R = old output, T = new out
 
     old    new    rule                                           counts / pages
     0      0      nothing to do (hardened); C: unmapping of R=0  -
-    x      0      unmapping: R host or MMIO                      subcount(R) -1; a table child
+    x      0      unmapping: R host or MMIO                      subcount(R) -1; a table page
                                                                  at 0 is released (zeroed, RW)
     0      table  T must be class L+1 (first link: all zero)     subcount(T) +1
                   T NONE -> claim T (zero, RO, class L+1), the
                   store is retried (not done, PC unchanged)
-    0      leaf   PXN forced unless T is KCODE/MOD_txt           subcount(T) +1 (first page)
+    0      leaf   PXN forced unless T is KCODE/MOD_txt           subcount(T) +1 (hardened: PTE
+                                                                 leaves only; C: also blocks)
     x      y      T == R, same shape (hardened), table target    -
                   still L+1; leaf: PXN forced as above
 
@@ -206,7 +207,8 @@ def plan_kpt_slot(st: KState, plat: Platform, level: int, slot: int, old: int, n
         if new != 0:
             raise _refuse(rule, "non-zero invalid descriptor", Errno.EINVAL, value=new)
         if so is not Shape.EMPTY:
-            plan.decs.append((out_pa(old, level, so) >> 12, so is Shape.TABLE))
+            if so is Shape.TABLE or level == 3:
+                plan.decs.append((out_pa(old, level, so) >> 12, so is Shape.TABLE))
             plan.flush = True
         plan.slots[slot] = 0
         return
@@ -221,7 +223,8 @@ def plan_kpt_slot(st: KState, plat: Platform, level: int, slot: int, old: int, n
                               Errno.EBUSY, target=target)
         elif not _exec_leaf(st, target, level):
             new |= PXN
-        plan.incs.append(target >> 12)
+        if sn is Shape.TABLE or level == 3:
+            plan.incs.append(target >> 12)
         plan.slots[slot] = new
         return
     if sn is not so:
@@ -269,9 +272,9 @@ def _release_tree(st: KState, plat: Platform, pfn: int) -> None:
     for i in range(512):
         e = int.from_bytes(raw[i * 8:i * 8 + 8], "little")
         sh = shape(e, level, any_nonzero=False)
-        if sh in (Shape.TABLE, Shape.LEAF):
+        if sh is Shape.TABLE or (sh is Shape.LEAF and level == 3):
             child = out_pa(e, level, sh) >> 12
-            if ref_dec_and_test(st.pages, child) and sh is Shape.TABLE:
+            if ref_dec_and_test(st.pages, child):
                 _release_tree(st, plat, child)
     commit_release_page(st, plat, pfn)
 
@@ -298,8 +301,8 @@ def commit_plan(st: KState, plat: Platform, store: Store, plan: Plan) -> None:
     for pfn, was_table in plan.decs:
         if st.policy.quirks.unmap_count_unchecked:
             _c_unref(st, plat, pfn)
-        elif ref_dec_and_test(st.pages, pfn) and was_table:
-            _release_tree(st, plat, pfn)
+        elif ref_dec_and_test(st.pages, pfn):
+            _release_tree(st, plat, pfn)  # no-op unless pfn is a kernel table page
     st.dirty_tables.add(store.page >> 12)
     if plan.flush and not st.policy.quirks.no_s1_tlbi:
         st.s2.pending_flush.add(store.page)
@@ -367,10 +370,8 @@ def decode_c(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort, *,
     syn = decode_esr(ev.esr)
     if insn & STXR_MASK in (STXR_W, STXR_X):
         rt, rs = insn & 31, (insn >> 16) & 31
-        value = cpu.x(rt)
         x_form = insn & STXR_MASK == STXR_X
-        if not x_form or st.policy.quirks.stxr_drops_high_half:
-            value &= 0xFFFF_FFFF
+        value = cpu.x(rt) if x_form else cpu.x(rt) & 0xFFFF_FFFF
         return CStore(insn, value, "stxr", 8 if x_form else 4, rs)
     if insn & STP0_MASK == STP0:
         return CStore(insn, 0, "stp", 16)
@@ -385,6 +386,8 @@ def _c_write(st: KState, cpu: Vcpu, ev: Stage2Abort, cs: CStore, value: int, *,
     pa = ev.ipa & ~0xFFF
     off = ev.far & 0xFFF
     if cs.form == "stxr":
+        if st.policy.quirks.stxr_drops_high_half:
+            value &= 0xFFFF_FFFF  # stxr_write_handler_asm takes a u32 (gap 9)
         return [(pa + off, (value & ((1 << (8 * cs.size)) - 1)).to_bytes(cs.size, "little"))]
     if cs.form == "stp" and pool_none:
         if off + 16 > 4096:

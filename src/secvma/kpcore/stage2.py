@@ -240,6 +240,7 @@ class Stage2:
         kind = kind_of(raw)
         assert kind is not None
         sub = self._alloc_table(level + 1, base)
+        del self.leaves[base]  # the first child has the same base: replace, then add
         step = level_size(level + 1)
         entries = bytearray(4096)
         for i in range(512):
@@ -249,7 +250,6 @@ class Stage2:
             self.dirty_leaves.add(base + i * step)
         self.mem.write(PhysAddr(sub), bytes(entries))  # make ...
         self.mem.write_u64(PhysAddr(slot), sub | DESC_VALID | DESC_TABLE)  # ... before break
-        del self.leaves[base]
         self.pending_flush.add(base)
 
     def split_to_page(self, ipa: int) -> int:
