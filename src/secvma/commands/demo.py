@@ -33,13 +33,19 @@ def _step_debian_boot() -> dict[str, Any]:
             "traps": res.traps}
 
 
-def _step_run(policy: str) -> Callable[[], dict[str, Any]]:
+def _step_run(policy: str, s2: str = "huge") -> Callable[[], dict[str, Any]]:
     def step() -> dict[str, Any]:
-        run = importlib.import_module("secvma.testbed.run")
-        report = run.run_report(policy=policy, workload="all")
-        data: dict[str, Any] = report if isinstance(report, dict) else report.as_json()
-        data["ok"] = all(w.get("ok") for w in data.get("workloads", {}).values()) and not data.get(
-            "invariant_violations")
+        from secvma.testbed.policies import make_hypervisor
+        from secvma.testbed.run import run_workloads
+
+        report = run_workloads(make_hypervisor(policy, s2), ("all",), policy=policy, s2=s2)
+        data = report.to_json()
+        data["ok"] = report.ok
+        data.pop("console", None)
+        parts = [f"{n} {'ok' if w['ok'] else 'FAILED: ' + str(w['message'])[:60]}"
+                 for n, w in data["workloads"].items()]
+        data["summary"] = "; ".join(parts) + (
+            f"; refusals {data['refusals']}, invariant violations {data['invariant_violations']}")
         return data
     return step
 
@@ -62,6 +68,7 @@ STEPS: list[tuple[str, Callable[[], dict[str, Any]]]] = [
     ("Debian 6.1 boots to userspace under the Python EL2", _step_debian_boot),
     ("testbed kernel, workloads, policy none", _step_run("none")),
     ("testbed kernel, workloads, policy hardened", _step_run("hardened")),
+    ("testbed kernel, workloads, policy hardened, 4 KB stage 2", _step_run("hardened", "4k")),
     ("testbed kernel, workloads, policy secvma2024", _step_run("secvma2024")),
     ("attack suite", _step_attacks),
     ("trap round trips (bench micro)", _step_micro),
@@ -95,10 +102,10 @@ def demo(as_json: bool) -> None:
     t.add_column("result")
     t.add_column("details")
     for title, out in report.items():
-        detail = out.get("skipped") or out.get("error") or ", ".join(
+        detail = out.get("skipped") or out.get("error") or out.get("summary") or ", ".join(
             f"{k}={v}" for k, v in out.items() if k not in ("ok", "step_s") and not isinstance(v, dict | list)
         )
-        t.add_row(title, {True: "ok", False: "FAILED", None: "skipped"}[out.get("ok")], str(detail)[:120])
+        t.add_row(title, {True: "ok", False: "FAILED", None: "skipped"}[out.get("ok")], str(detail)[:240])
     console.print(t)
     failed = [k for k, v in report.items() if v.get("ok") is False]
     if failed:
