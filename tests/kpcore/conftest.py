@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakes import FakeMachine  # noqa: E402
+from fakes import FakeMachine
 
-from secvma.kpcore import KPCore, make_policy  # noqa: E402
+from secvma.kpcore import KPCore, make_policy
 
 
 def booted(policy: str = "hardened", s2: str = "huge") -> tuple[FakeMachine, KPCore]:

@@ -60,7 +60,7 @@ def test_leaf_to_data_gets_pxn_forced(any_policy: str) -> None:
 
 def test_leaf_to_kernel_text_keeps_pxn_clear(any_policy: str) -> None:
     """A PTE mapping KCODE may stay executable."""
-    m, hv = booted(any_policy)
+    m, _hv = booted(any_policy)
     _t, slot = map_vmalloc(m, VMALLOC, TEXT + 0x1000, pxn=False)
     assert not m.plat.read_u64(PhysAddr(slot)) & PXN
 
@@ -70,7 +70,7 @@ def test_table_link_to_wrong_class_is_refused() -> None:
     m, hv = booted("hardened")
     r = m.store(lva(slot_of(m, VMALLOC, 2)), table_desc(DATA))
     assert r.injected is not None and not r.done
-    esr, far = r.injected
+    esr, _far = r.injected
     assert esr >> 26 == 0x25 and esr & (1 << 6) and (esr & 0x3C) == 0x0C
     assert hv.refusals[-1].rule == "kpt-L2" and hv.refusals[-1].code is Errno.EPERM
 
@@ -85,7 +85,7 @@ def test_table_link_to_wrong_class_stalls_quirk() -> None:
 
 def test_output_address_change_is_refused(any_policy: str) -> None:
     """A live entry may not be redirected without going through zero."""
-    m, hv = booted(any_policy)
+    m, _hv = booted(any_policy)
     _t, slot = map_vmalloc(m, VMALLOC, PAGE)
     r = m.store(lva(slot), page_desc(PAGE + 0x1000, pxn=True))
     assert not r.done
@@ -94,7 +94,7 @@ def test_output_address_change_is_refused(any_policy: str) -> None:
 
 def test_attribute_update_keeps_output_and_pxn(any_policy: str) -> None:
     """Changing attributes of a live leaf is allowed; PXN stays forced."""
-    m, hv = booted(any_policy)
+    m, _hv = booted(any_policy)
     _t, slot = map_vmalloc(m, VMALLOC, PAGE)
     r = m.store(lva(slot), page_desc(PAGE) | (1 << 7))
     assert r.done
@@ -136,7 +136,7 @@ def test_unmapping_empty_entry_counts_nothing() -> None:
 
 def test_unmapping_last_leaf_zeroes_target_quirk() -> None:
     """secvma2024 (gap 17): the last kernel unmapping of an ordinary page zeroes it."""
-    m, hv = booted("secvma2024")
+    m, _hv = booted("secvma2024")
     _t, slot = map_vmalloc(m, VMALLOC, PAGE)
     m.plat.write(PhysAddr(PAGE), b"secret")
     m.store(lva(slot), 0)
@@ -145,7 +145,7 @@ def test_unmapping_last_leaf_zeroes_target_quirk() -> None:
 
 def test_unmapping_last_leaf_keeps_target_contents() -> None:
     """hardened: leaf targets are never zeroed by EL2."""
-    m, hv = booted("hardened")
+    m, _hv = booted("hardened")
     _t, slot = map_vmalloc(m, VMALLOC, PAGE)
     m.plat.write(PhysAddr(PAGE), b"secret")
     m.store(lva(slot), 0)
@@ -156,7 +156,7 @@ def test_unmapping_last_leaf_keeps_target_contents() -> None:
 def test_every_store_form_is_emulated(form: str) -> None:
     """hardened: each store form writing a legal descriptor (or zero) into a PTE table works."""
     m, hv = booted("hardened")
-    table, slot = map_vmalloc(m, VMALLOC, PAGE)
+    _table, slot = map_vmalloc(m, VMALLOC, PAGE)
     target = slot + 16 if form != "dc_zva" else slot
     value = 0 if form in ("stp_xzr", "dc_zva") else page_desc(PAGE + 0x1000, pxn=True)
     width = 8
@@ -170,7 +170,7 @@ def test_every_store_form_is_emulated(form: str) -> None:
 def test_partial_store_validated_as_whole_descriptor() -> None:
     """hardened (gap 1): a 4-byte store of a descriptor's low half gets PXN in the result."""
     m, hv = booted("hardened")
-    table, slot = map_vmalloc(m, VMALLOC, PAGE)
+    _table, slot = map_vmalloc(m, VMALLOC, PAGE)
     r = m.store(lva(slot + 8), page_desc(PAGE + 0x1000) & 0xFFFF_FFFF, 4, "str")
     assert r.done
     assert m.plat.read_u64(PhysAddr(slot + 8)) & PXN
@@ -180,7 +180,7 @@ def test_partial_store_validated_as_whole_descriptor() -> None:
 def test_partial_store_truncates_pxn_quirk() -> None:
     """secvma2024 (gap 1): PXN is OR-ed into the register then truncated: entry stays PXN=0."""
     m, hv = booted("secvma2024")
-    table, slot = map_vmalloc(m, VMALLOC, PAGE)
+    _table, slot = map_vmalloc(m, VMALLOC, PAGE)
     r = m.store(lva(slot + 8), page_desc(PAGE + 0x1000) & 0xFFFF_FFFF, 4, "str")
     assert r.done
     assert not m.plat.read_u64(PhysAddr(slot + 8)) & PXN
@@ -189,7 +189,7 @@ def test_partial_store_truncates_pxn_quirk() -> None:
 
 def test_zero_high_half_clears_pxn_quirk() -> None:
     """secvma2024 (gap 1): a zero store to bytes 4-7 is an 'unmapping' that drops PXN."""
-    m, hv = booted("secvma2024")
+    m, _hv = booted("secvma2024")
     _t, slot = map_vmalloc(m, VMALLOC, PAGE)
     m.store(lva(slot + 4), 0, 4, "str")
     assert not m.plat.read_u64(PhysAddr(slot)) & PXN
@@ -197,7 +197,7 @@ def test_zero_high_half_clears_pxn_quirk() -> None:
 
 def test_zero_high_half_keeps_pxn() -> None:
     """hardened (gap 1): the merged descriptor is validated; PXN is kept."""
-    m, hv = booted("hardened")
+    m, _hv = booted("hardened")
     _t, slot = map_vmalloc(m, VMALLOC, PAGE)
     m.store(lva(slot + 4), 0, 4, "str")
     e = m.plat.read_u64(PhysAddr(slot))
@@ -206,7 +206,7 @@ def test_zero_high_half_keeps_pxn() -> None:
 
 def test_stxr_keeps_high_half() -> None:
     """hardened (gap 9): a 64-bit STXR stores all 64 bits (PXN, UXN included)."""
-    m, hv = booted("hardened")
+    m, _hv = booted("hardened")
     _t, slot = map_vmalloc(m, VMALLOC, PAGE)
     v = page_desc(PAGE + 0x1000, pxn=True)
     assert m.store(lva(slot + 8), v, 8, "stxr").done
@@ -216,7 +216,7 @@ def test_stxr_keeps_high_half() -> None:
 
 def test_stxr_drops_high_half_quirk() -> None:
     """secvma2024 (gap 9): only the low 32 bits of a 64-bit STXR value are stored."""
-    m, hv = booted("secvma2024")
+    m, _hv = booted("secvma2024")
     _t, slot = map_vmalloc(m, VMALLOC, PAGE)
     v = page_desc(PAGE + 0x1000, pxn=True)
     assert m.store(lva(slot + 8), v, 8, "stxr").done
@@ -254,7 +254,7 @@ def test_insn_outside_text_refused() -> None:
 
 def test_block_leaf_pxn_checks_every_page() -> None:
     """hardened: a 2 MiB block is executable only if every page is KCODE."""
-    m, hv = booted("hardened")
+    m, _hv = booted("hardened")
     slot = slot_of(m, VMALLOC + 0x4000_0000, 2) if False else slot_of(m, VMALLOC, 2)
     r = m.store(lva(slot), block_desc(RODATA, pxn=False))
     assert r.done and m.plat.read_u64(PhysAddr(slot)) & PXN

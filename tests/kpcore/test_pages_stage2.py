@@ -111,7 +111,7 @@ def test_stage2_pool_exhaustion_is_enomem() -> None:
 
 def test_stage2_shadow_matches_tables_after_a_run() -> None:
     """After boot and lazy fills, the shadow leaf dict equals a walk of the real tables."""
-    m, hv = booted("hardened")
+    _m, hv = booted("hardened")
     s2 = hv.state.s2
     for base, level, desc in list(s2.iter_leaves()):
         lvl, _slot, raw = s2.walk(base)
@@ -120,7 +120,7 @@ def test_stage2_shadow_matches_tables_after_a_run() -> None:
 
 def test_hardened_blocks_are_homogeneous_and_4k_mode_has_no_blocks() -> None:
     """INV-BLOCK in huge mode; only level-3 leaves in 4k mode."""
-    m, hv = booted("hardened", "4k")
+    _m, hv = booted("hardened", "4k")
     assert all(level == 3 for _b, level, _d in hv.state.s2.iter_leaves())
     m2, hv2 = booted("hardened", "huge")
     assert not hv2.check_invariants(m2.plat)

@@ -34,7 +34,7 @@ from secvma.kpcore.hostmem import _block_homogeneous
 from secvma.kpcore.pages import EL1_EXEC_CLASSES, KPT_BY_LEVEL, Owner, Usage
 from secvma.kpcore.stage2 import PermKind, kind_of
 from secvma.kpcore.state import KState
-from secvma.kpcore.sysregs import TTBR_BADDR, USER_ASID_FLAG
+from secvma.kpcore.sysregs import TTBR_BADDR
 from secvma.platform import GuestMemoryError, PhysAddr, Platform
 
 KPT_RO = (Usage.EL1_PGD, Usage.EL1_PUD, Usage.EL1_PMD, Usage.EL1_PTE, Usage.EL0_PGD)
@@ -142,8 +142,7 @@ def _roots(st: KState, out: list[Violation]) -> None:
             continue
         if not c.tvm:
             out.append(Violation("INV-ROOTS", f"cpu{idx}: HCR_EL2.TVM off after install"))
-        if c.ttbr1 and ((c.ttbr1 & TTBR_BADDR) != boot.swapper_pg_dir
-                        or c.ttbr1 & USER_ASID_FLAG):
+        if c.ttbr1 and (c.ttbr1 & TTBR_BADDR) != boot.swapper_pg_dir:
             out.append(Violation("INV-ROOTS", f"cpu{idx}: TTBR1 {c.ttbr1:#x} not swapper"))
         base0 = c.ttbr0 & TTBR_BADDR
         if c.switched and base0 != boot.empty_zero_page \

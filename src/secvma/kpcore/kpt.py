@@ -298,7 +298,7 @@ def commit_plan(st: KState, plat: Platform, store: Store, plan: Plan) -> None:
         plat.write(PhysAddr(pa), data)
     for pfn in plan.incs:
         ref_inc(st.pages, pfn)
-    for pfn, was_table in plan.decs:
+    for pfn, _was_table in plan.decs:
         if st.policy.quirks.unmap_count_unchecked:
             _c_unref(st, plat, pfn)
         elif ref_dec_and_test(st.pages, pfn):

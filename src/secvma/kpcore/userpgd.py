@@ -20,7 +20,7 @@ from secvma.kpcore.hostmem import check_claim, commit_claim, commit_release_page
 from secvma.kpcore.pages import Owner, Usage
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal
 from secvma.kpcore.state import KState
-from secvma.kpcore.sysregs import TTBR_BADDR, USER_ASID_FLAG
+from secvma.kpcore.sysregs import TTBR_BADDR
 from secvma.platform import Platform, SysReg, Vcpu
 
 MASK64 = (1 << 64) - 1
@@ -75,7 +75,7 @@ def do_switch_mm(st: KState, cpu: Vcpu, ttbr0: int, asid: int) -> int:
     if st.pages.owner_of(base0 >> 12) is not Owner.HOST \
             or st.pages.owner_of(base1 >> 12) is not Owner.HOST:
         raise deny(Errno.EPERM, rule, "roots must be host pages", ttbr0=ttbr0, ttbr1=ttbr1)
-    if base1 != boot.swapper_pg_dir or ttbr1 & USER_ASID_FLAG:
+    if base1 != boot.swapper_pg_dir:
         raise deny(Errno.EPERM, rule, "TTBR1 is not swapper_pg_dir", ttbr1=ttbr1)
     if base0 == boot.swapper_pg_dir or st.pages.usage_of(base0 >> 12) is not Usage.EL0_PGD:
         raise deny(Errno.EPERM, rule, "ttbr0 is not a registered user PGD", ttbr0=ttbr0,
