@@ -287,3 +287,35 @@ def test_init_pages_classified_and_unmapped(any_policy: str) -> None:
     assert _usage(hv, INIT) is Usage.EL1_INIT
     r = m.store(lva(slot_of(m, kva(INIT), 3)), 0)
     assert r.done and not hv.refusals
+
+
+def _mod_page(hv, pa: int) -> None:  # type: ignore[no-untyped-def]
+    from secvma.kpcore.hostmem import set_class
+
+    set_class(hv.state, pa >> 12, Usage.EL1_MOD_TXT)
+
+
+def test_mark_ex_only_on_authenticated_pte() -> None:
+    """hardened (gap 2): PXN is cleared only on a PTE that maps the MOD_txt page."""
+    from secvma.kpcore.kpt import set_module_exec
+    from secvma.kpcore.refusal import HypRefusal
+
+    m, hv = booted("hardened")
+    _mod_page(hv, PAGE)
+    _t, slot = map_vmalloc(m, VMALLOC, PAGE)
+    set_module_exec(hv.state, m.plat, VMALLOC, PAGE, True)
+    assert not m.plat.read_u64(PhysAddr(slot)) & PXN
+    _t2, slot2 = map_vmalloc(m, VMALLOC + 0x1000, PAGE + 0x1000)
+    with pytest.raises(HypRefusal):
+        set_module_exec(hv.state, m.plat, VMALLOC + 0x1000, PAGE, True)
+    assert m.plat.read_u64(PhysAddr(slot2)) & PXN
+
+
+def test_mark_ex_trusts_live_entry_quirk() -> None:
+    """secvma2024 (gap 2): PXN is cleared on whatever entry maps the VA, even a data page."""
+    from secvma.kpcore.kpt import set_module_exec
+
+    m, hv = booted("secvma2024")
+    _t, slot = map_vmalloc(m, VMALLOC, PAGE)
+    set_module_exec(hv.state, m.plat, VMALLOC, PAGE + 0x5000, True)
+    assert not m.plat.read_u64(PhysAddr(slot)) & PXN

@@ -75,6 +75,7 @@ class KPCore:
         self.st: KState | None = None
         self.invariant_violations: list[invariants.Violation] = []
         self.internal_errors: list[InternalError] = []
+        self.hvc_counts: dict[int, int] = {}
         self._traps = 0
 
     # --- public surface -----------------------------------------------------------------
@@ -88,6 +89,15 @@ class KPCore:
     @property
     def refusals(self) -> list[Refusal]:
         return [] if self.st is None else self.st.refusals
+
+    def snapshot(self) -> dict[str, object]:
+        """JSON-able state for `secvma inspect` (see kpcore.snapshot)."""
+        from secvma.kpcore.snapshot import snapshot
+
+        out = snapshot(self.state)
+        out["invariant_violations"] = [str(v) for v in self.invariant_violations]
+        out["internal_errors"] = [str(e) for e in self.internal_errors]
+        return out
 
     def attach(self, platform: Platform) -> KState:
         """Create the state for `platform` (done by the first event; tests call it early)."""
@@ -128,6 +138,7 @@ class KPCore:
         elif isinstance(ev, Smc):
             cpu.smc_passthrough()
         elif isinstance(ev, Hvc):
+            self.hvc_counts[ev.x[0]] = self.hvc_counts.get(ev.x[0], 0) + 1
             self._guard(st, plat, cpu, ev, lambda: handle_hvc(st, plat, cpu, ev))
         elif isinstance(ev, Stage2Abort):
             self._guard(st, plat, cpu, ev, lambda: handle_abort(st, plat, cpu, ev))

@@ -478,3 +478,42 @@ def _plan_c_kpt(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort, cs: CSto
     if old == 0:
         plan.incs.append(target >> 12)
     return Outcome.EMULATED
+
+
+# --- module text execute permission (for the in-hypervisor module loader) ---------------------
+
+
+def set_module_exec(st: KState, plat: Platform, va: int, expect_pa: int, enable: bool) -> None:
+    """Clear (enable) or set PXN on the kernel entry mapping module text at `va`.
+
+    C: kint/HostModuleAux.c:mark_ex / HostModuleCore.c:get_page_entry. secvma2024 (gap 2)
+    edits whatever entry currently maps `va` (possibly a 2 MiB/1 GiB block, or a page remapped
+    by another CPU after authentication). hardened only edits a level-3 leaf whose output is
+    `expect_pa` and whose class is MOD_txt; anything else is refused (EPERM), nothing written.
+    """
+    rule = "mark-ex"
+    boot = st.boot
+    if boot is None:
+        raise _refuse(rule, "not installed", Errno.EINVAL)
+    table, level = boot.swapper_pg_dir, 0
+    while True:
+        slot = table + 8 * ((va >> (39 - 9 * level)) & 511)
+        e = plat.read_u64(PhysAddr(slot))
+        sh = shape(e, level, any_nonzero=st.policy.quirks.mark_ex_trusts_table)
+        if sh is Shape.TABLE and level < 3:
+            table, level = out_pa(e, level, sh), level + 1
+            if not st.pages.usage_of(table >> 12).is_kpt:
+                raise _refuse(rule, "walk left the protected tables", va=va)
+            continue
+        break
+    if sh is not Shape.LEAF:
+        raise _refuse(rule, "module VA is not mapped", Errno.ENOENT, va=va)
+    if not st.policy.quirks.mark_ex_trusts_table:
+        target = out_pa(e, level, sh)
+        if level != 3 or target != expect_pa & ~0xFFF \
+                or st.pages.usage_of(target >> 12) is not Usage.EL1_MOD_TXT:
+            raise _refuse(rule, "entry does not map the authenticated module page", va=va,
+                          level=level, target=target)
+    plat.write_u64(PhysAddr(slot), e & ~PXN if enable else e | PXN)
+    st.s2.pending_flush.add(slot & ~0xFFF)
+    st.dirty_tables.add(slot >> 12)
