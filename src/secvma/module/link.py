@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from secvma.module import native
 from secvma.module.elf import SHF_ALLOC
 from secvma.module.errors import LayoutError
 from secvma.module.load import LoadView, is_init_section
+from secvma.module.native import ops
 from secvma.module.relocations import PltSection, RelocTarget, apply_relocations
 
 
@@ -55,16 +57,29 @@ def relocate_sections(view: LoadView, addresses: Mapping[int, int], symvals: Seq
         if idx in contents:
             plts[key] = PltSection(idx, addresses[idx], contents[idx], n, cfg.plt_entry_size)
     counts: dict[int, int] = {}
-    for rs_index, relas in view.relocations.items():
+    table = view.relocations
+    fast = native.available()
+    symarr = None
+    for rs_index in table:
         rs = view.sections[rs_index]
         dst = view.sections[rs.info]
-        if not dst.flags & SHF_ALLOC or not relas:
+        if not dst.flags & SHF_ALLOC or not table.count(rs_index):
             continue
         if rs.info not in contents:
             raise LayoutError(f"{rs.name}: target {dst.name} has no address")
         plt = plts.get("init" if is_init_section(dst.name) else "core")
         tgt = RelocTarget(dst.name, contents[rs.info], addresses[rs.info], plt)
-        for t, n in apply_relocations(tgt, relas, symvals, erratum_843419=erratum,
-                                      module_plts=cfg.module_plts).items():
+        span = table.span(rs_index) if fast else None
+        got = None
+        if span is not None:
+            if symarr is None:
+                symarr = ops.symbol_array(symvals)
+            data, offset, n, plt_sort = span
+            got = ops.apply_relas(tgt, data, offset, n, symvals, symarr, plt_sort=plt_sort,
+                                  erratum_843419=erratum, module_plts=cfg.module_plts)
+        if got is None:
+            got = apply_relocations(tgt, table[rs_index], symvals, erratum_843419=erratum,
+                                    module_plts=cfg.module_plts)
+        for t, n in got.items():
             counts[t] = counts.get(t, 0) + n
     return Relocated(dict(addresses), contents, counts, plts)

@@ -18,11 +18,22 @@ Steps, in kernel order:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from secvma.module import native
 from secvma.module.config import LoaderConfig
-from secvma.module.elf import SHF_ALLOC, SHF_EXECINSTR, SHF_RO_AFTER_INIT, SHT_NOBITS, ElfModule, Section
+from secvma.module.elf import (
+    RELA,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_RO_AFTER_INIT,
+    SHT_NOBITS,
+    ElfModule,
+    Section,
+)
 from secvma.module.errors import ElfFormatError, LayoutError
+from secvma.module.native import ops
 from secvma.module.relocations import R
 from secvma.module.sort import Rela, sort_relas
 
@@ -40,6 +51,53 @@ def is_init_layout_section(name: str, cfg: LoaderConfig) -> bool:
     return is_init_section(name) or (not cfg.module_unload and name.startswith(".exit"))
 
 
+class RelaTable(Mapping[int, list[Rela]]):
+    """RELA section index -> entries in the order the loader applies them.
+
+    Entries are either given as lists (pure-Python path) or kept as raw RELA bytes and
+    decoded only when asked for (native path: the C engine reads the bytes through `span`,
+    and no per-relocation Python object is made). Both give the same lists.
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict[int, list[Rela]] = {}
+        self._spans: dict[int, tuple[bytes, int, int, bool]] = {}
+        self._order: list[int] = []
+
+    def add_list(self, index: int, relas: list[Rela]) -> None:
+        self._order.append(index)
+        self._lists[index] = relas
+
+    def add_span(self, index: int, data: bytes, offset: int, count: int, plt_sort: bool) -> None:
+        """`count` entries at `data[offset:]`, in file order (then `plt_order` if `plt_sort`)."""
+        self._order.append(index)
+        self._spans[index] = (data, offset, count, plt_sort)
+
+    def span(self, index: int) -> tuple[bytes, int, int, bool] | None:
+        """(data, offset, count, plt_sort) of a section kept as bytes, else None."""
+        return self._spans.get(index)
+
+    def count(self, index: int) -> int:
+        sp = self._spans.get(index)
+        return sp[2] if sp is not None else len(self._lists[index])
+
+    def __getitem__(self, index: int) -> list[Rela]:
+        got = self._lists.get(index)
+        if got is None:
+            data, offset, count, plt_sort = self._spans[index]
+            got = list(RELA.iter_unpack(data[offset : offset + count * RELA.size]))
+            if plt_sort:
+                got = plt_order(got)
+            self._lists[index] = got
+        return got
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
 @dataclass(frozen=True)
 class LoadView:
     """Rewritten headers, sorted relocations and PLT sizing of one module."""
@@ -47,7 +105,7 @@ class LoadView:
     elf: ElfModule
     config: LoaderConfig
     sections: tuple[Section, ...]
-    relocations: dict[int, list[Rela]]  # RELA section index -> entries (sorted if the kernel does)
+    relocations: RelaTable  # RELA section index -> entries (sorted if the kernel does)
     plt_index: int
     init_plt_index: int
     core_plts: int
@@ -160,18 +218,28 @@ def prepare(elf: ElfModule, cfg: LoaderConfig, *, exact_sort: bool = False) -> L
         raise LayoutError("module PLT section(s) missing (.plt and .init.plt; arm64 module.lds)")
 
     syms = elf.raw_symbols()
-    relocs: dict[int, list[Rela]] = {}
+    relocs = RelaTable()
     core_plts = init_plts = 0
+    fast = native.available()
     for rs in elf.rela_sections():
-        raw = elf.relocations(rs.index)
         dst = secs[rs.info]
+        if fast:
+            got = _prepare_native(elf, cfg, rs, dst, relocs, exact_sort)
+            if got is None:
+                _check_symbol_indices(relocs[rs.index], len(syms), rs)
+                raise AssertionError("modaccel and the reference disagree on symbol indices")
+            n, align = got
+        else:
+            raw = elf.relocations(rs.index)
+            if not dst.flags & SHF_EXECINSTR:
+                relocs.add_list(rs.index, raw)
+                continue
+            ordered = sort_relas(raw) if exact_sort else plt_order(raw)
+            relocs.add_list(rs.index, ordered)
+            _check_symbol_indices(ordered, len(syms), rs)
+            n, align = count_plts(syms, ordered, rs.info, dst, cfg)
         if not dst.flags & SHF_EXECINSTR:
-            relocs[rs.index] = raw
             continue
-        ordered = sort_relas(raw) if exact_sort else plt_order(raw)
-        relocs[rs.index] = ordered
-        _check_symbol_indices(ordered, len(syms), rs)
-        n, align = count_plts(syms, ordered, rs.info, dst, cfg)
         if align != dst.addralign:
             secs[rs.info] = dataclasses.replace(dst, addralign=align)
         if is_init_section(dst.name):
@@ -193,6 +261,30 @@ def prepare(elf: ElfModule, cfg: LoaderConfig, *, exact_sort: bool = False) -> L
         setflags(elf.strtab_index, set_=SHF_ALLOC)
     return LoadView(elf, cfg, tuple(secs), relocs, plt, init_plt, core_plts, init_plts,
                     percpu.index if percpu is not None else 0)
+
+
+def _prepare_native(elf: ElfModule, cfg: LoaderConfig, rs: Section, dst: Section,
+                    relocs: RelaTable, exact_sort: bool) -> tuple[int, int] | None:
+    """The loop body of `prepare` for one RELA section, with the accelerator.
+
+    Records the section in `relocs` as bytes; returns (PLT slots, alignment) of a code
+    section ((0, alignment) otherwise), or None when a symbol index is out of range.
+    """
+    n = rs.size // RELA.size
+    if not dst.flags & SHF_EXECINSTR:
+        relocs.add_span(rs.index, elf.data, rs.offset, n, False)
+        return 0, dst.addralign
+    srt = ops.sort_relas(elf.data, rs.offset, n)
+    if srt is None:
+        raise native.NativeBuildError("modaccel: sort refused a section the parser accepted")
+    if exact_sort:
+        relocs.add_span(rs.index, srt, 0, n, False)
+    else:
+        relocs.add_span(rs.index, elf.data, rs.offset, n, True)
+    got = ops.count_plts(srt, 0, n, elf, rs.info, dst.addralign, cfg)
+    if got is None:
+        raise native.NativeBuildError("modaccel: count_plts refused its arguments")
+    return None if got is False else got
 
 
 def _check_symbol_indices(relas: list[Rela], nsyms: int, rs: Section) -> None:

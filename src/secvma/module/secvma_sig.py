@@ -30,8 +30,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from secvma.module import native
 from secvma.module.config import SECVMA_4_18, LoaderConfig
 from secvma.module.elf import (
+    RELA,
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHF_WRITE,
@@ -48,6 +50,7 @@ from secvma.module.errors import (
     MessageError,
 )
 from secvma.module.load import count_plts
+from secvma.module.native import ops
 from secvma.module.sort import sort_relas
 
 RECORD = struct.Struct("<6Q")
@@ -114,9 +117,15 @@ def build_message(elf: ElfModule, cfg: LoaderConfig = SECVMA_4_18, *,
     contents: dict[int, bytes] = {}
     syms = elf.raw_symbols()
     nplt = {False: 0, True: 0}
+    fast = native.available()
     for rs in elf.rela_sections():
         dst = secs[rs.info]
         if not dst.flags & SHF_EXECINSTR:
+            continue
+        if fast:
+            n, align = _sorted_section_native(elf, rs, dst, cfg, contents)
+            secs[rs.info] = dataclasses.replace(secs[rs.info], addralign=align)
+            nplt[dst.name.startswith(".init")] += n
             continue
         relas = sort_relas(elf.relocations(rs.index))
         if relas and max(r[1] >> 32 for r in relas) >= len(syms):
@@ -152,6 +161,23 @@ def build_message(elf: ElfModule, cfg: LoaderConfig = SECVMA_4_18, *,
         raise MessageError(f"message length {len(msg.message)} is a multiple of 4096 "
                            "(sign_mod aborts)")
     return msg
+
+
+def _sorted_section_native(elf: ElfModule, rs: Section, dst: Section, cfg: LoaderConfig,
+                           contents: dict[int, bytes]) -> tuple[int, int]:
+    """Steps 3–4 for one RELA section with the accelerator: sorted bytes into `contents`,
+    then (PLT slots, alignment), exactly as the pure-Python loop body computes them."""
+    n = rs.size // RELA.size
+    body = ops.sort_relas(elf.data, rs.offset, n)
+    if body is None:
+        raise native.NativeBuildError("modaccel: sort refused a section the parser accepted")
+    got = ops.count_plts(body, 0, n, elf, rs.info, dst.addralign, cfg)
+    if got is False:
+        raise MessageError(f"{rs.name}: relocation symbol index out of range")
+    if got is None:
+        raise native.NativeBuildError("modaccel: count_plts refused its arguments")
+    contents[rs.index] = body
+    return got
 
 
 def serialize_checklist(sections: Sequence[Section], checklist: Sequence[int],
