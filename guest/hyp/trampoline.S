@@ -59,6 +59,7 @@ _start:
     str     xzr, [sp, #MB_ESR]
     str     xzr, [sp, #MB_FAR]
     str     xzr, [sp, #MB_HPFAR]
+    bl      save_el1
     mov     w1, #KIND_HELLO
     str     w1, [sp, #MB_KIND]
     mrs     x0, cntpct_el0

@@ -102,3 +102,35 @@ def test_fast_path_msr_is_done_in_el2_without_python() -> None:
     assert res.fast_traps == 100
     assert h.events["SysregTrap"] == 0
     assert h.reports[0][1] == 99
+
+
+def test_read_sysreg_sees_guest_changes_after_a_hypervisor_write() -> None:
+    """VBAR_EL1 is not trapped: after the hypervisor wrote it, a later guest write must still be
+    what `read_sysreg` returns at the next trap (the trap-time value wins over the shadow)."""
+    from secvma.machine.mailbox import MailboxCpu
+    from secvma.platform import Event, Hvc, Platform, SysReg, Vcpu
+
+    seen: list[int] = []
+
+    class Probe(Recorder):
+        def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
+            if isinstance(event, Hvc) and event.imm == 1:
+                cpu.write_sysreg(SysReg.VBAR_EL1, 0x4200_1000)
+                seen.append(cpu.read_sysreg(SysReg.VBAR_EL1))  # queued write wins in this trap
+            elif isinstance(event, Hvc) and event.imm == 2:
+                assert isinstance(cpu, MailboxCpu)
+                seen.append(cpu.read_sysreg(SysReg.VBAR_EL1))
+            super().handle(platform, cpu, event)
+
+    run("""
+        hvc #1
+        mrs x5, vbar_el1
+        mov x0, #0
+        ldr x6, =0x42002000
+        msr vbar_el1, x6
+        isb
+        hvc #2
+        mov x0, x5
+        hvc #0xAA
+    """ + POWEROFF, Probe())
+    assert seen == [0x4200_1000, 0x4200_2000]

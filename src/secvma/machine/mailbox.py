@@ -126,7 +126,8 @@ class MailboxCpu:
         self.q_spsr = (off + layout.MB_SPSR) // 8
         self.q_esr = (off + layout.MB_ESR) // 8
         self.cmds: list[tuple[int, int, int]] = []
-        self.shadow: dict[SysReg, int] = {}
+        self.shadow: dict[SysReg, int] = {}  # last value written, for registers not saved per trap
+        self.written: dict[SysReg, int] = {}  # written during the current trap
         self.pending_entry: int | None = None
         self.last_rt_valid = False
         self.started = False
@@ -170,12 +171,22 @@ class MailboxCpu:
     def write_sysreg(self, reg: SysReg, value: int) -> None:
         self.cmds.append((layout.OP_MSR, int(reg), value & MASK64))
         self.shadow[reg] = value & MASK64
+        self.written[reg] = value & MASK64
 
     def read_sysreg(self, reg: SysReg) -> int:
-        if reg in self.shadow:
-            return self.shadow[reg]
+        """The register's value as this trap sees it.
+
+        A write queued during this trap wins; otherwise the value the trampoline saved at trap
+        entry (SCTLR, TTBR0/1, TCR, MAIR, VBAR: the guest may have changed them since the
+        hypervisor last wrote them, VBAR_EL1 without trapping at all); otherwise the last value
+        written through the hypervisor (0 if never).
+        """
+        if reg in self.written:
+            return self.written[reg]
         off = _SAVED_EL1.get(reg)
-        return int(self.q[(self.off + off) // 8]) if off is not None else 0
+        if off is not None:
+            return int(self.q[(self.off + off) // 8])
+        return self.shadow.get(reg, 0)
 
     def el1_saved(self, field_off: int) -> int:
         """An EL1 register the trampoline saved at this trap (layout.MB_SCTLR ... MB_SP_EL1)."""
@@ -369,6 +380,8 @@ class MailboxServer:
                 f"cpu{cpu.index}: exception at EL2 vector {ev.vector:#x} (ESR {ev.esr:#x}, "
                 f"FAR {ev.far:#x}) - the trampoline never expects it", last_pc=cpu.elr)
         self.traps[type(ev).__name__] += 1
+        if cpu.written:
+            cpu.written.clear()
         self._current = cpu
         self.hyp.handle(self, cpu, ev)
         self._current = None
