@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
 from secvma import fixtures as fx
+from secvma.module import native
+
+
+def native_or_skip() -> None:
+    """Skip when the accelerator is switched off; fail when it should work but does not."""
+    if os.environ.get("SECVMA_NO_NATIVE", "") not in ("", "0"):
+        pytest.skip("SECVMA_NO_NATIVE is set")
+    with native.use_native(True):
+        assert native.available(), "the native accelerator could not be built (see warnings)"
+
+
+@pytest.fixture(params=["native", "python"])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once through the native accelerator and once in pure Python."""
+    on = request.param == "native"
+    if on:
+        native_or_skip()
+    with native.use_native(on):
+        yield str(request.param)
 
 
 @pytest.fixture(scope="session")

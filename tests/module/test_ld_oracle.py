@@ -13,7 +13,7 @@ from secvma.module.linux_sig import split_appended_signature
 from secvma.module.load import prepare
 from secvma.module.symbols import Export, ExportKind, ExportTable, resolve_symbols
 
-pytestmark = pytest.mark.debian
+pytestmark = [pytest.mark.debian, pytest.mark.usefixtures("engine")]
 
 
 def _relocate_like_ld(elf: ElfModule) -> tuple[dict[int, bytearray], int, dict[int, int]]:

@@ -22,6 +22,7 @@ from secvma.module.relocations import RECIPES, R, relocate_one
 from secvma.module.symbols import Export, ExportKind, ExportTable, resolve_symbols
 
 Asm = Callable[[str], bytes]
+pytestmark = pytest.mark.usefixtures("engine")
 BASE = 0xFFFF800008000000
 
 # Every type outside Debian's set (debian-modules.md §5), with values in range for both the

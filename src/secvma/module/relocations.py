@@ -530,6 +530,13 @@ def relocate_one(rtype: int, buf: bytearray, off: int, place: int, value: int) -
     if rec is None:
         raise UnsupportedRelocation(f"unsupported relocation {reloc_name(rtype)}")
     tgt = RelocTarget("buffer", buf, place - off, None)
+    from secvma.module.native import ops  # ops imports this module
+
+    if 0 <= off <= M64 and 0 <= rtype <= 0xFFFFFFFF:
+        raw = struct.pack("<QQq", off, rtype, 0)
+        if ops.apply_relas(tgt, raw, 0, 1, [value], ops.symbol_array([value]), plt_sort=False,
+                           erratum_843419=False, module_plts=False) is not None:
+            return
     apply_relocations(tgt, [(off, rtype, 0)], [value], module_plts=False)
 
 

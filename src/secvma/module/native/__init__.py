@@ -94,6 +94,10 @@ def _compile(out_dir: Path) -> Path:
         if proc.returncode != 0:
             raise NativeBuildError(f"{cc} failed on {SOURCE.name}:\n{proc.stderr.strip()}")
         os.replace(tmp, out)  # atomic: concurrent builders produce the same file
+        for stale in out_dir.glob("modaccel-*.so"):
+            if stale != out:  # builds of older sources (a loaded copy stays mapped)
+                with contextlib.suppress(OSError):
+                    stale.unlink()
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

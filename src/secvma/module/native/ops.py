@@ -80,7 +80,7 @@ def _writable(buf: bytearray) -> ctypes.Array[ctypes.c_char]:
 def sort_relas(data: bytes, offset: int, count: int) -> bytes | None:
     """`count` RELA entries at `data[offset:]` in the arm64 loader's heapsort order."""
     native = lib()
-    if native is None:
+    if native is None or min(offset, count) < 0 or offset + count * RELA.size > len(data):
         return None
     out = bytearray(count * RELA.size)
     rc = native.secvma_sort_relas(data, len(data), offset, count, _writable(out), len(out))
