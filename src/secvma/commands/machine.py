@@ -32,6 +32,15 @@ def build(as_json: bool) -> None:
             out["testbed"] = str(getattr(img, "bin", getattr(img, "path", img)))
     except MachineError as e:
         fail(str(e), e.hint)
+    try:  # optional: the module toolchain falls back to pure Python without it
+        from secvma.module.native import build_native
+
+        lib = build_native()
+    except Exception as e:  # a failed accelerator build must not fail `build`
+        console.print(f"[yellow]warning[/] native module accelerator not built: {e}")
+    else:
+        if lib is not None:
+            out["module_accel"] = str(lib)
     if as_json:
         emit_json(out)
     else:
