@@ -215,6 +215,8 @@ static int slot_map(const recipe_t *rec, uint32_t nrec, int16_t *map) {
     for (uint32_t s = 0; s < nrec; s++) {
         if (rec[s].rtype >= MAX_TYPE || s > 0x7FFF) return E_ARGS;
         if (s && rec[s].rtype <= rec[s - 1].rtype) return E_ARGS; /* ascending, unique */
+        uint32_t need = rec[s].kind == K_NONE ? 0 : rec[s].kind == K_DATA ? rec[s].width / 8 : 4;
+        if (rec[s].place_bytes < need) return E_ARGS; /* every write stays inside the place */
         map[rec[s].rtype] = (int16_t)s;
     }
     return 0;
