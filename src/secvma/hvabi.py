@@ -169,6 +169,46 @@ class ModArch:
 ModArch._STRUCT = _u64_struct(ModArch, "")
 ModArch.SIZE = ModArch._STRUCT.size
 
+
+@dataclass(frozen=True)
+class ModReport:
+    """`struct secvma_mod_report`: where the kernel put a loaded module (`module_info[i]`).
+
+    Section `k`'s final address is `module_secaddr[i][k]` (u64, MOD_REPORT_SECS per module).
+    """
+
+    used: int
+    prot: int
+    init_done: int
+    shnum: int
+    text_va: int
+    text_pa: int
+    text_pages: int
+    ro_va: int
+    ro_pa: int
+    ro_pages: int
+    data_va: int
+    data_pa: int
+    data_pages: int
+    init_text_va: int
+    modid: int
+    load_ticks: int
+
+    C_NAME: ClassVar[str] = "secvma_mod_report"
+    _STRUCT: ClassVar[struct.Struct]
+    SIZE: ClassVar[int]
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        return cls(*cls._STRUCT.unpack_from(data))
+
+
+ModReport._STRUCT = _u64_struct(ModReport, "")
+ModReport.SIZE = ModReport._STRUCT.size
+MOD_REPORT_SECS = 96
+MODLOAD_F_NO_INIT = 1
+"""CMD_MODLOAD arg1 flag: stop before running the module's init."""
+
 KERNEL_SYMBOL_SIZE = 16
 """`struct kernel_symbol {u64 value; u64 name;}` (Linux 4.18: absolute pointers), name-sorted."""
 
@@ -279,7 +319,8 @@ class CmdLayout:
 CMD = CmdLayout()
 
 
-def field_offsets(cls: type[BootInfo] | type[ModArch]) -> list[tuple[str, int, int]]:
+def field_offsets(cls: type[BootInfo] | type[ModArch] | type[ModReport]
+                  ) -> list[tuple[str, int, int]]:
     """(name, offset, size) of every field of a packed little-endian ABI struct."""
     codes = cls._STRUCT.format.lstrip("<")
     out = []
@@ -301,7 +342,9 @@ def c_static_asserts() -> str:
     check("HVC_ENOSYS", HVC_ENOSYS)
     check("BOOT_INFO_MAGIC", BOOT_INFO_MAGIC)
     check("BOOT_INFO_VERSION", BOOT_INFO_VERSION)
-    for cls in (BootInfo, ModArch):
+    check("MOD_REPORT_SECS", MOD_REPORT_SECS)
+    check("MODLOAD_F_NO_INIT", MODLOAD_F_NO_INIT)
+    for cls in (BootInfo, ModArch, ModReport):
         for name, off, size in field_offsets(cls):
             check(f"offsetof(struct {cls.C_NAME}, {name})", off)
             check(f"sizeof(((struct {cls.C_NAME} *)0)->{name})", size)

@@ -84,6 +84,17 @@ struct secvma_mod_arch {
 	u64 data_va, data_size;       /* writable sections (normal kernel memory) */
 	u64 modid;                    /* HVC 30 result when protected, else HVC_INVALID */
 };
+
+/* Where the kernel put a loaded module (kernel symbols `module_info[8]`, `module_secaddr[8][96]`):
+ * read by the host to check the kernel-side relocation (tests) and to find the runs. */
+#define MOD_REPORT_SECS 96
+struct secvma_mod_report {
+	u64 used, prot, init_done, shnum;     /* prot: loaded by EL2 (HVC 30) */
+	u64 text_va, text_pa, text_pages;     /* core text | init text (page-aligned), text pool */
+	u64 ro_va, ro_pa, ro_pages;           /* core ro | init ro | symtab, strtab, ro pool */
+	u64 data_va, data_pa, data_pages;     /* writable sections, core then init */
+	u64 init_text_va, modid, load_ticks;  /* load_ticks: CNTVCT spent in module_load */
+};
 #endif
 
 /* ---- host command mailbox (kernel symbol `secvma_cmd`, one page in .data) ---------------- */
@@ -103,6 +114,7 @@ struct secvma_mod_arch {
 #define CMD_ALLOC_PAGE 10  /* arg0 = 1: page-table pool page -> ret0 = linear VA, ret1 = PA */
 #define CMD_FREE_PAGE  11  /* arg0 = PA, arg1 = 1: pool page */
 #define CMD_MODLOAD    12  /* upload buffer holds a .ko of arg0 bytes -> ret0 = handle, ret1 = modid, ret2 = init rc */
+			   /* arg1 = MODLOAD_F_* flags, arg2 = offset of the .ko in the upload buffer */
 #define CMD_MODUNLOAD  13  /* arg0 = handle */
 #define CMD_SPAWN      14  /* name = user program, arg0 = x0 -> ret0 = exit status, ret1 = pid */
 #define CMD_POWEROFF   15
@@ -131,6 +143,9 @@ struct secvma_mod_arch {
 #define FORM_STNP      10  /* STNP Xt, Xt2, [Xn], width 8 */
 #define FORM_DC_ZVA    11  /* DC ZVA, Xn (zeroes one cache-line block) */
 #define NR_FORMS       12
+
+/* CMD_MODLOAD flags */
+#define MODLOAD_F_NO_INIT 1   /* stop before running init (real modules: link only) */
 
 #define CMD_NAME_LEN   64
 #define CMD_MSG_LEN    192

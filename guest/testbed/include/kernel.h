@@ -8,6 +8,8 @@
 #define NULL ((void *)0)
 typedef unsigned long size_t;
 typedef _Bool bool;
+typedef short s16;
+typedef int s32;
 #define true 1
 #define false 0
 
@@ -184,7 +186,8 @@ int sys_pipe_kernel(int fds[2]);
 
 /* module.c */
 struct loaded_module;
-int module_load(const void *image, u64 len, int *handle, u64 *modid, int *init_rc, char *msg, u64 msglen);
+int module_load(const void *image, u64 len, u64 flags, int *handle, u64 *modid, int *init_rc,
+		char *msg, u64 msglen);
 int module_unload(int handle, char *msg, u64 msglen);
 u64 ksym_lookup(const char *name);
 void module_report(u64 id, u64 value);
@@ -197,6 +200,7 @@ extern struct secvma_cmd secvma_cmd;
 
 /* user programs embedded in rodata (blobs.S) */
 extern char user_image_start[], user_image_end[];
-extern char mod_hello_start[], mod_hello_end[], mod_counter_start[], mod_counter_end[];
+extern char mod_hello_start[], mod_hello_end[], mod_counter_start[], mod_counter_end[],
+	mod_user_start[], mod_user_end[];
 
 #endif

@@ -23,12 +23,13 @@
 
 /* reserved region after _end (offsets from its 2 MiB-aligned base) */
 #define RESV_MODTEXT     0x0000000ULL   /* module text pool [+4K, +4M-4K) */
-#define RESV_MODRO       0x0400000ULL   /* module ro pool   [+4M+4K, +8M-4K) */
-#define RESV_MODPOOL_SZ  0x0400000ULL
-#define RESV_PGTABLE     0x0A00000ULL   /* page-table pool [+10M, +18M), guards at 8M and 18M */
+#define RESV_MODTEXT_SZ  0x0400000ULL
+#define RESV_MODRO       0x0400000ULL   /* module ro pool   [+4M+4K, +12M-4K): temporary images too */
+#define RESV_MODRO_SZ    0x0800000ULL
+#define RESV_PGTABLE     0x0E00000ULL   /* page-table pool [+14M, +22M), guards at 12M and 22M */
 #define RESV_PGTABLE_SZ  0x0800000ULL
 #define RESV_EARLY_SZ    0x0200000ULL   /* boot tables: top 2 MiB of the pool, top-down */
-#define RESV_SIZE        0x1400000ULL   /* 20 MiB */
+#define RESV_SIZE        0x1800000ULL   /* 24 MiB */
 
 #define DTB_RESERVE      0x200000ULL
 

@@ -15,3 +15,8 @@ mod_hello_end:
 mod_counter_start:
 	.incbin	"mod_counter.ko"
 mod_counter_end:
+	.balign	16
+	.globl	mod_user_start, mod_user_end
+mod_user_start:
+	.incbin	"mod_user.ko"
+mod_user_end:

@@ -10,7 +10,7 @@
 struct secvma_cmd secvma_cmd __attribute__((aligned(4096), section(".data.cmd"))) = {
 	.magic = CMD_MAGIC, .version = CMD_VERSION,
 };
-static u8 upload_buf[256 * 1024] __attribute__((aligned(4096)));
+static u8 upload_buf[4 << 20] __attribute__((aligned(4096)));   /* xfs.ko is 2.9 MB */
 extern struct secvma_boot_info boot_info;
 
 typedef u64 (*prim_fn)(u64, u64, u64);
@@ -131,11 +131,11 @@ static void run_command(struct secvma_cmd *c)
 	case CMD_MODLOAD: {
 		int h = -1, rc = 0;
 		u64 id = HVC_INVALID;
-		if (a[0] > sizeof(upload_buf) || !a[0]) {
+		if (!a[0] || a[2] > sizeof(upload_buf) || a[0] > sizeof(upload_buf) - a[2]) {
 			c->status = ST_BADARG;
 			break;
 		}
-		if (module_load(upload_buf, a[0], &h, &id, &rc, c->msg, CMD_MSG_LEN))
+		if (module_load(upload_buf + a[2], a[0], a[1], &h, &id, &rc, c->msg, CMD_MSG_LEN))
 			c->status = ST_FAILED;
 		c->ret[0] = (u64)h;
 		c->ret[1] = id;

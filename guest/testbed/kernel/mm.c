@@ -5,7 +5,7 @@
  * Physical layout (1 GiB board):
  *   0x4000_0000  hypervisor (32 MiB, never touched)
  *   0x4200_0000  kernel image: text | rodata+vDSO | init text | data | bss | pgdir (2 MiB steps)
- *   _end         reserved region (20 MiB): module text pool, module ro pool, guard,
+ *   _end         reserved region (24 MiB): module text pool, module ro pool, guard,
  *                page-table pool (boot tables top-down in its top 2 MiB), guard
  *   DTB          (2 MiB reserved), then the page allocator's memory up to the end of RAM
  */
@@ -25,8 +25,8 @@ struct boot_regs { u64 bi, tcr, mair, sctlr, ttbr1; } boot_regs;
 #define MAX_PAGES (((3ULL << 30) - (KERNEL_PA - PHYS_OFFSET)) >> 12)
 static u64 page_bits[MAX_PAGES / 64 + 1];
 static u64 pgtable_bits[RESV_PGTABLE_SZ / PAGE_SIZE / 64];
-static u64 modtext_bits[RESV_MODPOOL_SZ / PAGE_SIZE / 64];
-static u64 modro_bits[RESV_MODPOOL_SZ / PAGE_SIZE / 64];
+static u64 modtext_bits[RESV_MODTEXT_SZ / PAGE_SIZE / 64];
+static u64 modro_bits[RESV_MODRO_SZ / PAGE_SIZE / 64];
 struct bitmap_alloc page_bm, pgtable_bm, modtext_bm, modro_bm;
 
 __init u64 early_pgtable_alloc(void)
@@ -85,9 +85,9 @@ __init struct boot_regs *early_paging_init(u64 dtb)
 	bi->pgtable_pool_end = resv_base + RESV_PGTABLE + RESV_PGTABLE_SZ;
 	bi->pgtable_early = bi->pgtable_pool_end - RESV_EARLY_SZ;
 	bi->mod_text_pool = resv_base + RESV_MODTEXT + PAGE_SIZE;
-	bi->mod_text_pool_end = resv_base + RESV_MODTEXT + RESV_MODPOOL_SZ - PAGE_SIZE;
+	bi->mod_text_pool_end = resv_base + RESV_MODTEXT + RESV_MODTEXT_SZ - PAGE_SIZE;
 	bi->mod_ro_pool = resv_base + RESV_MODRO + PAGE_SIZE;
-	bi->mod_ro_pool_end = resv_base + RESV_MODRO + RESV_MODPOOL_SZ - PAGE_SIZE;
+	bi->mod_ro_pool_end = resv_base + RESV_MODRO + RESV_MODRO_SZ - PAGE_SIZE;
 	bi->reserved = resv_base;
 	bi->reserved_end = resv_base + RESV_SIZE;
 	bi->ksymtab = (u64)__start___ksymtab;

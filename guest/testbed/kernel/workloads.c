@@ -75,7 +75,7 @@ static int wl_modules(char *msg, u64 len)
 		int h, rc;
 		u64 modid;
 		module_reports[tm[i].id] = 0;
-		if (module_load(tm[i].start, (u64)(tm[i].end - tm[i].start), &h, &modid, &rc, m, sizeof(m)))
+		if (module_load(tm[i].start, (u64)(tm[i].end - tm[i].start), 0, &h, &modid, &rc, m, sizeof(m)))
 			return snprintf(msg, len, "modules: %s", m), -1;
 		prot += modid != HVC_INVALID;
 		if (module_reports[tm[i].id] != tm[i].init_val)

@@ -32,6 +32,7 @@ from secvma.hvabi import (
     CMD_MSG_LEN,
     CMD_NAME_LEN,
     FORM_WIDTHS,
+    MODLOAD_F_NO_INIT,
     BootInfo,
     Form,
     Op,
@@ -56,6 +57,8 @@ class Command:
     name: str = ""
     upload: bytes = b""
     """Bytes copied into the kernel's upload buffer first (MODLOAD)."""
+    upload_offset: int = 0
+    """Where in the upload buffer `upload` goes (several modules can stay uploaded)."""
 
     def __post_init__(self) -> None:
         if len(self.args) > 6:
@@ -195,12 +198,12 @@ class CommandDriver:
     def _post(self, server: Platform, p: _Pending) -> None:
         c = p.command
         if c.upload:
-            if len(c.upload) > self.upload_size:
+            if c.upload_offset < 0 or len(c.upload) + c.upload_offset > self.upload_size:
                 p.result = CommandResult(c, Status.BADARG, msg=f"upload of {len(c.upload)} bytes "
                                          f"exceeds the kernel's {self.upload_size}-byte buffer")
                 p.event.set()
                 return
-            server.write(PhysAddr(self.upload_pa), c.upload)
+            server.write(PhysAddr(self.upload_pa + c.upload_offset), c.upload)
         base = self.cmd_pa
         args = [a & MASK64 for a in c.args] + [0] * (6 - len(c.args))
         server.write(PhysAddr(base + CMD.op), int(c.op).to_bytes(4, "little") + bytes(4))
@@ -314,9 +317,24 @@ class Primitives:
     def free_page(self, pa: int, pgtable_pool: bool = False) -> CommandResult:
         return self.call(Command(Op.FREE_PAGE, (pa, int(pgtable_pool))))
 
-    def load_module(self, image: bytes) -> CommandResult:
-        """Load a .ko through the kernel's module path: ret = (handle, modid, init rc)."""
-        return self.call(Command(Op.MODLOAD, (len(image),), upload=image))
+    def load_module(self, image: bytes, *, no_init: bool = False) -> CommandResult:
+        """Load a .ko through the kernel's module path: ret = (handle, modid, init rc).
+
+        `modid` is HVC_INVALID when the kernel linked the module itself (HVC 30 answered
+        HVC_ENOSYS). `no_init`: stop before running init (real modules).
+        """
+        flags = MODLOAD_F_NO_INIT if no_init else 0
+        return self.call(Command(Op.MODLOAD, (len(image), flags, 0), upload=image))
+
+    def upload(self, data: bytes, offset: int = 0) -> CommandResult:
+        """Copy bytes into the kernel's upload buffer at `offset` (a NOP command carries them)."""
+        return self.call(Command(Op.NOP, upload=data, upload_offset=offset))
+
+    def load_uploaded(self, length: int, offset: int = 0, *,
+                      no_init: bool = False) -> CommandResult:
+        """MODLOAD of a .ko already in the upload buffer at `offset` (no host copy)."""
+        flags = MODLOAD_F_NO_INIT if no_init else 0
+        return self.call(Command(Op.MODLOAD, (length, flags, offset)))
 
     def unload_module(self, handle: int) -> CommandResult:
         return self.call(Command(Op.MODUNLOAD, (handle,)))
