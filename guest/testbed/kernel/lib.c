@@ -20,9 +20,12 @@ void *memcpy(void *d, const void *s, size_t n)
 {
 	u8 *dp = d;
 	const u8 *sp = s;
-	if (!(((u64)dp | (u64)sp | n) & 7)) {
-		for (size_t i = 0; i < n; i += 8)
+	if (!(((u64)dp | (u64)sp) & 7)) {       /* words, then the tail (modules: odd sizes) */
+		size_t i = 0;
+		for (; i + 8 <= n; i += 8)
 			*(u64 *)(dp + i) = *(const u64 *)(sp + i);
+		for (; i < n; i++)
+			dp[i] = sp[i];
 		return d;
 	}
 	while (n--)

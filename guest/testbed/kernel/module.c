@@ -501,6 +501,8 @@ static void record_exports(struct loaded_module *m, struct elf64_shdr *sh, int n
 	}
 }
 
+static int mload_enosys;
+
 int module_load(const void *image, u64 len, u64 flags, int *handle, u64 *modid, int *init_rc,
 		char *msg, u64 msglen)
 {
@@ -637,7 +639,9 @@ int module_load(const void *image, u64 len, u64 flags, int *handle, u64 *modid, 
 	/* 4. ask EL2 (HVC 30), or link and relocate here (symbol values become absolute) */
 	m->init_fn = find_sym(eh, sh, symidx, "init_module");
 	m->exit_fn = find_sym(eh, sh, symidx, "cleanup_module");
-	u64 r = hvc_call(HVC_MLOAD, (u64)eh, percpu, (u64)&m->arch, (u64)check, nc);
+	u64 r = mload_enosys ? HVC_ENOSYS :
+		hvc_call(HVC_MLOAD, (u64)eh, percpu, (u64)&m->arch, (u64)check, nc);
+	mload_enosys = r == HVC_ENOSYS;   /* an unmodified kernel never asks: ask once per boot */
 	vfree(check, PAGE_SIZE);
 	if (r == HVC_ENOSYS) {
 		if (link_and_relocate(eh, sh, symidx, msg, msglen))

@@ -78,9 +78,12 @@ static int wl_modules(char *msg, u64 len)
 		if (module_load(tm[i].start, (u64)(tm[i].end - tm[i].start), 0, &h, &modid, &rc, m, sizeof(m)))
 			return snprintf(msg, len, "modules: %s", m), -1;
 		prot += modid != HVC_INVALID;
-		if (module_reports[tm[i].id] != tm[i].init_val)
-			return snprintf(msg, len, "modules: init of #%lu reported %lx, want %lx", i,
-					module_reports[tm[i].id], tm[i].init_val), -1;
+		if (module_reports[tm[i].id] != tm[i].init_val) {
+			snprintf(msg, len, "modules: init of #%lu reported %lx, want %lx", i,
+				 module_reports[tm[i].id], tm[i].init_val);
+			module_unload(h, m, sizeof(m));
+			return -1;
+		}
 		if (module_unload(h, m, sizeof(m)))
 			return snprintf(msg, len, "modules: %s", m), -1;
 		if (module_reports[tm[i].id] != tm[i].exit_val)

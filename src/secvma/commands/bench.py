@@ -11,7 +11,7 @@ from secvma.ui import console, emit_json, fail
 
 @click.group()
 def bench() -> None:
-    """Benchmarks (micro: trap round trips and boot time)."""
+    """Benchmarks (micro: trap round trips and boot time; modules: run-mod)."""
 
 
 @bench.command()
@@ -59,6 +59,44 @@ def micro(iterations: int, boot_runs: int, spin_us: float, as_json: bool) -> Non
                   f"median, {sb['hvc_roundtrip_guest_us']:.2f} µs guest-side"
                   + (f", boot {sb['boot_s_null']:.3f} s" if "boot_s_null" in sb else ""))
     console.print(f"[dim]{res['busy_polling']}[/]")
+
+
+
+@bench.command()
+@click.option("--reps", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Load/unload repetitions per module and configuration.")
+@click.option("--json", "as_json", is_flag=True)
+def modules(reps: int, as_json: bool) -> None:
+    """run-mod: insmod/rmmod of xfs and virtio_crypto, hypervisor loader vs kernel-side."""
+    from secvma.bench.modules import BenchUnavailable, run_modules
+
+    try:
+        with console.status("loading modules...", spinner="dots") as st:
+            res = run_modules(reps, progress=lambda m: st.update(m))
+    except BenchUnavailable as e:
+        fail(str(e), "run `secvma fixtures fetch`, then retry")
+    except MachineError as e:
+        fail(str(e), e.hint)
+    if as_json:
+        emit_json(res)
+        return
+
+    def ms(row: dict[str, object], key: str) -> str:
+        v, sd = row.get(key), row.get(key + "_std")
+        return "—" if v is None else f"{v:.2f} ± {sd:.2f} ms"
+
+    t = Table(title=f"secvma bench modules ({reps} reps, up to init; guest-side time)")
+    for col in ("module", "load (EL2)", "unload (EL2)", "load (kernel)", "unload (kernel)",
+                "load ratio"):
+        t.add_column(col)
+    for name, row in res["modules"].items():
+        ratio = row["ratio"]
+        t.add_row(name, ms(row, "load_ms"), ms(row, "unload_ms"), ms(row, "load_ms_unprotected"),
+                  ms(row, "unload_ms_unprotected"), "—" if ratio is None else f"{ratio:.2f}×")
+    console.print(t)
+    for what, err in res["errors"].items():
+        console.print(f"[red]{what}: {err}[/]")
+    console.print(f"[dim]{res['timing']}[/]")
 
 
 COMMANDS: list[click.Command] = [bench]

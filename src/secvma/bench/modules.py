@@ -1,0 +1,184 @@
+"""The module evaluation (artifact `run-mod.sh`, eval-spec §2), on the testbed kernel.
+
+What is measured: insmod and rmmod of `xfs` (after `libcrc32c`) and `virtio_crypto` (after
+`crypto_engine`), Debian's 6.1 arm64 modules, each up to but not including their init (the
+testbed cannot run Linux's init code; its imports are stubs named after Module.symvers). As in
+run-mod.sh the dependency's load and unload are not timed. Two configurations, each booted
+once and run for `reps` repetitions:
+
+* **protected**: policy `hardened` with a signature table made for this run (a fresh Ed25519
+  key signs all four modules as `secvma_sig` does): the kernel hands the module to HVC 30,
+  which authenticates, installs, links and relocates it; rmmod is HVC 32 + HVC 31.
+* **unprotected**: policy `none` (HVC 30 answers HVC_ENOSYS): the kernel's own loader links
+  and relocates the same modules at the same kind of addresses.
+
+Timing: `load_ms` / `unload_ms` are guest-side, CNTVCT around the kernel's command handler
+(copy of the .ko into the temporary image, layout, HVC 30 or the kernel-side link, page-table
+updates, unmapping); CNTVCT keeps running while EL2 (Python) works, so the hypervisor's time
+is included. The host-side round trip of the same command (post to done, through guest RAM;
+its resolution is the mailbox poll period, ~0.2 ms) is reported as `*_host_ms`. The .ko files
+are put into the kernel's upload buffer once per boot, so neither figure includes a copy from
+the host. run-mod.sh takes one sample per operation; here it is the mean and sample standard
+deviation over `reps`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secvma.hvabi import HVC_INVALID
+from secvma.platform import Hypervisor
+from secvma.testbed.build import TestbedImage, build_testbed
+from secvma.testbed.commands import CommandResult, TestbedSession
+from secvma.testbed.modules import REAL_PAIRS
+from secvma.testbed.nullabi import TestbedNullHypervisor
+
+MEASURED = tuple(m for _d, m in REAL_PAIRS)
+TIMING_NOTE = ("load_ms/unload_ms: guest CNTVCT around the kernel's MODLOAD/MODUNLOAD handler "
+               "(includes EL2 time); *_host_ms: host round trip of the same command")
+
+
+class BenchUnavailable(RuntimeError):
+    """A configuration cannot be measured (e.g. the hypervisor loader is not built yet)."""
+
+
+@dataclass
+class Samples:
+    """Per-operation samples of one configuration, in seconds."""
+
+    load: list[float] = field(default_factory=list)
+    unload: list[float] = field(default_factory=list)
+    load_host: list[float] = field(default_factory=list)
+    unload_host: list[float] = field(default_factory=list)
+
+
+def _ms(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return float("nan"), float("nan")
+    mean = statistics.fmean(xs) * 1e3
+    std = statistics.stdev(xs) * 1e3 if len(xs) > 1 else 0.0
+    return round(mean, 4), round(std, 4)
+
+
+def signed_keys(modules: Mapping[str, Path]) -> Any:
+    """`ModuleKeys` for the four modules, signed with a key generated for this run."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        from secvma.kpcore.modkeys import keys_for
+    except ImportError as exc:
+        raise BenchUnavailable(f"hypervisor module keys not available ({exc})") from None
+    return keys_for(Ed25519PrivateKey.generate(), [p.read_bytes() for p in modules.values()])
+
+
+def hardened_hypervisor(modules: Mapping[str, Path]) -> Hypervisor:
+    """`make_policy("hardened", module_keys=...)`, or BenchUnavailable with the reason."""
+    try:
+        from secvma.kpcore import make_policy
+    except ImportError as exc:
+        raise BenchUnavailable(f"secvma.kpcore not importable ({exc})") from None
+    if "module_keys" not in inspect.signature(make_policy).parameters:
+        raise BenchUnavailable("secvma.kpcore.make_policy takes no module_keys yet "
+                               "(hypervisor module loader not landed)")
+    factory: Callable[..., Hypervisor] = make_policy
+    return factory("hardened", module_keys=signed_keys(modules))
+
+
+def _check(r: CommandResult, what: str) -> CommandResult:
+    if not r.ok:
+        raise BenchUnavailable(f"{what}: {r.status.name.lower()}: {r.msg}")
+    return r
+
+
+def measure(hypervisor: Hypervisor, modules: Mapping[str, Path], reps: int, *,
+            protected: bool, image: TestbedImage | None = None,
+            progress: Callable[[str], None] | None = None) -> dict[str, Samples]:
+    """Boot once under `hypervisor`; `reps` × (dep, module) load/unload; samples per module."""
+    out = {m: Samples() for m in MEASURED}
+    with TestbedSession(hypervisor, image=image, command_timeout_s=600) as s:
+        offsets: dict[str, tuple[int, int]] = {}
+        at = 0
+        for name in (n for pair in REAL_PAIRS for n in pair):
+            data = modules[name].read_bytes()
+            _check(s.upload(data, at), f"upload {name}")
+            offsets[name] = (at, len(data))
+            at += (len(data) + 4095) & ~4095
+        for dep, mod in REAL_PAIRS:
+            for k in range(reps):
+                if progress:
+                    progress(f"{'protected' if protected else 'unprotected'} {mod} {k + 1}/{reps}")
+                d = _check(s.load_uploaded(offsets[dep][1], offsets[dep][0], no_init=True),
+                           f"insmod {dep}")
+                r = _check(s.load_uploaded(offsets[mod][1], offsets[mod][0], no_init=True),
+                           f"insmod {mod}")
+                if protected and (r.ret[1] == HVC_INVALID or d.ret[1] == HVC_INVALID):
+                    s.unload_module(r.value)
+                    s.unload_module(d.value)
+                    raise BenchUnavailable("HVC 30 answered HVC_ENOSYS: the kernel loaded the "
+                                           "module itself (hypervisor module loader missing)")
+                u = _check(s.unload_module(r.value), f"rmmod {mod}")
+                _check(s.unload_module(d.value), f"rmmod {dep}")
+                smp = out[mod]
+                smp.load.append(r.guest_s)
+                smp.unload.append(u.guest_s)
+                smp.load_host.append(r.wall_s)
+                smp.unload_host.append(u.wall_s)
+    return out
+
+
+def run_modules(reps: int = 5, *, image: TestbedImage | None = None,
+                modules: Mapping[str, Path] | None = None,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Both configurations; JSON-ready result (keys per module: load_ms, unload_ms,
+    load_ms_unprotected, ratio, plus *_std, *_host_ms, unload_ms_unprotected, reps)."""
+    if modules is None:
+        from secvma import fixtures
+
+        fx = fixtures.available()
+        if fx is None:
+            raise BenchUnavailable("the Debian modules are not fetched (secvma fixtures fetch)")
+        modules = fx.modules
+    image = image or build_testbed()
+    if not image.linux_symbols:
+        raise BenchUnavailable("the testbed was built without the Linux 6.1 export table")
+    errors: dict[str, str] = {}
+    unprot = measure(TestbedNullHypervisor(), modules, reps, protected=False, image=image,
+                     progress=progress)
+    prot: dict[str, Samples] | None = None
+    try:
+        prot = measure(hardened_hypervisor(modules), modules, reps, protected=True,
+                       image=image, progress=progress)
+    except BenchUnavailable as exc:
+        errors["protected"] = str(exc)
+    res: dict[str, Any] = {}
+    for mod in MEASURED:
+        u = unprot[mod]
+        lu, lu_sd = _ms(u.load)
+        uu, uu_sd = _ms(u.unload)
+        row: dict[str, Any] = {
+            "load_ms": None, "load_ms_std": None, "unload_ms": None, "unload_ms_std": None,
+            "load_ms_unprotected": lu, "load_ms_unprotected_std": lu_sd,
+            "unload_ms_unprotected": uu, "unload_ms_unprotected_std": uu_sd,
+            "ratio": None, "unload_ratio": None,
+            "load_host_ms_unprotected": _ms(u.load_host)[0],
+            "unload_host_ms_unprotected": _ms(u.unload_host)[0],
+            "reps": reps,
+        }
+        if prot is not None:
+            p = prot[mod]
+            lp, lp_sd = _ms(p.load)
+            up, up_sd = _ms(p.unload)
+            row.update(load_ms=lp, load_ms_std=lp_sd, unload_ms=up, unload_ms_std=up_sd,
+                       ratio=round(lp / lu, 3) if lu else None,
+                       unload_ratio=round(up / uu, 3) if uu else None,
+                       load_host_ms=_ms(p.load_host)[0], unload_host_ms=_ms(p.unload_host)[0])
+        else:
+            row["error"] = errors["protected"]
+        res[mod] = row
+    return {"modules": res, "reps": reps, "timing": TIMING_NOTE,
+            "protected_policy": "hardened", "errors": errors}
