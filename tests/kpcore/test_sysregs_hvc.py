@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import booted
 from fakes import DATA, IDMAP, MAIR, PT_POOL, SCTLR, SWAPPER, TEXT, ZERO_PAGE, FakeMachine, kva, lva
 
-from secvma.hvabi import HVC_ENOSYS
+from secvma.hvabi import HVC_INVALID
 from secvma.kpcore import make_policy
 from secvma.kpcore.pages import Usage
 from secvma.kpcore.refusal import Errno, Outcome
@@ -140,10 +140,11 @@ def test_stub_hypercalls_escape_quirk() -> None:
     assert any(v.inv == "INV-ROOTS" for v in hv.check_invariants(m.plat))
 
 
-def test_module_hypercalls_not_implemented() -> None:
-    """HVC 30-32 answer HVC_ENOSYS (the kernel links modules itself) without a refusal."""
+def test_module_hypercalls_refused_without_a_module() -> None:
+    """HVC 30-32 with nothing to load / free answer HVC_INVALID with a logged refusal."""
     m, hv = booted("hardened")
-    assert m.hvc(30, 0, 0, 0, 0, 0) == HVC_ENOSYS and not hv.refusals
+    assert m.hvc(30, 0, 0, 0, 0, 0) == HVC_INVALID and hv.refusals[-1].rule == "mload-args"
+    assert m.hvc(31, 5) == HVC_INVALID and hv.refusals[-1].rule == "mfree-id"
 
 
 def test_second_hvc6_does_not_reopen_boot_window() -> None:

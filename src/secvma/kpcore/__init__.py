@@ -11,12 +11,16 @@ Modules (data flows top to bottom):
     pages       page-usage table + transitions          descs     descriptor shapes
     invariants  spec §9                                 policy    Policy / Quirks
     refusal     HypRefusal, Outcome, Refusal            state     KState
+    modload     HVC 30/31/32 (ModuleLoad)               modkeys   ModuleKeys, signing
+    modstate    loaded modules (hypervisor memory)
     snapshot    JSON dump for `secvma inspect`
 
-Public API: `make_policy(name, s2=..., check_invariants=...) -> KPCore`.
+Public API: `make_policy(name, s2=..., check_invariants=..., module_keys=...) -> KPCore`,
+`ModuleKeys.from_files(pubkey, table)`.
 """
 
 from secvma.kpcore.core import KPCore, make_policy
+from secvma.kpcore.modkeys import ModuleKeys
 from secvma.kpcore.policy import POLICY_NAMES, S2_MODES, Policy, Quirks
 
-__all__ = ["POLICY_NAMES", "S2_MODES", "KPCore", "Policy", "Quirks", "make_policy"]
+__all__ = ["POLICY_NAMES", "S2_MODES", "KPCore", "ModuleKeys", "Policy", "Quirks", "make_policy"]

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 from secvma.arch.esr import EC, IL, DataAbort, FaultKind, InstructionAbort, encode_fsc
 from secvma.arch.walk import AccessType
-from secvma.hvabi import HVC_ENOSYS
+from secvma.hvabi import HVC_ENOSYS, HVC_INVALID
 from secvma.kpcore import invariants
 from secvma.kpcore.faults import handle_abort
 from secvma.kpcore.fetch import s1_translate
 from secvma.kpcore.hypercalls import HCR_HOST, handle_hvc, neg
+from secvma.kpcore.modkeys import ModuleKeys
 from secvma.kpcore.policy import Policy, policy_named
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, Outcome, Refusal, log
 from secvma.kpcore.stage2 import VTCR_4G
@@ -70,8 +71,9 @@ class InternalError:
 class KPCore:
     """SECvma's EL2 policy (`secvma.platform.Hypervisor`)."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, module_keys: ModuleKeys | None = None) -> None:
         self.policy = policy
+        self.module_keys = module_keys
         self.st: KState | None = None
         self.invariant_violations: list[invariants.Violation] = []
         self.internal_errors: list[InternalError] = []
@@ -103,6 +105,7 @@ class KPCore:
         """Create the state for `platform` (done by the first event; tests call it early)."""
         if self.st is None:
             self.st = KState.create(platform, self.policy)
+            self.st.mod.keys = self.module_keys
         return self.st
 
     def check_invariants(self, platform: Platform, *, full: bool = True) -> list[invariants.Violation]:
@@ -188,6 +191,8 @@ class KPCore:
             nr = ev.x[0]
             if err.rule == "hvc-vm":
                 cpu.set_x(0, HVC_ENOSYS)
+            elif nr in (30, 31, 32):
+                cpu.set_x(0, HVC_INVALID)
             elif self.policy.hardened or nr not in (33, 34):
                 cpu.set_x(0, neg(err.code))
         else:
@@ -249,6 +254,11 @@ class KPCore:
             cpu.write_sysreg(SysReg.VBAR_EL1, st.vbar)
 
 
-def make_policy(name: str, *, s2: str = "huge", check_invariants: bool = False) -> KPCore:
-    """A KPCore running policy `name` ("secvma2024" or "hardened") in stage-2 mode `s2`."""
-    return KPCore(policy_named(name, s2=s2, check_invariants=check_invariants))
+def make_policy(name: str, *, s2: str = "huge", check_invariants: bool = False,
+                module_keys: ModuleKeys | None = None) -> KPCore:
+    """A KPCore running policy `name` ("secvma2024" or "hardened") in stage-2 mode `s2`.
+
+    `module_keys` is the module signature table HVC 30 verifies against (`ModuleKeys`,
+    e.g. `ModuleKeys.from_files(pubkey, table)`); without it every module load is refused.
+    """
+    return KPCore(policy_named(name, s2=s2, check_invariants=check_invariants), module_keys)

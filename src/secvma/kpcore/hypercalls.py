@@ -11,7 +11,7 @@ C: arch/arm64/kvm/hyp/hyp-entry.S, sekvm/TrapDispatcher.c:handle_host_hvc.
     6       ENABLE_S2_TRANS    first call: boot classification + protected stage 2; every CPU's
                                first call: HCR.TVM and its boot window; x0 = 0 / -EINVAL
     7-29    SeKVM VM interface not modelled here (no VMs): refused, x0 = HVC_ENOSYS
-    30-32   module loader      not this issue: x0 = HVC_ENOSYS (the kernel links modules itself)
+    30-32   module loader      modload.py: x0 = module id / 0; refused: x0 = HVC_INVALID
     33, 34  user PGD registry  userpgd.py
     35      DO_SWITCH_MM       userpgd.py
     other   unknown            secvma2024: panic; hardened: refused, x0 = -EINVAL
@@ -19,8 +19,7 @@ C: arch/arm64/kvm/hyp/hyp-entry.S, sekvm/TrapDispatcher.c:handle_host_hvc.
 
 from __future__ import annotations
 
-from secvma.hvabi import HVC_ENOSYS
-from secvma.kpcore import userpgd
+from secvma.kpcore import modload, userpgd
 from secvma.kpcore.boot import commit_boot, plan_boot
 from secvma.kpcore.bootinfo import read_boot_info
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, Outcome
@@ -107,8 +106,7 @@ def handle_hvc(st: KState, plat: Platform, cpu: Vcpu, ev: Hvc) -> Outcome:
     elif 7 <= nr <= 29:
         raise HypRefusal(Errno.EINVAL, "hvc-vm", "SeKVM VM hypercalls are not modelled", nr=nr)
     elif 30 <= nr <= 32:
-        st.events["hvc-module-enosys"] += 1
-        result = HVC_ENOSYS
+        result = modload.handle_module_hvc(st, plat, cpu, x)
     elif nr == 33 and st.installed:
         userpgd.alloc_el0_pgd(st, plat, x[1])
         result = 0 if st.policy.hardened else None

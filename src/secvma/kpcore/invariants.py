@@ -13,10 +13,15 @@
     INV-COUNT    subcount = table links + PTE-level leaves referencing the page (hardened
                  only: the C code does not maintain it, spec §11 gaps 16/17)
     INV-BLOCK    every stage-2 block covers pages of one owner and class (hardened only)
+    INV-MOD      no AUTH page outside an HVC 30; MOD_txt pages are exactly the text pages of
+                 loaded modules (never writable at stage 2: INV-CODE-RO; the only EL1-X
+                 pages besides KCODE: INV-S2-WX / INV-PXN) and hold the bytes EL2 installed
+                 (full check); MOD_ro pages belong to loaded modules (secvma2024: or await
+                 the kernel's unmap, spec §7.5) and are read-only at stage 2 (hardened)
 
-INV-VM, INV-DMA and INV-MOD hold vacuously here (no VMs, no SMMU, no in-hypervisor module
-loader in this issue). INV-ZERO holds by construction: `hostmem.commit_claim` and
-`commit_release_page` are the only class changes of table pages after boot, and both zero.
+INV-VM and INV-DMA hold vacuously here (no VMs, no SMMU). INV-ZERO holds by construction:
+`hostmem.commit_claim` and `commit_release_page` are the only class changes of table pages
+after boot, and both zero.
 
 `check(st, plat, full=False)` looks only at what changed since the last call (dirty leaves,
 pages and tables); `full=True` re-checks everything and recounts references.
@@ -24,6 +29,7 @@ pages and tables); `full=True` re-checks everything and recounts references.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -184,6 +190,7 @@ def check(st: KState, plat: Platform, *, full: bool = False) -> list[Violation]:
             refs[st.boot.swapper_pg_dir >> 12] += 1
             _count(st, refs, out)
         _roots(st, out)
+        _modules(st, plat, full, out)
     s2.dirty_leaves.clear()
     st.pages.dirty.clear()
     st.dirty_tables.clear()
@@ -204,3 +211,43 @@ def _count(st: KState, refs: Counter[int], out: list[Violation]) -> None:
     for i in sorted(nz)[:8]:
         out.append(Violation("INV-COUNT", f"page {(st.pages.base_pfn + i) << 12:#x}: "
                              f"subcount {sub[i]}, 0 references"))
+
+
+def _modules(st: KState, plat: Platform, full: bool, out: list[Violation]) -> None:
+    """INV-MOD (see the module table)."""
+    mod = st.mod
+    pages = st.pages
+    if not mod.in_progress and pages.usage.find(bytes([Usage.EL1_AUTH])) >= 0:
+        auth = pages.pages_of(Usage.EL1_AUTH)[0]
+        out.append(Violation("INV-MOD", f"AUTH page {auth << 12:#x} outside a module load"))
+    text: set[int] = set()
+    ro: set[int] = set()
+    for m in mod.loaded.values():
+        text |= m.text_pfns()
+        ro |= m.ro_pfns()
+    actual: set[int] = set(pages.pages_of(Usage.EL1_MOD_TXT))
+    for p in sorted(actual ^ text)[:4]:
+        what = "is MOD_txt but no loaded module's text" if p in actual else \
+            f"is module text but {pages.usage_of(p).name}"
+        out.append(Violation("INV-MOD", f"page {p << 12:#x} {what}"))
+    mod.orphan_ro &= set(pages.pages_of(Usage.EL1_MOD_RO)) if mod.orphan_ro else set()
+    actual_ro: set[int] = set(pages.pages_of(Usage.EL1_MOD_RO))
+    for p in sorted((actual_ro - ro - mod.orphan_ro) | (ro - actual_ro))[:4]:
+        out.append(Violation("INV-MOD", f"page {p << 12:#x} is {pages.usage_of(p).name}: "
+                             "MOD_ro pages and loaded modules' ro pages differ"))
+    if st.policy.hardened:
+        for p in sorted(ro):
+            hit = st.s2.leaf(p << 12)
+            kind = kind_of(hit[2]) if hit is not None else None
+            if kind is not None and kind.writable:
+                out.append(Violation("INV-MOD", f"MOD_ro page {p << 12:#x} writable at stage 2"))
+                break
+    if full:
+        for m in mod.loaded.values():
+            live = dict(m.text) if m.init_freed else {**m.text, **m.init_text}
+            for va, pa in live.items():
+                want = m.digests.get(va)
+                if want is not None and hashlib.sha256(
+                        plat.read(PhysAddr(pa), 4096)).digest() != want:
+                    out.append(Violation("INV-MOD", f"module {m.name} text page {va:#x} "
+                                         "differs from the bytes EL2 installed"))

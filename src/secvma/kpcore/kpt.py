@@ -20,7 +20,8 @@ Per written slot (P = the table page, L = its level, R = old output, T = new out
 Refused: a malformed descriptor (hardened), a table target of another class, a non-host table
 target, an output-address or shape change of a live entry, a store the decoder cannot place.
 User PGD pages (EL0_PGD): non-zero entries get PXNTable (hardened: and must be a table
-descriptor to a host NONE page). Module text/ro pages: only zero stores are emulated.
+descriptor to a host NONE page). Module text/ro pages: secvma2024 emulates zero stores only;
+hardened refuses any store that changes them (INV-MOD: contents stay the verified bytes).
 
 Hardened semantics of a store: every access (STR/STUR/STP/STXR/STLR/DC ZVA, any width) is
 merged into the 8-byte slots it touches and each slot's *resulting* descriptor is validated;
@@ -328,9 +329,8 @@ def emulate_hardened(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort,
             plan_kpt_slot(st, plat, usage.kpt_level, slot, old, new, plan)
         elif usage is Usage.EL0_PGD:
             plan_user_slot(st, slot, old, new, plan)
-        elif new != 0 and new != old:
-            raise _refuse("module-store", "non-zero store to verified module memory",
-                          value=new)
+        elif new != old:  # C emulates zero stores (text patching); any change is refused
+            raise _refuse("module-store", "store to verified module memory", value=new)
         else:
             plan.slots[slot] = new
         if plan.claim is not None:

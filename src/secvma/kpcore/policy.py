@@ -23,6 +23,15 @@ flag at the one place where the two behaviours differ; there is no fork.
                                    writes emulated unchecked (§2.6)
     tvm_other_panics         --    ESR/FAR/AFSR writes panic           emulated (no security role)
     no_s1_tlbi               --    no TLBI after emulated PT writes    TLBI VMALLE1IS when needed
+    mod_name_prefix           6   signature looked up by prefix        exact `.modinfo` name
+                                   (strncmp to strlen(name))
+    mod_unchecked_pointers    3   HVC 30 pointers / section places /  host pages of the right
+                                   relocation targets: any host page   class, pools, declared
+                                   (EL2 as confused deputy)            runs, signed relocations
+    mod_ro_writable          15   MOD_ro mapped RW at stage 2, not     RO; refunded at HVC 31
+                                   refunded by HVC 31 (spec §7.5)
+    mod_bounds_unchecked      7   n > 100 / name > 99 bytes overflow   refused (EINVAL)
+                                   EL2 buffers: panic
 
 (`--` rows are faithful C behaviour, not bugs, that `hardened` still tightens or simplifies.)
 """
@@ -53,6 +62,10 @@ class Quirks:
     pool_area_unvalidated: bool = False
     tvm_other_panics: bool = False
     no_s1_tlbi: bool = False
+    mod_name_prefix: bool = False
+    mod_unchecked_pointers: bool = False
+    mod_ro_writable: bool = False
+    mod_bounds_unchecked: bool = False
 
     @classmethod
     def all_on(cls) -> Quirks:

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from secvma.hvabi import BootInfo
+from secvma.kpcore.modstate import ModState
 from secvma.kpcore.pages import Owner, PageTable, commit_give_el2, pfn_of
 from secvma.kpcore.policy import Policy
 from secvma.kpcore.refusal import Refusal
@@ -64,6 +65,7 @@ class KState:
     events: Counter[str] = field(default_factory=Counter)
     stalls: dict[int, Stall] = field(default_factory=dict)
     dirty_tables: set[int] = field(default_factory=set)
+    mod: ModState = field(default_factory=ModState)
 
     @classmethod
     def create(cls, platform: Platform, policy: Policy) -> KState:
