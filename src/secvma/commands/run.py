@@ -29,15 +29,32 @@ from secvma.ui import console, emit_json, fail
               help="Seconds before the run is declared hung.")
 @click.option("--console", "echo", is_flag=True, help="Echo the kernel console while running.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--module-keys", "module_key", type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 public key (PEM, raw 32 bytes or hex) for module signatures "
+                   "(default: a per-run key signing the testbed's own modules).")
+@click.option("--module-sigs", "module_sigs", type=click.Path(exists=True, dir_okay=False),
+              help="Module signature table: JSON {name: hex} or 'name hex' lines.")
 def run_cmd(policy: str, s2: str, workloads: tuple[str, ...], timeout: float, echo: bool,
-            as_json: bool) -> None:
+            as_json: bool, module_key: str | None, module_sigs: str | None) -> None:
     """Boot the testbed kernel, run workloads, print a summary.
 
     Per workload: ok and wall time (measured from the host); traps by class; hypervisor
     refusals; invariant violations. Exit status 1 when a workload fails.
     """
+    kw = {}
+    if (module_key is None) != (module_sigs is None):
+        fail("--module-keys and --module-sigs go together",
+             "give both, or neither for the testbed's own per-run signature table")
+    if module_key is not None and module_sigs is not None and policy != "none":
+        from secvma.kpcore.modkeys import ModuleKeys
+        from secvma.module.errors import ModuleError
+
+        try:
+            kw["module_keys"] = ModuleKeys.from_files(module_key, module_sigs)
+        except ModuleError as exc:
+            fail(f"module keys: {exc}", "see `secvma run --help` for the file formats")
     try:
-        hv = make_hypervisor(policy, s2)
+        hv = make_hypervisor(policy, s2, **kw)
     except PolicyUnavailable as exc:
         fail(str(exc), exc.hint)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from secvma.platform import Hypervisor
 from secvma.testbed.nullabi import TestbedNullHypervisor
@@ -20,11 +21,15 @@ class PolicyUnavailable(RuntimeError):
         self.hint = hint
 
 
-def make_hypervisor(policy: str, s2: str = "huge") -> Hypervisor:
+def make_hypervisor(policy: str, s2: str = "huge", **kw: Any) -> Hypervisor:
     """A fresh hypervisor for one run.
 
     `none` -> `TestbedNullHypervisor` (no protection, the SECvma hypercalls work);
-    `secvma2024` / `hardened` -> `secvma.kpcore.make_policy(name, s2=...)`.
+    `secvma2024` / `hardened` -> `secvma.kpcore.make_policy(name, s2=..., **kw)`. Without a
+    `module_keys` keyword the hypervisor gets a signature table for the testbed's own test
+    modules, signed with a key made for this process (`kpcore.modkeys.testbed_module_keys`),
+    so the `modules` workload loads through HVC 30; pass `module_keys=None` explicitly for a
+    hypervisor that refuses every module.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; one of {', '.join(POLICIES)}")
@@ -39,7 +44,11 @@ def make_hypervisor(policy: str, s2: str = "huge") -> Hypervisor:
         raise PolicyUnavailable(
             f"policy '{policy}' needs the hypervisor core (secvma.kpcore), not built yet",
             hint="use --policy none") from None
-    hv = factory(policy, s2=s2)
+    if "module_keys" not in kw:
+        from secvma.kpcore.modkeys import testbed_module_keys
+
+        kw["module_keys"] = testbed_module_keys()
+    hv = factory(policy, s2=s2, **kw)
     if not isinstance(hv, Hypervisor):
         raise TypeError(f"secvma.kpcore.make_policy({policy!r}) returned {type(hv).__name__}, "
                         "not a Hypervisor")
