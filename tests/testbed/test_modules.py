@@ -13,14 +13,14 @@ import pytest
 
 from secvma.fixtures import FixtureSet, available
 from secvma.hvabi import HVC_INVALID
-from secvma.module.api import open_module
-from secvma.module.config import SECVMA_4_18
-from secvma.module.link import relocate_sections
-from secvma.module.load import prepare
-from secvma.module.symbols import Export, ExportKind, ExportTable, resolve_symbols
 from secvma.testbed.build import TestbedImage
 from secvma.testbed.commands import TestbedSession
-from secvma.testbed.modules import LoadedModule, loaded_module
+from secvma.testbed.modules import (
+    differing_sections,
+    host_relocation,
+    loaded_module,
+    symbol_lookup,
+)
 from secvma.testbed.nullabi import TestbedNullHypervisor
 
 BM_NFREE = 32  # offsetof(struct bitmap_alloc, nfree)
@@ -77,6 +77,17 @@ def test_module_using_exports_of_an_absent_module_is_refused(session: TestbedSes
     assert _free_pages(session) == before
 
 
+def test_module_in_use_cannot_be_removed(session: TestbedSession,
+                                         testbed: TestbedImage) -> None:
+    """rmmod counter while user links against it: refused; after user goes, it works."""
+    c = session.load_module(testbed.modules["mod_counter"].read_bytes())
+    u = session.load_module(testbed.modules["mod_user"].read_bytes())
+    assert c.ok and u.ok, (c.msg, u.msg)
+    r = session.unload_module(c.value)
+    assert not r.ok and "in use by user" in r.msg
+    assert session.unload_module(u.value).ok and session.unload_module(c.value).ok
+
+
 def test_same_module_twice_is_refused(session: TestbedSession, testbed: TestbedImage) -> None:
     """A second load of a loaded module's name fails; the first stays usable."""
     first = session.load_module(testbed.modules["mod_hello"].read_bytes(), no_init=True)
@@ -84,25 +95,6 @@ def test_same_module_twice_is_refused(session: TestbedSession, testbed: TestbedI
     again = session.load_module(testbed.modules["mod_hello"].read_bytes(), no_init=True)
     assert not again.ok and "already loaded" in again.msg
     assert session.unload_module(first.value).ok
-
-
-def _host_relocation(s: TestbedSession, data: bytes, lm: LoadedModule) -> dict[int, bytes]:
-    """What secvma.module computes for this module at the kernel's section addresses."""
-    elf = open_module(data).elf
-    view = prepare(elf, SECVMA_4_18)
-    addrs = {k: a for k, a in enumerate(lm.section_addrs) if a}
-    exports = []
-    for i in range(1, len(elf.raw_symbols())):
-        if elf.raw_symbols()[i][3] == 0 and elf.symbol_name(i):
-            name = elf.symbol_name(i)
-            got = s.symbol(name)
-            if got.ok:
-                exports.append(Export(name, got.value, ExportKind.PLAIN, "testbed"))
-    res = resolve_symbols(elf, addrs, ExportTable(exports), percpu_index=view.percpu_index,
-                          percpu_base=addrs.get(view.percpu_index, 0), check_licence=False,
-                          check_crcs=False)
-    rel = relocate_sections(view, addrs, res.values)
-    return {k: bytes(v) for k, v in rel.contents.items()}
 
 
 @pytest.mark.parametrize(("dep", "name"), [("libcrc32c", "xfs"),
@@ -121,11 +113,9 @@ def test_kernel_side_relocation_equals_host_library(session: TestbedSession,
     assert r.ok, r.msg
     assert "init not run" in r.msg
     lm = loaded_module(s.platform, s.image, r.value)
-    want = _host_relocation(s, data, lm)
+    want = host_relocation(data, lm, symbol_lookup(s))
     assert len(want) > 10
-    differ = [k for k, body in want.items()
-              if lm.read(s.platform, lm.section_addrs[k], len(body)) != body]
-    assert not differ, f"sections differing from the host library: {differ}"
+    assert differing_sections(s.platform, lm, want) == []
     assert s.unload_module(r.value).ok and s.unload_module(d.value).ok
     assert _free_pages(s) == before
 

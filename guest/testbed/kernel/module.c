@@ -37,12 +37,13 @@ struct elf64_rela { u64 offset, info; s64 addend; };
 #define MAX_CHECK 100
 #define MAX_SHNUM 1024
 struct loaded_module {
-	int used, prot, init_done;
+	int used, prot, init_done, exited;
 	char name[56];
 	u64 tmp_va, tmp_pa, tmp_pages;
 	u64 text_pa, text_pages, ro_pa, ro_pages, data_pa, data_pages;
 	u64 init_fn, exit_fn;
 	u64 ksym_va, ksym_n, ksymgpl_va, ksymgpl_n;   /* exports: 6.1 prel32 kernel_symbol */
+	u8 uses[MAX_MODULES];                       /* links against module j (ref_module) */
 	struct secvma_mod_arch arch;
 };
 static struct loaded_module mods[MAX_MODULES];
@@ -422,6 +423,7 @@ static u64 map_run(int pool, u64 pages, u64 *pa_out)
 	u64 pa = pool == 2 ? alloc_pages(pages) : modpool_alloc(pool, pages);
 	if (!pa)
 		return 0;
+	modva_bm.hint = 0;   /* lowest fit: a load/unload cycle reuses the same VAs (and tables) */
 	u64 va = va_alloc(&modva_bm, pages);
 	if (!va) {
 		if (pool == 2)
@@ -484,6 +486,23 @@ static void free_tmp(struct loaded_module *m)
 {
 	unmap_run(1, m->tmp_va, m->tmp_pa, m->tmp_pages);
 	m->tmp_va = 0;
+}
+
+/* ref_module: which loaded modules export a symbol this one imports */
+static void record_uses(struct loaded_module *m, struct elf64_ehdr *eh, struct elf64_shdr *sh,
+			int symidx)
+{
+	struct elf64_sym *sym = (void *)((char *)eh + sh[symidx].offset);
+	const char *str = (const char *)eh + sh[sh[symidx].link].offset;
+	for (u64 k = 1; k < sh[symidx].size / sizeof(*sym); k++) {
+		if (sym[k].shndx != SHN_UNDEF || !sym[k].name)
+			continue;
+		for (int j = 0; j < MAX_MODULES; j++)
+			if (mods[j].used && &mods[j] != m && !m->uses[j] &&
+			    (prel_search(mods[j].ksym_va, mods[j].ksym_n, str + sym[k].name) ||
+			     prel_search(mods[j].ksymgpl_va, mods[j].ksymgpl_n, str + sym[k].name)))
+				m->uses[j] = 1;
+	}
 }
 
 static void record_exports(struct loaded_module *m, struct elf64_shdr *sh, int n, const char *shstr)
@@ -656,6 +675,7 @@ int module_load(const void *image, u64 len, u64 flags, int *handle, u64 *modid, 
 		m->arch.modid = r;
 	}
 	asm volatile("ic iallu; dsb ish; isb");
+	record_uses(m, eh, sh, symidx);
 	record_exports(m, sh, n, shstr);
 
 	struct secvma_mod_report *rep = &module_info[h];
@@ -732,13 +752,21 @@ int module_unload(int handle, char *msg, u64 msglen)
 	if (handle < 0 || handle >= MAX_MODULES || !mods[handle].used)
 		return snprintf(msg, msglen, "no module %d", handle), -1;
 	struct loaded_module *m = &mods[handle];
+	for (int j = 0; j < MAX_MODULES; j++)                /* try_stop_module: in use? */
+		if (mods[j].used && mods[j].uses[handle])
+			return snprintf(msg, msglen, "module %s is in use by %s", m->name, mods[j].name), -1;
 	if (m->prot && !m->init_done &&
 	    hvc_call(HVC_MOD_INIT_FREE, m->arch.modid, 0, 0, 0, 0) == HVC_INVALID)
 		printk("module %s: HVC 32 (MOD_INIT_FREE) refused\n", m->name);
-	if (m->init_done && m->exit_fn && (probe_call((void *)m->exit_fn, 0, 0, 0, 0), probe.faulted))
+	if (m->init_done && !m->exited && m->exit_fn &&
+	    (probe_call((void *)m->exit_fn, 0, 0, 0, 0), probe.faulted))
 		printk("module %s: exit faulted (esr %lx far %lx)\n", m->name, probe.esr, probe.far);
-	if (m->prot && hvc_call(HVC_MFREE, m->arch.modid, 0, 0, 0, 0) == HVC_INVALID)
+	m->init_done = m->exited = 1;     /* a retry after a refused HVC 31 only retries that */
+	if (m->prot && hvc_call(HVC_MFREE, m->arch.modid, 0, 0, 0, 0) == HVC_INVALID) {
+		/* EL2 still owns the runs: freeing them here would hand its pages out again */
 		printk("module %s: HVC 31 (MFREE) refused\n", m->name);
+		return snprintf(msg, msglen, "%s: hypervisor refused to free it (HVC 31)", m->name), -1;
+	}
 	snprintf(msg, msglen, "%s unloaded", m->name);
 	module_free(m, handle);
 	return 0;

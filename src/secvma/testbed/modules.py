@@ -9,10 +9,12 @@ kernel-side relocation with the host library, and how they find the text to atta
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from secvma.hvabi import MOD_REPORT_SECS, ModReport
 from secvma.platform import PhysAddr, Platform
+from secvma.testbed.commands import Primitives
 from secvma.testbed.image import KernelImage
 
 MAX_MODULES = 8
@@ -60,3 +62,51 @@ def loaded_module(platform: Platform, image: KernelImage, handle: int) -> Loaded
                         MOD_REPORT_SECS * 8)
     addrs = tuple(int.from_bytes(sec[i:i + 8], "little") for i in range(0, len(sec), 8))
     return LoadedModule(handle, rep, addrs[:min(rep.shnum, MOD_REPORT_SECS)])
+
+
+def host_relocation(data: bytes, lm: LoadedModule,
+                    lookup: Callable[[str], int | None]) -> dict[int, bytes]:
+    """What `secvma.module` computes for module `data` at the kernel's section addresses.
+
+    `lookup(name)` gives an import's address as the kernel resolves it (e.g. the SYMBOL
+    command, which searches the kernel ksymtab and every loaded module's exports). The load
+    view is SECvma's 4.18 one, the same the testbed kernel prepares; relocation semantics
+    are Linux's `apply_relocate_add`. Section index -> relocated bytes.
+    """
+    from secvma.module.api import open_module
+    from secvma.module.config import SECVMA_4_18
+    from secvma.module.link import relocate_sections
+    from secvma.module.load import prepare
+    from secvma.module.symbols import Export, ExportKind, ExportTable, resolve_symbols
+
+    elf = open_module(data).elf
+    view = prepare(elf, SECVMA_4_18)
+    addrs = {k: a for k, a in enumerate(lm.section_addrs) if a}
+    raw = elf.raw_symbols()
+    exports = []
+    for i in range(1, len(raw)):
+        name = elf.symbol_name(i)
+        if raw[i][3] == 0 and name:
+            value = lookup(name)
+            if value is not None:
+                exports.append(Export(name, value, ExportKind.PLAIN, "testbed"))
+    res = resolve_symbols(elf, addrs, ExportTable(exports), percpu_index=view.percpu_index,
+                          percpu_base=addrs.get(view.percpu_index, 0), check_licence=False,
+                          check_crcs=False)
+    rel = relocate_sections(view, addrs, res.values)
+    return {k: bytes(v) for k, v in rel.contents.items()}
+
+
+def differing_sections(platform: Platform, lm: LoadedModule,
+                       want: Mapping[int, bytes]) -> list[int]:
+    """Sections whose installed bytes differ from `want` (e.g. `host_relocation`)."""
+    return [k for k, body in want.items()
+            if lm.read(platform, lm.section_addrs[k], len(body)) != body]
+
+
+def symbol_lookup(prims: Primitives) -> Callable[[str], int | None]:
+    """`lookup` for `host_relocation`: the kernel's SYMBOL command (None when unexported)."""
+    def get(name: str) -> int | None:
+        r = prims.symbol(name)
+        return r.value if r.ok else None
+    return get
