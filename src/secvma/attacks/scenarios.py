@@ -1,0 +1,260 @@
+"""Attack scenarios: what a compromised kernel tries, and the evidence of what happened.
+
+Each scenario drives the testbed kernel's EL1 primitives (`secvma.testbed.commands`) and decides
+its verdict from the effect, never from the mere absence of an error: text bytes that changed,
+injected code that returned its magic value, a register that holds the forged value. The
+expected verdict per policy is part of the scenario, so the suite shows at a glance which
+attacks SECvma's C design stops, which gaps of kpcore-spec §11 it leaves open, and that
+`hardened` closes them. Under `none` every attack must succeed: that shows it is real.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from secvma.arch.walk import get_leaf
+from secvma.hvabi import BootInfo, Form
+from secvma.platform import PhysAddr, SysReg
+from secvma.testbed.commands import TestbedSession
+
+# `mov x0, #42; ret`: injected code returns 42 when it runs
+SHELLCODE = (0xD2800540, 0xD65F03C0)
+MAGIC = 42
+
+VALID_PAGE = 0b11
+AF = 1 << 10
+SH_INNER = 3 << 8
+PXN = 1 << 53
+UXN = 1 << 54
+
+
+class Verdict(enum.Enum):
+    SUCCEEDED = "succeeded"  # the attacker got the effect
+    BLOCKED = "blocked"  # no effect, the kernel goes on
+    HALTED = "blocked (machine halted)"  # no effect; the hypervisor panicked/stalled the kernel
+    NOT_APPLICABLE = "n/a"
+
+
+@dataclass
+class Evidence:
+    verdict: Verdict
+    detail: str
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A scenario: `run(session)` performs it and returns the evidence."""
+
+    name: str
+    goal: str
+    run: Callable[[TestbedSession], Evidence]
+    expect: dict[str, frozenset[Verdict]] = field(default_factory=dict)
+    gap: str = ""  # the kpcore-spec §11 gap it exercises, if any
+
+
+BLOCKED = frozenset({Verdict.BLOCKED, Verdict.HALTED})
+SUCCEEDS = frozenset({Verdict.SUCCEEDED})
+
+
+def _bi(s: TestbedSession) -> BootInfo:
+    assert s.boot_info is not None
+    return s.boot_info
+
+
+def _read_pa(s: TestbedSession, pa: int, n: int) -> bytes:
+    return s.platform.read(PhysAddr(pa), n)
+
+
+def _plant_shellcode(s: TestbedSession) -> int:
+    """Put the shellcode in a fresh page of ordinary kernel memory; return its PA.
+
+    Ordinary memory (usage class NONE) is RW and, on a CPU without FEAT_XNX, executable at
+    stage 2 (kpcore-spec §2.3), so only the stage-1 PXN rules stand between it and EL1.
+    """
+    page = s.alloc_page()
+    if not page.ok:
+        raise RuntimeError("the kernel could not allocate a page")
+    va, pa = page.ret[0], page.ret[1]
+    if not s.write(va, SHELLCODE[0] | (SHELLCODE[1] << 32)).ok:
+        raise RuntimeError("could not write the shellcode into kernel memory")
+    return int(pa)
+
+
+def _ran(s: TestbedSession, va: int, slot: int | None = None) -> Evidence:
+    pte = f"; PTE {s.platform.read_u64(PhysAddr(slot)):#x}" if slot is not None else ""
+    r = s.exec(va)
+    if r.ok and r.value == MAGIC:
+        return Evidence(Verdict.SUCCEEDED, f"injected code at {va:#x} ran and returned {MAGIC}{pte}")
+    return Evidence(Verdict.BLOCKED, f"exec at {va:#x}: {r.status.name.lower()} "
+                                     f"(ESR {r.esr:#x}){pte}")
+
+
+def _empty_pte_after(s: TestbedSession, va: int) -> tuple[int, int]:
+    """(VA, PA of its level-3 slot) of the first unmapped page after `va` in the same table."""
+    bi = _bi(s)
+    read = s.platform.read_u64
+    leaf = get_leaf(lambda pa: read(PhysAddr(pa)), PhysAddr(bi.swapper_pg_dir), va)
+    if leaf.level != 3:
+        raise RuntimeError(f"{va:#x} is not mapped by a level-3 entry")
+    for i in range(1, 64):
+        slot = int(leaf.slot_pa) + 8 * i
+        if slot & ~0xFFF != int(leaf.slot_pa) & ~0xFFF:
+            break
+        if read(PhysAddr(slot)) == 0:
+            return va + 0x1000 * i, slot
+    raise RuntimeError("no free slot next to the vmalloc mapping")
+
+
+# ---- the scenarios ---------------------------------------------------------------------------
+
+def write_text_via_alias(s: TestbedSession) -> Evidence:
+    """Map a kernel text page writable in vmalloc, then patch it through the alias."""
+    bi = _bi(s)
+    target = bi.text + 0x1000
+    before = _read_pa(s, target, 8)
+    alias = s.vmap(target, 0x1000, 0)
+    if not alias.ok:
+        return Evidence(Verdict.BLOCKED, "the writable alias could not be mapped")
+    w = s.write(alias.value, 0xD4200000D4200000)  # brk #0
+    after = _read_pa(s, target, 8)
+    if after != before:
+        return Evidence(Verdict.SUCCEEDED, f"kernel text at PA {target:#x} now {after.hex()}")
+    return Evidence(Verdict.BLOCKED, f"store through the alias {w.status.name.lower()} "
+                                     f"(ESR {w.esr:#x}); text unchanged")
+
+
+def write_rodata_via_alias(s: TestbedSession) -> Evidence:
+    """Map a read-only-data page writable, then overwrite it."""
+    bi = _bi(s)
+    target = bi.rodata
+    before = _read_pa(s, target, 8)
+    alias = s.vmap(target, 0x1000, 0)
+    if not alias.ok:
+        return Evidence(Verdict.BLOCKED, "the writable alias could not be mapped")
+    w = s.write(alias.value, 0x4141414141414141)
+    after = _read_pa(s, target, 8)
+    if after != before:
+        return Evidence(Verdict.SUCCEEDED, f"rodata at PA {target:#x} now {after.hex()}")
+    return Evidence(Verdict.BLOCKED, f"store {w.status.name.lower()} (ESR {w.esr:#x}); unchanged")
+
+
+def exec_injected_code(s: TestbedSession) -> Evidence:
+    """Write code into kernel memory and map it executable through the kernel's own vmap."""
+    pa = _plant_shellcode(s)
+    m = s.vmap(pa, 0x1000, 2)
+    if not m.ok:
+        return Evidence(Verdict.BLOCKED, "the executable mapping could not be created")
+    return _ran(s, m.value)
+
+
+def narrow_store_pxn_bypass(s: TestbedSession) -> Evidence:
+    """Gap 1: a 4-byte store of a descriptor's low half into an empty PTE slot (PXN lost)."""
+    pa = _plant_shellcode(s)
+    m = s.vmap(pa, 0x1000, 0)
+    if not m.ok:
+        return Evidence(Verdict.BLOCKED, "no vmalloc mapping")
+    va, slot = _empty_pte_after(s, m.value)
+    desc = pa | VALID_PAGE | AF | SH_INNER  # EL1 RW, PXN clear: the attacker's wish
+    w = s.write(slot + _bi(s).linear_offset, desc & 0xFFFF_FFFF, 4, Form.STR)
+    if not w.ok:
+        return Evidence(Verdict.BLOCKED, f"the 4-byte PTE store {w.status.name.lower()} "
+                                         f"(ESR {w.esr:#x})")
+    return _ran(s, va, slot)
+
+
+def stxr_drops_pxn(s: TestbedSession) -> Evidence:
+    """Gap 9: a 64-bit STXR of a descriptor; the C emulation keeps only the low 32 bits."""
+    pa = _plant_shellcode(s)
+    m = s.vmap(pa, 0x1000, 0)
+    if not m.ok:
+        return Evidence(Verdict.BLOCKED, "no vmalloc mapping")
+    va, slot = _empty_pte_after(s, m.value)
+    desc = pa | VALID_PAGE | AF | SH_INNER  # PXN clear; the hypervisor sets it, in the high half
+    w = s.write(slot + _bi(s).linear_offset, desc, 8, Form.STXR)
+    if not w.ok:
+        return Evidence(Verdict.BLOCKED, f"the STXR {w.status.name.lower()} (ESR {w.esr:#x})")
+    return _ran(s, va, slot)
+
+
+def forge_ttbr1(s: TestbedSession) -> Evidence:
+    """Copy swapper_pg_dir to a page the kernel controls and load it into TTBR1."""
+    bi = _bi(s)
+    page = s.alloc_page()
+    if not page.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, "no page")
+    copy_va, copy_pa = page.ret[0], page.ret[1]
+    for off in range(0, 0x1000, 8):
+        v = s.platform.read_u64(PhysAddr(bi.swapper_pg_dir + off))
+        if v:
+            s.write(copy_va + off, v)
+    before = s.mrs(SysReg.TTBR1_EL1).value
+    forged = copy_pa | (before & ~0x0000_FFFF_FFFF_FFFE)
+    s.msr(SysReg.TTBR1_EL1, forged)
+    now = s.mrs(SysReg.TTBR1_EL1).value
+    if now & 0x0000_FFFF_FFFF_F000 == copy_pa:
+        return Evidence(Verdict.SUCCEEDED, f"TTBR1 now points at the kernel's own copy {copy_pa:#x}")
+    return Evidence(Verdict.BLOCKED, f"TTBR1 still {now:#x}")
+
+
+def _pin_attack(reg: SysReg, flip: int) -> Callable[[TestbedSession], Evidence]:
+    def run(s: TestbedSession) -> Evidence:
+        before = s.mrs(reg).value
+        s.msr(reg, before ^ flip)
+        now = s.mrs(reg).value
+        if now != before:
+            return Evidence(Verdict.SUCCEEDED, f"{reg.name} {before:#x} -> {now:#x}")
+        return Evidence(Verdict.BLOCKED, f"{reg.name} still {now:#x}")
+    run.__doc__ = f"Flip bits {flip:#x} of {reg.name} with a plain MSR."
+    return run
+
+
+def direct_ttbr0(s: TestbedSession) -> Evidence:
+    """Load TTBR0 directly with an unregistered page (only HVC 35 may switch it)."""
+    page = s.alloc_page()
+    before = s.mrs(SysReg.TTBR0_EL1).value
+    s.msr(SysReg.TTBR0_EL1, page.ret[1])
+    now = s.mrs(SysReg.TTBR0_EL1).value
+    if now & 0x0000_FFFF_FFFF_F000 == page.ret[1]:
+        return Evidence(Verdict.SUCCEEDED, f"TTBR0 {before:#x} -> {now:#x} (unregistered root)")
+    return Evidence(Verdict.BLOCKED, f"TTBR0 still {now:#x}")
+
+
+def stub_hvc_escape(s: TestbedSession) -> Evidence:
+    """Gap 14: HVC 2 (hyp-stub reset vectors), then a forged TTBR1 no longer traps."""
+    r = s.hvc(2)
+    ev = forge_ttbr1(s)
+    ev.detail = f"HVC 2 -> {r.value:#x}; then: {ev.detail}"
+    return ev
+
+
+ATTACKS: list[Attack] = [
+    Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
+           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("write-rodata-via-alias", "overwrite read-only data through a writable alias",
+           write_rodata_via_alias, {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("exec-injected-code", "run code written into kernel memory (W^X)", exec_injected_code,
+           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("narrow-store-pxn-bypass", "make data executable with a 4-byte PTE store",
+           narrow_store_pxn_bypass, {"none": SUCCEEDS, "secvma2024": SUCCEEDS, "hardened": BLOCKED},
+           gap="1 (store width ignored)"),
+    Attack("stxr-drops-pxn", "make data executable with a 64-bit STXR to a PTE", stxr_drops_pxn,
+           {"none": SUCCEEDS, "secvma2024": SUCCEEDS, "hardened": BLOCKED},
+           gap="9 (STXR keeps the low 32 bits)"),
+    Attack("forge-ttbr1", "switch the kernel to page tables it controls", forge_ttbr1,
+           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("direct-ttbr0", "load TTBR0 without HVC 35", direct_ttbr0,
+           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("sctlr-change", "flip SCTLR_EL1.UCI (bit 26: EL0 cache maintenance)",
+           _pin_attack(SysReg.SCTLR_EL1, 1 << 26),
+           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("tcr-change", "flip TCR_EL1.TBI0 (bit 37: top-byte-ignore for user VAs)",
+           _pin_attack(SysReg.TCR_EL1, 1 << 37),
+           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("mair-change", "change MAIR_EL1 attribute 7", _pin_attack(SysReg.MAIR_EL1, 0x44 << 56),
+           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("stub-hvc-escape", "HVC 2 (hyp-stub) to turn off register trapping, then forge TTBR1",
+           stub_hvc_escape, {"none": SUCCEEDS, "secvma2024": SUCCEEDS, "hardened": BLOCKED},
+           gap="14 (hyp-stub HVCs reachable)"),
+]
