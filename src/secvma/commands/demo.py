@@ -6,7 +6,6 @@ the reason, never silently left out.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,8 +50,13 @@ def _step_run(policy: str, s2: str = "huge") -> Callable[[], dict[str, Any]]:
 
 
 def _step_attacks() -> dict[str, Any]:
-    attacks = importlib.import_module("secvma.attacks.suite")
-    data: dict[str, Any] = attacks.run_suite()
+    from secvma.attacks.suite import run_suite
+
+    data = run_suite()
+    data["summary"] = "; ".join(f"{p}: {c['blocked']} blocked, {c['succeeded']} succeeded"
+                                for p, c in data["summary"].items()) + (
+        "" if data["ok"] else " — UNEXPECTED: " + ", ".join(
+            f"{o['attack']}@{o['policy']}" for o in data["outcomes"] if not o["matches"]))
     return data
 
 
