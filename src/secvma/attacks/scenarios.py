@@ -14,6 +14,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from secvma.arch.descriptors import AF, DESC_TABLE, DESC_VALID, SH_SHIFT, Shareability
 from secvma.arch.walk import get_leaf
 from secvma.hvabi import BootInfo, Form
 from secvma.platform import PhysAddr, SysReg
@@ -23,11 +24,8 @@ from secvma.testbed.commands import TestbedSession
 SHELLCODE = (0xD2800540, 0xD65F03C0)
 MAGIC = 42
 
-VALID_PAGE = 0b11
-AF = 1 << 10
-SH_INNER = 3 << 8
-PXN = 1 << 53
-UXN = 1 << 54
+VALID_PAGE = DESC_VALID | DESC_TABLE  # a level-3 page descriptor
+SH_INNER = int(Shareability.INNER) << SH_SHIFT
 
 
 class Verdict(enum.Enum):

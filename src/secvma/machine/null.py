@@ -10,6 +10,19 @@ from __future__ import annotations
 
 from collections import Counter
 
+from secvma.arch.descriptors import (
+    AF,
+    DESC_TABLE,
+    DESC_VALID,
+    MEMATTR_SHIFT,
+    S2_XN,
+    S2AP_R,
+    S2AP_W,
+    SH_SHIFT,
+    S2MemAttr,
+    Shareability,
+)
+from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM, VTCR_4G
 from secvma.machine import layout
 from secvma.platform import (
     CpuStart,
@@ -23,25 +36,12 @@ from secvma.platform import (
     Vcpu,
 )
 
-HCR_VM = 1 << 0
-HCR_FB = 1 << 9
-HCR_BSU_IS = 1 << 10
-HCR_TSC = 1 << 19
-HCR_TVM = 1 << 26
-HCR_RW = 1 << 31
-
-# VTCR_EL2: T0SZ=32 (4 GiB IPA), SL0=1 (start at level 1), inner/outer WB, inner shareable,
-# 4 KB granule, PS=0 (32-bit PA), RES1 bit 31
-VTCR_4G = 32 | (1 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 31)
-
-S2_VALID_TABLE = 0b11
-S2_BLOCK = 0b01
-S2_AF = 1 << 10
-S2_SH_INNER = 3 << 8
-S2AP_RW = 3 << 6
-S2_MEMATTR_NORMAL_WB = 0xF << 2
-S2_MEMATTR_DEVICE_NGNRE = 0x1 << 2
-S2_XN = 1 << 54
+S2_VALID_TABLE = DESC_VALID | DESC_TABLE
+S2_BLOCK = DESC_VALID
+S2AP_RW = S2AP_R | S2AP_W
+S2_SH_INNER = int(Shareability.INNER) << SH_SHIFT
+S2_MEMATTR_NORMAL_WB = int(S2MemAttr.NORMAL_WB) << MEMATTR_SHIFT
+S2_MEMATTR_DEVICE_NGNRE = int(S2MemAttr.DEVICE_nGnRE) << MEMATTR_SHIFT
 
 VMID = 1
 
@@ -60,7 +60,7 @@ def build_identity_stage2(platform: Platform, pool_base: int = layout.S2_POOL_BA
     """Write an identity stage-2 map into the hypervisor pool; return its root (L1) PA."""
     l1 = pool_base
     platform.write(PhysAddr(l1), bytes(4096))
-    platform.write_u64(PhysAddr(l1), 0 | S2_BLOCK | S2_AF | S2AP_RW | S2_MEMATTR_DEVICE_NGNRE | S2_XN)
+    platform.write_u64(PhysAddr(l1), 0 | S2_BLOCK | AF | S2AP_RW | S2_MEMATTR_DEVICE_NGNRE | S2_XN)
     ram_end = platform.ram_base + platform.ram_size
     hyp_end = platform.hyp_base + platform.hyp_size
     next_table = pool_base + 0x1000
@@ -75,7 +75,7 @@ def build_identity_stage2(platform: Platform, pool_base: int = layout.S2_POOL_BA
             pa = base + (i << 21)
             if pa < hyp_end or pa + (1 << 21) > ram_end:
                 continue
-            desc = pa | S2_BLOCK | S2_AF | S2_SH_INNER | S2AP_RW | S2_MEMATTR_NORMAL_WB
+            desc = pa | S2_BLOCK | AF | S2_SH_INNER | S2AP_RW | S2_MEMATTR_NORMAL_WB
             entries[i * 8:i * 8 + 8] = desc.to_bytes(8, "little")
         platform.write(PhysAddr(l2), bytes(entries))
         platform.write_u64(PhysAddr(l1 + gib * 8), l2 | S2_VALID_TABLE)
