@@ -227,6 +227,47 @@ def stub_hvc_escape(s: TestbedSession) -> Evidence:
     return ev
 
 
+def _test_module(s: TestbedSession, name: str) -> bytes:
+    return s.testbed.modules[name].read_bytes()
+
+
+def load_tampered_module(s: TestbedSession) -> Evidence:
+    """Change one byte of a signed test module's read-only data, then insmod it."""
+    from secvma.module.elf import ElfModule
+
+    data = bytearray(_test_module(s, "mod_hello"))
+    elf = ElfModule(bytes(data))
+    ro = next((sec for sec in elf.sections if sec.name.startswith(".rodata") and sec.size), None)
+    if ro is None:
+        return Evidence(Verdict.NOT_APPLICABLE, "mod_hello has no read-only data to change")
+    data[ro.offset] ^= 0x20  # flip a letter's case in a printed string
+    r = s.load_module(bytes(data))
+    if r.ok:
+        return Evidence(Verdict.SUCCEEDED, f"the tampered module loaded (handle {r.ret[0]}, "
+                                           f"init -> {r.ret[2]})")
+    return Evidence(Verdict.BLOCKED, f"insmod {r.status.name.lower()}: {r.msg}")
+
+
+def write_module_text(s: TestbedSession) -> Evidence:
+    """Load a genuine module, then patch its code through a writable alias of its text."""
+    from secvma.testbed.modules import loaded_module
+
+    r = s.load_module(_test_module(s, "mod_counter"))
+    if not r.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, f"the genuine module did not load: {r.msg}")
+    lm = loaded_module(s.platform, s.image, r.ret[0])
+    before = lm.read(s.platform, lm.report.text_va, 8)
+    alias = s.vmap(lm.report.text_pa, 0x1000, 0)
+    if not alias.ok:
+        return Evidence(Verdict.BLOCKED, "the writable alias could not be mapped")
+    w = s.write(alias.value, 0xD4200000D4200000)  # brk #0
+    after = lm.read(s.platform, lm.report.text_va, 8)
+    if after != before:
+        return Evidence(Verdict.SUCCEEDED, f"module text at {lm.report.text_va:#x} now {after.hex()}")
+    return Evidence(Verdict.BLOCKED, f"store {w.status.name.lower()} (ESR {w.esr:#x}); "
+                                     "module text unchanged")
+
+
 ATTACKS: list[Attack] = [
     Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
            {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
@@ -255,4 +296,8 @@ ATTACKS: list[Attack] = [
     Attack("stub-hvc-escape", "HVC 2 (hyp-stub) to turn off register trapping, then forge TTBR1",
            stub_hvc_escape, {"none": SUCCEEDS, "secvma2024": SUCCEEDS, "hardened": BLOCKED},
            gap="14 (hyp-stub HVCs reachable)"),
+    Attack("load-tampered-module", "insmod a signed module with one byte changed",
+           load_tampered_module, {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("write-module-text", "patch a loaded module's code", write_module_text,
+           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
 ]
