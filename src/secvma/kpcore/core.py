@@ -15,7 +15,7 @@ What the guest sees of a refusal (Outcome)::
                                                          (fetch: EC 0x21/0x20, IFSC likewise)
     MSR (TVM)      PANIC                               EC 0x00 (unknown: "undefined insn")
     HVC            x0 = -errno (PANIC for unknown      x0 = -errno
-                   numbers; HVC 33/34 leave x0)
+                   numbers; HVC 33/34 leave x0)        (HVC 30-32 both: x0 = HVC_INVALID)
     other trap     PANIC                               EC 0x00 injected
 
 A stalled CPU (secvma2024) is halted after `STALL_LIMIT` identical retries, since in C it

@@ -59,6 +59,13 @@ Rules (refusal names)::
     mload-ksymtab     the kernel's export table in boot info is malformed
     mload-slots       all 66 module slots in use
     mfree-id          no such module id; mfree-busy: its exports are in use (hardened)
+
+Not modelled (both policies): PLT veneers for far branches (refused: the module window is in
+CALL26 reach of the kernel) and the erratum-843419 ADRP path (gap 20: off); C's contiguity
+check of each run (replaced by containment in the declared runs + no overlap); gap 21 (every
+page is translated); secvma2024's later re-reading of a loaded module's RW `__ksymtab`
+(gap 15, third part: exports are always hypervisor memory); gap 19's half-installed failures
+(nothing can fail after install here). HVC 31 frees init text too when HVC 32 never came.
 """
 
 from __future__ import annotations
