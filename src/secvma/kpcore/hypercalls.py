@@ -19,20 +19,14 @@ C: arch/arm64/kvm/hyp/hyp-entry.S, sekvm/TrapDispatcher.c:handle_host_hvc.
 
 from __future__ import annotations
 
+from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM, VTCR_4G
 from secvma.kpcore import modload, userpgd
 from secvma.kpcore.boot import commit_boot, plan_boot
 from secvma.kpcore.bootinfo import read_boot_info
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, Outcome
-from secvma.kpcore.stage2 import VTCR_4G
 from secvma.kpcore.state import KState
 from secvma.platform import Hvc, Platform, SysReg, Vcpu
 
-HCR_VM = 1 << 0
-HCR_FB = 1 << 9
-HCR_BSU_IS = 1 << 10
-HCR_TSC = 1 << 19
-HCR_TVM = 1 << 26
-HCR_RW = 1 << 31
 HCR_HOST = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS
 """Before a CPU's HVC 6: stage 2 on, PSCI trapped, no TVM (spec §5.1 sets TVM at HVC 6)."""
 HCR_STUB_ESCAPED = HCR_RW | HCR_TSC

@@ -46,6 +46,7 @@ from secvma.arch.descriptors import (
     level_size,
     oa_mask,
 )
+from secvma.arch.el2 import VTCR_4G as VTCR_4G
 from secvma.kpcore.refusal import Errno, HypRefusal
 from secvma.platform import PhysAddr, Platform, Vcpu
 
@@ -54,8 +55,6 @@ IPA_LIMIT = 1 << 32
 FLUSH_ALL_THRESHOLD = 16
 """More pending IPAs than this in one commit: one TLBI VMALLS12E1IS instead of many."""
 
-# VTCR_EL2: T0SZ=32, SL0=1 (level 1), IRGN0/ORGN0 WB, SH0 inner, TG0 4 KB, PS 32-bit, RES1 31
-VTCR_4G = 32 | (1 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 31)
 VMID = 1
 
 
