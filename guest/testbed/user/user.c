@@ -157,11 +157,19 @@ static int kb_worker(u64 arg)
 }
 
 /*
- * Spin for arg ms on the vDSO clock without entering the kernel; exit 0 only if some gap
- * between two clock reads was longer than 1 ms, i.e. the timer preempted us for another task.
+ * Spin for (arg & 0xffff) ms on the vDSO clock without entering the kernel; exit 0 only if some
+ * gap between two clock reads was longer than 1 ms, i.e. the timer preempted us for another
+ * task. With a start pipe (read fd + 1 in arg >> 16), wait for one byte first, so that both
+ * CPU-bound children start spinning together however long spawning the second one took.
  */
-static int spin(u64 ms)
+static int spin(u64 arg)
 {
+	u64 ms = arg & 0xffff, start_fd = arg >> 16;
+	if (start_fd) {
+		u8 go;
+		if (read_full((int)(start_fd - 1), &go, 1))
+			return 41;
+	}
 	u64 (*vclock)(void) = (u64 (*)(void))(0x70000000ULL + VDSO_CLOCK_OFF);
 	u64 freq;
 	asm volatile("mrs %0, cntfrq_el0" : "=r"(freq));
@@ -175,7 +183,11 @@ static int spin(u64 ms)
 	return gap > freq / 1000 ? 0 : 40;
 }
 
-/* arg = workers<<16 | iterations */
+/*
+ * arg = workers<<16 | iterations. Exit 0, or 100 + a mask of what failed: 1 a worker (its own
+ * exit code tells which check), 2 a CPU-bound child that was never preempted, 4 an exit code
+ * that did not come back through wait, 8 no pipe for the start signal.
+ */
 static int kernbench(u64 arg)
 {
 	u64 workers = arg >> 16, iters = arg & 0xffff;
@@ -183,26 +195,32 @@ static int kernbench(u64 arg)
 	for (u64 w = 0; w < workers; w++)
 		pids[w] = (int)sys(SYS_SPAWN, UP_KB_WORKER, (w + 1) << 16 | iters, 0);
 	if (kb_worker(iters))
-		bad++;
+		bad |= 1;
 	for (u64 w = 0; w < workers; w++) {
 		int st = -1;
 		if (pids[w] < 0 || sys(SYS_WAIT, pids[w], &st, 0) != pids[w] || st)
-			bad++;
+			bad |= 1;
 	}
 	/* two CPU-bound children at once: each must have been preempted by the timer tick */
-	int sp[2];
+	int sp[2], go[2];
+	if (sys(SYS_PIPE, go, 0, 0))
+		return 100 + 8;
 	for (int i = 0; i < 2; i++)
-		sp[i] = (int)sys(SYS_SPAWN, UP_SPIN, 20, 0);
+		sp[i] = (int)sys(SYS_SPAWN, UP_SPIN, ((u64)go[0] + 1) << 16 | 20, 0);
+	if (write_full(go[1], (const u8 *)"gg", 2))
+		bad |= 2;
+	sys(SYS_CLOSE, go[0], 0, 0);
+	sys(SYS_CLOSE, go[1], 0, 0);
 	for (int i = 0; i < 2; i++) {
 		int st = -1;
 		if (sp[i] < 0 || sys(SYS_WAIT, sp[i], &st, 0) != sp[i] || st)
-			bad++;
+			bad |= 2;
 	}
 	/* a child that exits with a code: the code must come back through wait */
 	int st = -1, pid = (int)sys(SYS_SPAWN, UP_EXIT, 42, 0);
 	if (sys(SYS_WAIT, pid, &st, 0) != pid || st != 42)
-		bad++;
-	return bad ? 3 : 0;
+		bad |= 4;
+	return bad ? 100 + bad : 0;
 }
 
 int user_main(u64 arg, u64 prog)
