@@ -70,12 +70,16 @@ class RealKPCore(RuleBasedStateMachine):
         self.rodata = self._digest(bi.rodata, bi.erodata)
         self.regs = {r: self.s.mrs(r).value for r in
                      (SysReg.TTBR1_EL1, SysReg.SCTLR_EL1, SysReg.VBAR_EL1)}
-        # a fresh vmalloc mapping gives a kernel level-3 table with a live entry and free slots
+        # a fresh 24-page vmalloc mapping gives a kernel level-3 table with live entries that
+        # nothing else uses; the rules store into one 64-byte group of its slots (DC ZVA zeroes
+        # a whole group), so a destructive store only ever hits the test's own mappings
         scratch = self.s.image.pa("secvma_scratch")
-        va = self.s.vmap(scratch, 0x1000).value
-        leaf = get_leaf(self._read, PhysAddr(bi.swapper_pg_dir), va)
-        assert leaf is not None and leaf.level == 3
-        self.slot_pa = int(leaf.slot_pa)
+        va = self.s.vmap(scratch, 24 * 0x1000).value
+        first = int(get_leaf(self._read, PhysAddr(bi.swapper_pg_dir), va).slot_pa)
+        last = int(get_leaf(self._read, PhysAddr(bi.swapper_pg_dir), va + 23 * 0x1000).slot_pa)
+        group = (first + 63) & ~63
+        assert last - first == 23 * 8 and group + 64 <= last + 8, "the mapping is not one table"
+        self.slot_pa = group
         self.scratch_pa = scratch
         self.step = 0
 
@@ -99,8 +103,7 @@ class RealKPCore(RuleBasedStateMachine):
     def pte_store(self, slot: int, form: Form, data: st.DataObject, value: str) -> None:
         """A store of every form and width into a live kernel level-3 table."""
         width = data.draw(st.sampled_from(FORM_WIDTHS[form]))
-        slot_pa = (self.slot_pa & ~0xFFF) | (((self.slot_pa >> 3) + slot) % 512) * 8
-        slot_pa &= ~(width - 1)
+        slot_pa = (self.slot_pa + slot * 8) & ~(width - 1)
         text_pa = self.bi.text + data.draw(st.integers(0, 3)) * 0x1000
         v = {
             "data": self.scratch_pa | VALID_PAGE | AF | SH_INNER | PXN | UXN,
