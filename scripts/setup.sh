@@ -31,10 +31,10 @@ if [ "$installed" != "$(realpath "$here")" ] \
   cp pyproject.toml "$stamp" 2>/dev/null || true
 fi
 
-echo "setup: building guest code"
-"$PY" -m secvma.cli build >/dev/null
-
 if [ "${SECVMA_NO_FIXTURES:-0}" != 1 ]; then
   echo "setup: fetching Debian fixtures (cached)"
   "$PY" -m secvma.cli fixtures fetch || echo "setup: Debian fixtures unavailable; tests that need them will skip"
 fi
+
+echo "setup: building guest code"
+"$PY" -m secvma.cli build >/dev/null
