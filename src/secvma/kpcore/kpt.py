@@ -483,6 +483,26 @@ def _plan_c_kpt(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort, cs: CSto
 # --- module text execute permission (for the in-hypervisor module loader) ---------------------
 
 
+def protected_walk(st: KState, plat: Platform, va: int) -> tuple[int, int, int, Shape] | None:
+    """(slot PA, entry, level, shape) where the walk of `va` through swapper_pg_dir ends.
+
+    The walk only follows links into protected kernel table pages; None when a link leaves
+    them (the kernel could change such a table behind the hypervisor's back). Requires an
+    installed boot (HVC 6).
+    """
+    assert st.boot is not None
+    table, level = st.boot.swapper_pg_dir, 0
+    while True:
+        slot = table + 8 * ((va >> (39 - 9 * level)) & 511)
+        e = plat.read_u64(PhysAddr(slot))
+        sh = shape(e, level, any_nonzero=st.policy.quirks.mark_ex_trusts_table)
+        if sh is not Shape.TABLE or level == 3:
+            return slot, e, level, sh
+        table, level = out_pa(e, level, sh), level + 1
+        if not st.pages.usage_of(table >> 12).is_kpt:
+            return None
+
+
 def set_module_exec(st: KState, plat: Platform, va: int, expect_pa: int, enable: bool) -> None:
     """Clear (enable) or set PXN on the kernel entry mapping module text at `va`.
 
@@ -492,20 +512,12 @@ def set_module_exec(st: KState, plat: Platform, va: int, expect_pa: int, enable:
     `expect_pa` and whose class is MOD_txt; anything else is refused (EPERM), nothing written.
     """
     rule = "mark-ex"
-    boot = st.boot
-    if boot is None:
+    if st.boot is None:
         raise _refuse(rule, "not installed", Errno.EINVAL)
-    table, level = boot.swapper_pg_dir, 0
-    while True:
-        slot = table + 8 * ((va >> (39 - 9 * level)) & 511)
-        e = plat.read_u64(PhysAddr(slot))
-        sh = shape(e, level, any_nonzero=st.policy.quirks.mark_ex_trusts_table)
-        if sh is Shape.TABLE and level < 3:
-            table, level = out_pa(e, level, sh), level + 1
-            if not st.pages.usage_of(table >> 12).is_kpt:
-                raise _refuse(rule, "walk left the protected tables", va=va)
-            continue
-        break
+    found = protected_walk(st, plat, va)
+    if found is None:
+        raise _refuse(rule, "walk left the protected tables", va=va)
+    slot, e, level, sh = found
     if sh is not Shape.LEAF:
         raise _refuse(rule, "module VA is not mapped", Errno.ENOENT, va=va)
     if not st.policy.quirks.mark_ex_trusts_table:

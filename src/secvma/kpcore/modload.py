@@ -80,10 +80,10 @@ from dataclasses import dataclass
 
 from secvma.arch.walk import AccessType
 from secvma.hvabi import ModArch
-from secvma.kpcore.descs import PXN, Shape, out_pa, shape
+from secvma.kpcore.descs import PXN, Shape, out_pa
 from secvma.kpcore.fetch import s1_translate
 from secvma.kpcore.hostmem import desired_kind
-from secvma.kpcore.kpt import set_module_exec
+from secvma.kpcore.kpt import protected_walk, set_module_exec
 from secvma.kpcore.modstate import LoadedModule
 from secvma.kpcore.pages import Owner, Usage
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, log
@@ -246,21 +246,13 @@ def _walk_entry(st: KState, plat: Platform, va: int) -> tuple[int, int, int] | N
 
     The walk only follows links into protected table pages (as kpt.set_module_exec does).
     """
-    boot = st.boot
-    assert boot is not None
+    assert st.boot is not None
     if va >> 48 != 0xFFFF:
         return None
-    table, level = boot.swapper_pg_dir, 0
-    while True:
-        slot = table + 8 * ((va >> (39 - 9 * level)) & 511)
-        e = plat.read_u64(PhysAddr(slot))
-        sh = shape(e, level, any_nonzero=st.policy.quirks.mark_ex_trusts_table)
-        if sh is Shape.TABLE and level < 3:
-            table, level = out_pa(e, level, sh), level + 1
-            if not st.pages.usage_of(table >> 12).is_kpt:
-                return None
-            continue
-        return (slot, e, level) if sh is Shape.LEAF else None
+    found = protected_walk(st, plat, va)
+    if found is None or found[3] is not Shape.LEAF:
+        return None
+    return found[0], found[1], found[2]
 
 
 # --- the kernel's exports -----------------------------------------------------------------------
