@@ -34,14 +34,21 @@ from secvma.ui import console, emit_json, fail
                    "(default: a per-run key signing the testbed's own modules).")
 @click.option("--module-sigs", "module_sigs", type=click.Path(exists=True, dir_okay=False),
               help="Module signature table: JSON {name: hex} or 'name hex' lines.")
+@click.option("--check-invariants", is_flag=True,
+              help="Check every kpcore-spec §9 invariant after every trap (slow; not for --policy none).")
 def run_cmd(policy: str, s2: str, workloads: tuple[str, ...], timeout: float, echo: bool,
-            as_json: bool, module_key: str | None, module_sigs: str | None) -> None:
+            as_json: bool, module_key: str | None, module_sigs: str | None,
+            check_invariants: bool) -> None:
     """Boot the testbed kernel, run workloads, print a summary.
 
     Per workload: ok and wall time (measured from the host); traps by class; hypervisor
     refusals; invariant violations. Exit status 1 when a workload fails.
     """
-    kw = {}
+    kw: dict[str, object] = {}
+    if check_invariants:
+        if policy == "none":
+            fail("--check-invariants needs a KPCore policy", "use --policy hardened or secvma2024")
+        kw["check_invariants"] = True
     if (module_key is None) != (module_sigs is None):
         fail("--module-keys and --module-sigs go together",
              "give both, or neither for the testbed's own per-run signature table")
