@@ -13,7 +13,8 @@ trap), which frees the core at the price of a wake-up latency on the first trap 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from secvma.machine import layout
@@ -138,7 +139,7 @@ def measure_loop(kind: str, iterations: int = 20000, spin_us: float | None = Non
     return _figure(res, hyp, iterations)
 
 
-def measure_boot(kernel: Any, runs: int = 3, plain: bool = False, ncpus: int = 1,
+def measure_boot(kernel: Path, runs: int = 3, plain: bool = False, ncpus: int = 1,
                  spin_us: float | None = None) -> list[float]:
     """Seconds from QEMU launch to the Debian kernel's first userspace line, per run."""
     initrd = build_initramfs()
@@ -153,15 +154,7 @@ def measure_boot(kernel: Any, runs: int = 3, plain: bool = False, ncpus: int = 1
     return out
 
 
-@dataclass
-class MicroReport:
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        return self.figures
-
-
-def run_micro(iterations: int = 20000, boot_runs: int = 3, kernel: Any = None,
+def run_micro(iterations: int = 20000, boot_runs: int = 3, kernel: Path | None = None,
               spin_us: float = 200.0) -> dict[str, Any]:
     """All figures of `secvma bench micro`, measured in this one run."""
     out: dict[str, Any] = {}

@@ -385,7 +385,7 @@ class MailboxServer:
         self._current = cpu
         self.hyp.handle(self, cpu, ev)
         self._current = None
-        cpu.last_rt_valid = isinstance(ev, CpuStart) is False
+        cpu.last_rt_valid = not isinstance(ev, CpuStart)
         self._respond(cpu)
 
     # ---- the loop ----------------------------------------------------------------------
