@@ -61,8 +61,28 @@ def _print(snap: dict[str, Any], max_ranges: int) -> None:
                   f"{len(snap.get('invariant_violations', []))}")
 
 
+def _panel(ax: Any, snap: dict[str, Any], lo: int, hi: int, title: str) -> None:
+    """Usage classes and stage-2 leaves over [lo, hi), in MiB from the start of RAM."""
+    ram = snap["ram"][0]
+    mib = 1 << 20
+    for name, c in snap["classes"].items():
+        bars = [((max(a, lo) - ram) / mib, (min(b, hi) - max(a, lo)) / mib)
+                for a, b in c["ranges"] if a < hi and b > lo]
+        ax.broken_barh(bars, (10, 8), color=COLORS.get(name, "black"))
+    for base, size, _kind in snap["stage2"]["leaves"]:
+        if lo <= base < hi:
+            width = {"1G": 1024, "2M": 2, "4K": 1 / 256}[size]
+            ax.broken_barh([((base - ram) / mib, width)], (0, 8), color=SIZE_COLORS[size])
+    ax.set_xlim((lo - ram) / mib, (hi - ram) / mib)
+    ax.set_ylim(0, 20)
+    ax.set_yticks([4, 14], labels=["stage-2 leaf", "usage class"])
+    ax.set_xlabel(f"MiB from {ram:#x}")
+    ax.set_title(title, fontsize=10)
+
+
 def draw_png(snap: dict[str, Any], path: Path) -> None:
-    """Two bars over physical RAM: usage class, and stage-2 leaf size."""
+    """Two panels: all RAM, and a zoom on the region the hypervisor classified (not NONE);
+    each with a bar of usage classes and a bar of stage-2 leaf sizes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,25 +90,17 @@ def draw_png(snap: dict[str, Any], path: Path) -> None:
     from matplotlib.patches import Patch
 
     lo, hi = snap["ram"]
-    mib = 1 << 20
-    fig, ax = plt.subplots(figsize=(12, 3))
-    for name, c in snap["classes"].items():
-        bars = [((a - lo) / mib, (b - a) / mib) for a, b in c["ranges"]]
-        ax.broken_barh(bars, (10, 8), color=COLORS.get(name, "black"))
-    for base, size, _kind in snap["stage2"]["leaves"]:
-        if lo <= base < hi:
-            width = {"1G": 1024, "2M": 2, "4K": 1 / 256}[size]
-            ax.broken_barh([((base - lo) / mib, width)], (0, 8), color=SIZE_COLORS[size])
-    ax.set_xlim(0, (hi - lo) / mib)
-    ax.set_ylim(0, 20)
-    ax.set_yticks([4, 14], labels=["stage-2 leaf", "usage class"])
-    ax.set_xlabel(f"MiB from {lo:#x}")
-    ax.set_title(f"KPCore {snap['policy']} / {snap['s2']}: physical memory")
+    marked = [(a, b) for name, c in snap["classes"].items() if name != "NONE"
+              for a, b in c["ranges"]]
+    z_lo = min((a for a, _ in marked), default=lo) & ~0x1F_FFFF
+    z_hi = min(hi, (max((b for _, b in marked), default=hi) + 0x1F_FFFF) & ~0x1F_FFFF)
+    fig, (top, zoom) = plt.subplots(2, 1, figsize=(12, 5))
+    _panel(top, snap, lo, hi, f"KPCore {snap['policy']} / {snap['s2']}: all physical memory")
+    _panel(zoom, snap, z_lo, z_hi, f"zoom: {z_lo:#x}-{z_hi:#x} (every page not NONE)")
     handles = [Patch(color=COLORS.get(n, "black"), label=n) for n in snap["classes"]]
     handles += [Patch(color=c, label=f"S2 {s}") for s, c in SIZE_COLORS.items()]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=8,
-              fontsize=7)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
