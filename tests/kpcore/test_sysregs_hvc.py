@@ -172,3 +172,19 @@ def test_vbar_pinned_and_restored() -> None:
     m.hvc(5)
     assert m.cpu.sysregs[SysReg.VBAR_EL1] == kva(TEXT + 0x800)
     assert hv.refusals[-1].rule == "vbar"
+
+
+def test_user_pgd_free_keeps_kernel_pte_references() -> None:
+    """hardened: HVC 34 keeps the subcount a kernel PTE holds on the PGD, so unmapping it later is clean."""
+    from fakes import VMALLOC, map_vmalloc
+
+    m, hv = booted("hardened")
+    _t, slot = map_vmalloc(m, VMALLOC, PGD)  # a vmalloc alias of the future user PGD
+    assert m.hvc(33, PGD) == 0
+    assert m.hvc(34, PGD) == 0
+    assert hv.state.pages.subcount_of(PGD >> 12) == 1
+    r = m.store(lva(slot), 0)
+    assert r.done, r
+    assert not hv.internal_errors, hv.internal_errors
+    assert m.plat.halted is None
+    assert not hv.check_invariants(m.plat, full=True)

@@ -10,7 +10,7 @@ handle_host_remove_page.
         page: owner=HOST usage=NONE -> usage=L   contents: any -> zero
         stage 2: RW/unmapped -> RO (4 KB; hardened splits a covering block first)
     release_table   (a table page goes back to the kernel)
-        page: usage=L -> NONE, subcount -> 0     contents: -> zero
+        page: usage=L -> NONE, subcount kept   contents: -> zero
         stage 2: RO -> RW (KERNEL)
 
 Block choice. `hardened`: the largest block (1 GiB, 2 MiB) whose pages all have the same owner
@@ -244,7 +244,7 @@ def commit_claim(st: KState, plat: Platform, pfn: int, usage: Usage) -> None:
 
 
 def commit_release_page(st: KState, plat: Platform, pfn: int) -> Usage:
-    """usage=L -> NONE, subcount -> 0, contents -> zero, stage 2 -> RW.
+    """usage=L -> NONE (subcount kept), contents -> zero, stage 2 -> RW.
 
     C: kint/HostKptAux.c:handle_host_remove_page
     """

@@ -286,8 +286,7 @@ def _c_unref(st: KState, plat: Platform, pfn: int) -> None:
     if i is None:
         return
     if st.pages.subcount[i] == 1 and st.pages.owner[i] == Owner.HOST:
-        commit_release_page(st, plat, pfn)  # subcount -> 0 == 1 - 1
-        return
+        commit_release_page(st, plat, pfn)
     ref_dec_and_test(st.pages, pfn, allow_wrap=True)
 
 

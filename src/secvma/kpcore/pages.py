@@ -22,7 +22,8 @@ Owner x usage x host stage-2 permission (illegal cells name the invariant that f
 Transitions (check_* may raise HypRefusal; commit_* only writes, asserts it cannot fail)::
 
     claim_table:  owner=HOST usage=NONE count=0 -> usage=L (L in kpt levels, EL0_PGD)
-    release:      owner=HOST usage=L            -> usage=NONE, subcount=0
+    release:      owner=HOST usage=L            -> usage=NONE (subcount kept: PTE leaves
+                                                   that still map the page hold it)
     classify:     owner=HOST usage in {NONE, section} -> section class (boot only)
     give_el2:     any                           -> owner=COREVISOR usage=NONE (boot only)
     ref_inc / ref_dec_and_test:  subcount n -> n+1 / n -> n-1 (asserted against wrap)
@@ -257,11 +258,13 @@ def commit_claim_table(pages: PageTable, pfn: int, usage: Usage) -> None:
 
 
 def commit_release(pages: PageTable, pfn: int) -> Usage:
-    """usage L -> NONE, subcount -> 0; returns the old class. C: handle_host_remove_page."""
-    i = pages._idx(pfn)
-    old = Usage(pages.usage[i])
+    """usage L -> NONE; returns the old class. C: handle_host_remove_page.
+
+    subcount is left alone: a release through an unlink happens at 0, while HVC 34 may free a
+    user PGD that kernel PTEs still map (their later unmaps must find their references).
+    """
+    old = Usage(pages.usage[pages._idx(pfn)])
     pages._set_usage(pfn, Usage.NONE)
-    pages.subcount[i] = 0
     return old
 
 
