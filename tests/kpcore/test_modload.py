@@ -378,3 +378,29 @@ def test_stages_run_in_order(keys: ModuleKeys) -> None:
     for call in calls:
         with pytest.raises(WrongStage):
             call()
+
+
+def test_data_relocation_through_alias_of_verified_text_refused(keys: ModuleKeys,
+                                                               mods: dict[str, bytes]) -> None:
+    """hardened: a data page the kernel maps onto a verified text page is refused, text intact."""
+    from fakes import lva, page_desc
+
+    from secvma.module.elf import ElfModule
+
+    m, hv, k = setup("hardened", keys)
+    planted = b"\x00\x00\x20\xd4" * 16  # brk #0: bytes the signer never saw
+
+    def alias(km: KernelModule) -> None:
+        data = ElfModule(km.image).section_by_name(".data")
+        assert data is not None
+        va = km.addrs[data.index]
+        slot = slot_of(m, va & ~0xFFF, 3)
+        assert m.store(lva(slot), 0).done
+        assert m.store(lva(slot), page_desc(km.text.pa)).done
+        m.plat.write(PhysAddr(km.text.pa + (va & 0xFFF)), planted)
+
+    km = k.load(mods["mod_hello"], tamper=alias)
+    refused(hv, km, "mload-placement")
+    no_module_pages(hv)
+    clean(hv, m)
+

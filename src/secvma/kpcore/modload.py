@@ -688,6 +688,11 @@ class ModuleLoad:
                     raise _refuse(rule, "module page is mapped by a device", Errno.EBUSY,
                                   pa=pa)
                 run.pages[page] = pa
+        if self.strict:  # map_text writes data after installing the runs: no alias of them
+            for pa, _data in self.data_writes:
+                if pa & ~(PAGE - 1) in used:
+                    raise _refuse(rule, "a data relocation page aliases a verified module "
+                                  "page", pa=pa)
         for page, pa in self.text.pages.items():
             hit = _walk_entry(st, self.plat, page)
             if hit is None:
