@@ -404,3 +404,20 @@ def test_data_relocation_through_alias_of_verified_text_refused(keys: ModuleKeys
     no_module_pages(hv)
     clean(hv, m)
 
+
+def test_free_revokes_exec_alias_after_own_mapping_removed(keys: ModuleKeys,
+                                                          mods: dict[str, bytes]) -> None:
+    """hardened: HVC 31 sets PXN on a kernel alias of module text even when its own PTE is gone."""
+    from fakes import VMALLOC, lva, map_vmalloc
+
+    m, hv, k = setup("hardened", keys)
+    km = k.load(mods["mod_hello"])
+    assert km.modid == 0
+    k.free_tmp(km)
+    assert m.store(lva(slot_of(m, km.text.va, 3)), 0).done  # the module's own PTE
+    _t, alias = map_vmalloc(m, VMALLOC, km.text.pa, pxn=False)
+    assert not m.plat.read_u64(PhysAddr(alias)) & PXN  # allowed while the page is MOD_txt
+    assert m.hvc(31, km.modid) == 0
+    assert hv.state.pages.usage_of(km.text.pa >> 12) is Usage.NONE
+    assert m.plat.read_u64(PhysAddr(alias)) & PXN
+    clean(hv, m)

@@ -834,12 +834,16 @@ def _revoke_exec(st: KState, plat: Platform, pages: dict[int, int]) -> None:
     the kernel made, allowed while the page was MOD_txt), so no released page stays
     EL1-executable. C: mark_ex(..., 0) on the run's own entries only.
     """
+    own: dict[int, int] = {pa >> 12: 0 for pa in pages.values()}
     for va, pa in pages.items():
         # the kernel may already have unmapped or remapped that VA: nothing to revoke there
         with contextlib.suppress(HypRefusal):
             set_module_exec(st, plat, va, pa, False)
-    pfns = {pa >> 12 for pa in pages.values()}
-    if st.policy.hardened and any(st.pages.subcount_of(p) > 1 for p in pfns):
+            own[pa >> 12] += 1
+    pfns = set(own)
+    # any reference beyond the run's own PTEs may be an executable alias (also when the own
+    # PTE is gone and an alias holds the only reference)
+    if st.policy.hardened and any(st.pages.subcount_of(p) > n for p, n in own.items()):
         for table in st.pages.pages_of(Usage.EL1_PTE):
             raw = plat.read(PhysAddr(table << 12), PAGE)
             for k, e in enumerate(struct.unpack("<512Q", raw)):
