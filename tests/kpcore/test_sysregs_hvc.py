@@ -188,3 +188,19 @@ def test_user_pgd_free_keeps_kernel_pte_references() -> None:
     assert not hv.internal_errors, hv.internal_errors
     assert m.plat.halted is None
     assert not hv.check_invariants(m.plat, full=True)
+
+
+def test_cpu_restarted_after_install_comes_up_with_tvm() -> None:
+    """hardened: a CPU (re)started by PSCI CPU_ON after install traps TTBR1 writes from the start."""
+    from secvma.platform import CpuStart
+
+    m, hv = booted("hardened")
+    m.event(CpuStart(TEXT, 0))  # CPU_OFF + CPU_ON of cpu0: it runs head.S again
+    assert m.cpu.tvm
+    assert not m.msr(SysReg.TTBR1_EL1, DATA)
+    assert hv.refusals[-1].rule == "ttbr1"
+    for reg, v in ((SysReg.TTBR0_EL1, IDMAP), (SysReg.TTBR1_EL1, SWAPPER),
+                   (SysReg.SCTLR_EL1, SCTLR)):
+        assert m.msr(reg, v), reg
+    assert not m.msr(SysReg.TTBR0_EL1, IDMAP)  # boot window closed again
+    assert not hv.internal_errors and not hv.check_invariants(m.plat, full=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from secvma.arch.el2 import HCR_TVM
 from secvma.arch.esr import EC, IL, DataAbort, FaultKind, InstructionAbort, encode_fsc
 from secvma.arch.walk import AccessType
 from secvma.hvabi import HVC_ENOSYS, HVC_INVALID
@@ -136,8 +137,16 @@ class KPCore:
 
     def _dispatch(self, st: KState, plat: Platform, cpu: Vcpu, ev: Event) -> None:
         if isinstance(ev, CpuStart):
-            st.cpu(cpu.index)
-            cpu.set_stage2(st.s2.vttbr(), VTCR_4G, HCR_HOST)
+            c = st.cpu(cpu.index)
+            hcr = HCR_HOST
+            if st.installed and self.policy.hardened:
+                # PSCI CPU_ON after install: the CPU runs head.S again, trapped from its first
+                # instruction (TVM) with a fresh boot window; it holds no user root any more
+                c.tvm = c.enabled_once = c.boot_window = True
+                c.switched = False
+                c.ttbr0 = c.ttbr1 = 0
+                hcr |= HCR_TVM
+            cpu.set_stage2(st.s2.vttbr(), VTCR_4G, hcr)
         elif isinstance(ev, Smc):
             cpu.smc_passthrough()
         elif isinstance(ev, Hvc):
