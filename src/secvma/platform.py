@@ -2,7 +2,7 @@
 
 kpcore (and any other hypervisor, such as `secvma.machine.null.NullHypervisor`) is written
 against these protocols only. The QEMU mailbox server (`secvma.machine.mailbox`) implements
-them for real AArch64 code; `tests/fakes.py` implements them over a bytearray so that policy
+them for real AArch64 code; `tests/kpcore/fakes.py` implements them over a bytearray so that policy
 tests run in milliseconds.
 
 Flow of one trap::
