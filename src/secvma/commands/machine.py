@@ -59,14 +59,23 @@ def build(as_json: bool) -> None:
 @click.option("--plain", is_flag=True, help="No hypervisor at all (QEMU boots the kernel at EL1).")
 @click.option("--quiet", is_flag=True, help="Do not echo the guest console.")
 @click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option("--policy", type=click.Choice(["none", "transparent"]), default="none",
+              show_default=True,
+              help="none: NullHypervisor; transparent: KPCore's rules for an unmodified kernel.")
+@click.option("--protect-tables", is_flag=True,
+              help="transparent: also write-protect and emulate kernel page tables and text "
+                   "(experimental: boots to /init, then hangs).")
 @click.option("--json", "as_json", is_flag=True)
 def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, append: str,
-             plain: bool, quiet: bool, timeout: float, as_json: bool) -> None:
-    """Boot a kernel at EL1 under the NullHypervisor (every trap served by Python)."""
+             plain: bool, quiet: bool, timeout: float, policy: str, protect_tables: bool,
+             as_json: bool) -> None:
+    """Boot a kernel at EL1 under the NullHypervisor or the transparent KPCore policy."""
+    from secvma.kpcore.transparent import TransparentKPCore
     from secvma.machine.initramfs import INIT_BANNER, build_initramfs
     from secvma.machine.null import NullHypervisor
     from secvma.machine.qemu import MachineConfig
     from secvma.machine.runner import boot
+    from secvma.platform import Hypervisor
 
     if kernel is None:
         from secvma import fixtures
@@ -77,21 +86,44 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
                  "run `secvma fixtures fetch`, or pass --kernel PATH")
         kernel = fx.kernel_image
         initrd = initrd or build_initramfs()
+    if plain and policy != "none":
+        fail("--plain runs no hypervisor; it cannot be combined with --policy")
+    transparent = TransparentKPCore(protect_tables=protect_tables) \
+        if policy == "transparent" else None
+    hv: Hypervisor | None = None if plain else transparent or NullHypervisor()
     try:
         res = boot(MachineConfig(kernel=kernel, initrd=initrd, ncpus=smp, ram_mb=ram_mb,
                                  append=append, plain=plain, timeout_s=timeout,
                                  echo_console=not quiet and not as_json),
-                   None if plain else NullHypervisor(), watch=(INIT_BANNER,))
+                   hv, watch=(INIT_BANNER,))
     except MachineError as e:
         fail(str(e), e.hint)
     except ValueError as e:
         fail(str(e))
     summary = {"exit": res.exit, "reason": res.reason, "wall_s": round(res.wall_s, 3),
                "userspace_s": res.first_seen.get(INIT_BANNER.decode()), "traps": res.traps,
-               "fast_traps": res.fast_traps, "roundtrip_us": res.roundtrip_stats()}
+               "fast_traps": res.fast_traps, "roundtrip_us": res.roundtrip_stats(),
+               "policy": policy}
+    if transparent is not None:
+        summary["transparent"] = transparent.summary()
     if as_json:
         emit_json(summary)
         return
+    if transparent is not None:
+        tsum = summary.pop("transparent")
+        assert isinstance(tsum, dict)
+        stats = tsum.get("stats", {})
+        assert isinstance(stats, dict)
+        summary["roots"] = (f"reserved {tsum['reserved_pg_dir']} swapper {tsum['swapper_pg_dir']}"
+                            f" tramp {tsum['tramp_pg_dir']}")
+        summary["table_pages"] = tsum.get("table_pages")
+        summary["emulated_table_stores"] = stats.get("table_stores", 0)
+        summary["text_patches"] = stats.get("text_patches", 0)
+        refusals = tsum.get("refusals", [])
+        assert isinstance(refusals, list)
+        summary["refusals"] = len(refusals)
+        for r in refusals[:20]:
+            console.print(f"[red]refused[/] {r}")
     t = Table(title="boot summary")
     t.add_column("what")
     t.add_column("value")
