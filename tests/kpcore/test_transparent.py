@@ -8,8 +8,9 @@ from fakes import ATTR_NORMAL, PTE_PAGE, PXN, TCR, UXN, FakePlatform, FakeVcpu
 from secvma.arch.el2 import VTCR_4G
 from secvma.arch.esr import DataAbort
 from secvma.arch.walk import AccessType, Fault, translate_stage2
+from secvma.kpcore.faults import ESR_UNKNOWN
 from secvma.kpcore.pages import Usage
-from secvma.kpcore.transparent import ESR_UNKNOWN, TransparentKPCore
+from secvma.kpcore.transparent import TransparentKPCore
 from secvma.platform import CpuStart, PhysAddr, Stage2Abort, SysReg, SysregTrap
 
 TTBR1_ENC = (3, 0, 2, 0, 1)

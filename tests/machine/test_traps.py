@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from secvma.machine import layout
-from secvma.machine.null import ESR_DABT_CUR_EXT, ESR_IABT_CUR_EXT
+from secvma.outside import ESR_DABT_CUR_EXT, ESR_IABT_CUR_EXT
 
 from .payload import POWEROFF, Recorder, run
 

@@ -28,12 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from secvma.arch.el2 import HCR_TVM
-from secvma.arch.esr import EC, IL, DataAbort, FaultKind, InstructionAbort, encode_fsc
-from secvma.arch.walk import AccessType
 from secvma.hvabi import HVC_ENOSYS, HVC_INVALID
 from secvma.kpcore import invariants
-from secvma.kpcore.faults import handle_abort
-from secvma.kpcore.fetch import s1_translate
+from secvma.kpcore.faults import handle_abort, inject_refusal
 from secvma.kpcore.hypercalls import HCR_HOST, handle_hvc, neg
 from secvma.kpcore.modkeys import ModuleKeys
 from secvma.kpcore.policy import Policy, policy_named
@@ -57,7 +54,6 @@ from secvma.platform import (
 
 STALL_LIMIT = 64
 FULL_CHECK_EVERY = 512
-ESR_UNKNOWN = (EC.UNKNOWN << 26) | IL
 _Handler = Callable[[], Outcome]
 
 
@@ -223,22 +219,7 @@ class KPCore:
     def _inject(self, st: KState, plat: Platform, cpu: Vcpu, ev: Event) -> None:
         """Deliver the refusal to EL1 as an exception the kernel can report (see module doc)."""
         self._restore_vbar(st, cpu)
-        if isinstance(ev, Stage2Abort):
-            access = AccessType.FETCH if ev.is_fetch else (
-                AccessType.STORE if ev.is_write else AccessType.LOAD)
-            hit = s1_translate(plat, cpu, ev.far, access)
-            level = hit[1] if hit is not None else 3
-            fsc = encode_fsc(FaultKind.PERMISSION, level)
-            if ev.is_fetch:
-                esr = InstructionAbort(lower_el=ev.from_el0, il=True, fnv=False, ea=False,
-                                       s1ptw=False, ifsc=fsc).encode()
-            else:
-                esr = DataAbort(lower_el=ev.from_el0, il=True, isv=False, sas=0, sse=False,
-                                srt=0, sf=False, ar=False, vncr=False, fnv=False, ea=False,
-                                cm=False, s1ptw=False, wnr=ev.is_write, dfsc=fsc).encode()
-            cpu.inject_abort(esr, ev.far)
-        else:
-            cpu.inject_abort(ESR_UNKNOWN, 0)
+        inject_refusal(plat, cpu, ev)
 
     # --- VBAR_EL1 -----------------------------------------------------------------------
 

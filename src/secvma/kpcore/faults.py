@@ -16,15 +16,16 @@ C: sekvm/FaultHandler.c:handle_host_stage2_fault, kint/HostKpt.c:host_kpt_handle
 
 from __future__ import annotations
 
-from secvma.arch.esr import DataAbort, InstructionAbort, decode_esr
-from secvma.arch.walk import s2_perms
+from secvma.arch.esr import EC, IL, DataAbort, FaultKind, InstructionAbort, decode_esr, encode_fsc
+from secvma.arch.walk import AccessType, s2_perms
 from secvma.kpcore import kpt
 from secvma.kpcore.bootinfo import in_pgtable_pool
+from secvma.kpcore.fetch import s1_translate
 from secvma.kpcore.hostmem import map_page_host
 from secvma.kpcore.pages import Owner, Usage
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, Outcome
 from secvma.kpcore.state import KState
-from secvma.platform import Platform, Stage2Abort, Vcpu
+from secvma.platform import Event, Platform, Stage2Abort, Vcpu
 
 EMULATED_CLASSES = frozenset({Usage.EL1_PGD, Usage.EL1_PUD, Usage.EL1_PMD, Usage.EL1_PTE,
                               Usage.EL0_PGD, Usage.EL1_MOD_TXT, Usage.EL1_MOD_RO})
@@ -87,3 +88,30 @@ def handle_abort(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> Outc
     access = "fetch" if ev.is_fetch else "write" if ev.is_write else "read"
     raise HypRefusal(Errno.EPERM, "s2-permission", f"{access} not permitted on a "
                      f"{usage.name} page", ipa=ipa, usage=usage)
+
+
+ESR_UNKNOWN = (EC.UNKNOWN << 26) | IL
+"""ESR_EL1 of an "unknown reason" exception: what a refused MSR or other trap looks like."""
+
+
+def inject_refusal(plat: Platform, cpu: Vcpu, ev: Event) -> None:
+    """Deliver a refusal to EL1 as an exception the kernel can report (no stall).
+
+    A refused access becomes a permission fault at the stage-1 level that maps FAR (data abort,
+    WnR from the access; instruction abort for a fetch), anything else an "unknown" exception.
+    """
+    if isinstance(ev, Stage2Abort):
+        access = AccessType.FETCH if ev.is_fetch else (
+            AccessType.STORE if ev.is_write else AccessType.LOAD)
+        hit = s1_translate(plat, cpu, ev.far, access)
+        fsc = encode_fsc(FaultKind.PERMISSION, hit[1] if hit is not None else 3)
+        if ev.is_fetch:
+            esr = InstructionAbort(lower_el=ev.from_el0, il=True, fnv=False, ea=False,
+                                   s1ptw=False, ifsc=fsc).encode()
+        else:
+            esr = DataAbort(lower_el=ev.from_el0, il=True, isv=False, sas=0, sse=False,
+                            srt=0, sf=False, ar=False, vncr=False, fnv=False, ea=False,
+                            cm=False, s1ptw=False, wnr=ev.is_write, dfsc=fsc).encode()
+        cpu.inject_abort(esr, ev.far)
+    else:
+        cpu.inject_abort(ESR_UNKNOWN, 0)

@@ -43,10 +43,11 @@ from dataclasses import dataclass, field
 
 from secvma.arch.descriptors import OA_MASK, PXN, PXNTABLE, DescKind, level_size
 from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
-from secvma.arch.esr import EC, IL, DataAbort, FaultKind, InstructionAbort, decode_esr, encode_fsc
+from secvma.arch.esr import DataAbort, decode_esr
 from secvma.arch.insn import UnsupportedInstruction, UnsupportedReason, decode_store
 from secvma.arch.walk import AccessType, Perm, Visit, VisitCtx, WalkAction, s2_perms, walk
 from secvma.kpcore import kpt
+from secvma.kpcore.faults import inject_refusal
 from secvma.kpcore.fetch import s1_translate
 from secvma.kpcore.hostmem import commit_claim, set_class
 from secvma.kpcore.pages import KPT_BY_LEVEL, Owner, Usage, commit_classify, pa_of, ref_inc
@@ -54,6 +55,7 @@ from secvma.kpcore.policy import policy_named
 from secvma.kpcore.refusal import Errno, HypRefusal, Outcome, Refusal, log
 from secvma.kpcore.stage2 import VTCR_4G, PermKind
 from secvma.kpcore.state import KState
+from secvma.outside import OutsideMapGuard
 from secvma.platform import (
     CpuStart,
     Event,
@@ -72,7 +74,6 @@ from secvma.platform import (
 
 HCR_TRANSPARENT = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | HCR_TVM
 TTBR_BADDR = 0x0000_FFFF_FFFF_FFFE
-ESR_UNKNOWN = (EC.UNKNOWN << 26) | IL
 SMCCC_NOT_SUPPORTED = (1 << 64) - 1
 SCTLR_M = 1
 PAGE = 0x1000
@@ -167,7 +168,7 @@ class TransparentKPCore:
         self.cpus: dict[int, TCpu] = {}
         self.stats: Counter[str] = Counter()
         self.internal_errors: list[InternalError] = []
-        self._last_fault: tuple[int, int, int] = (-1, -1, 0)
+        self.outside = OutsideMapGuard()
         self.text_log: list[tuple[int, int, int]] = []
         self.text_locked = False
 
@@ -267,21 +268,7 @@ class TransparentKPCore:
             st.refusals.append(rec)
         self.stats["refused"] += 1
         log.info("refused: %s", rec)
-        if isinstance(ev, Stage2Abort):
-            access = AccessType.FETCH if ev.is_fetch else (
-                AccessType.STORE if ev.is_write else AccessType.LOAD)
-            hit = s1_translate(plat, cpu, ev.far, access)
-            fsc = encode_fsc(FaultKind.PERMISSION, hit[1] if hit is not None else 3)
-            if ev.is_fetch:
-                esr = InstructionAbort(lower_el=ev.from_el0, il=True, fnv=False, ea=False,
-                                       s1ptw=False, ifsc=fsc).encode()
-            else:
-                esr = DataAbort(lower_el=ev.from_el0, il=True, isv=False, sas=0, sse=False,
-                                srt=0, sf=False, ar=False, vncr=False, fnv=False, ea=False,
-                                cm=False, s1ptw=False, wnr=ev.is_write, dfsc=fsc).encode()
-            cpu.inject_abort(esr, ev.far)
-        else:
-            cpu.inject_abort(ESR_UNKNOWN, 0)
+        inject_refusal(plat, cpu, ev)
 
     # --- system registers ---------------------------------------------------------------
 
@@ -437,7 +424,7 @@ class TransparentKPCore:
         ipa = ev.ipa
         hit = st.s2.leaf(ipa) if 0 <= ipa < 1 << 32 else None
         if hit is None:
-            self._outside_map(plat, cpu, ev)
+            self.outside.abort(plat, cpu, ev)
             return
         perms = s2_perms(hit[2], 0 if ev.from_el0 else 1, feat_xnx=False)
         need = Perm.X if ev.is_fetch else Perm.W if ev.is_write else Perm.R
@@ -457,30 +444,6 @@ class TransparentKPCore:
         access = "fetch" if ev.is_fetch else "write" if ev.is_write else "read"
         raise HypRefusal(Errno.EPERM, "s2-permission",
                          f"{access} not permitted on a {usage.name} page", ipa=ipa)
-
-    def _outside_map(self, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
-        """Hypervisor memory or no memory: an external abort to EL1 (as NullHypervisor)."""
-        from secvma.machine.null import (
-            ESR_DABT_CUR_EXT,
-            ESR_DABT_LOW_EXT,
-            ESR_IABT_CUR_EXT,
-            ESR_IABT_LOW_EXT,
-            STUCK_REPEATS,
-        )
-
-        self.stats["s2_outside"] += 1
-        pc, ipa, n = self._last_fault
-        n = n + 1 if (pc, ipa) == (cpu.elr, ev.ipa) else 1
-        self._last_fault = (cpu.elr, ev.ipa, n)
-        if n >= STUCK_REPEATS:
-            plat.halt(f"guest stuck: {n} identical stage-2 faults at PC {cpu.elr:#x}, "
-                      f"IPA {ev.ipa:#x}")
-            return
-        if ev.is_fetch:
-            esr = ESR_IABT_LOW_EXT if ev.from_el0 else ESR_IABT_CUR_EXT
-        else:
-            esr = ESR_DABT_LOW_EXT if ev.from_el0 else ESR_DABT_CUR_EXT
-        cpu.inject_abort(esr, ev.far)
 
     def _fetch(self, st: KState, plat: Platform, cpu: Vcpu) -> int | None:
         """The instruction at ELR if it lies in kernel text or init text (stage-1 walk)."""

@@ -24,6 +24,7 @@ from secvma.arch.descriptors import (
 )
 from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM, VTCR_4G
 from secvma.machine import layout
+from secvma.outside import OutsideMapGuard
 from secvma.platform import (
     CpuStart,
     Event,
@@ -45,15 +46,6 @@ S2_MEMATTR_DEVICE_NGNRE = int(S2MemAttr.DEVICE_nGnRE) << MEMATTR_SHIFT
 
 VMID = 1
 
-# ESR_EL1 values of an injected synchronous external abort (FSC 0x10, IL set), by EC:
-# data abort from the current EL / a lower EL, instruction abort likewise (Arm ARM D17.2.37)
-ESR_DABT_CUR_EXT = (0x25 << 26) | (1 << 25) | 0x10
-ESR_DABT_LOW_EXT = (0x24 << 26) | (1 << 25) | 0x10
-ESR_IABT_CUR_EXT = (0x21 << 26) | (1 << 25) | 0x10
-ESR_IABT_LOW_EXT = (0x20 << 26) | (1 << 25) | 0x10
-
-STUCK_REPEATS = 8
-"""The same stage-2 fault (PC, IPA) this many times in a row means the guest cannot progress."""
 
 
 def build_identity_stage2(platform: Platform, pool_base: int = layout.S2_POOL_BASE) -> int:
@@ -90,7 +82,7 @@ class NullHypervisor:
         self.root: int | None = None
         self.events: Counter[str] = Counter()
         self.hvc_log: list[tuple[int, tuple[int, ...]]] = []
-        self._last_fault: tuple[int, int, int] = (-1, -1, 0)
+        self.outside = OutsideMapGuard()
         self.hcr = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | (HCR_TVM if trap_sysregs else 0)
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
@@ -113,7 +105,7 @@ class NullHypervisor:
             cpu.set_x(0, 0)
         elif kind is Stage2Abort:
             assert isinstance(event, Stage2Abort)
-            self._outside_map(platform, cpu, event)
+            self.outside.abort(platform, cpu, event)
         elif kind is Smc:
             cpu.smc_passthrough()
         elif kind is CpuStart:
@@ -122,22 +114,3 @@ class NullHypervisor:
             cpu.set_stage2(self.root | (VMID << 48), VTCR_4G, self.hcr)
         else:
             platform.halt(f"NullHypervisor: unhandled {event!r} at {cpu.elr:#x}")
-
-    def _outside_map(self, platform: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
-        """An access outside the identity map (hypervisor memory, or no memory): abort to EL1.
-
-        A guest without a working vector (VBAR_EL1 unset) faults again on the vector fetch,
-        forever; after STUCK_REPEATS identical faults the machine is halted with the PC.
-        """
-        pc, ipa, n = self._last_fault
-        n = n + 1 if (pc, ipa) == (cpu.elr, ev.ipa) else 1
-        self._last_fault = (cpu.elr, ev.ipa, n)
-        if n >= STUCK_REPEATS:
-            platform.halt(f"guest stuck: {n} identical stage-2 faults at PC {cpu.elr:#x}, "
-                          f"IPA {ev.ipa:#x} (no usable exception vector?)")
-            return
-        if ev.is_fetch:
-            esr = ESR_IABT_LOW_EXT if ev.from_el0 else ESR_IABT_CUR_EXT
-        else:
-            esr = ESR_DABT_LOW_EXT if ev.from_el0 else ESR_DABT_CUR_EXT
-        cpu.inject_abort(esr, ev.far)
