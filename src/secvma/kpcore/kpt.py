@@ -32,6 +32,7 @@ half of a 64-bit STXR (gap 9), and handles STXR / STP #0 / ISV forms only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from secvma.arch.esr import DataAbort, decode_esr
@@ -98,8 +99,13 @@ def _refuse(rule: str, reason: str, code: Errno = Errno.EPERM, **v: int) -> HypR
 # --- decoding (hardened) ----------------------------------------------------------------------
 
 
-def decode_hardened(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> Store:
-    """The store as a list of in-page writes (ISV syndrome, else full instruction decode)."""
+def decode_hardened(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort,
+                    insn_at_elr: Callable[[], int | None] | None = None) -> Store:
+    """The store as a list of in-page writes (ISV syndrome, else full instruction decode).
+
+    `insn_at_elr` fetches the trapping instruction when the syndrome has none (default: a
+    stage-1 walk of ELR accepted only from kernel or module text, `fetch_insn`).
+    """
     page = ev.ipa & ~0xFFF
     syn = decode_esr(ev.esr)
     if isinstance(syn, DataAbort) and syn.isv:
@@ -107,7 +113,7 @@ def decode_hardened(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> S
         off = ev.far & 0xFFF
         value = cpu.x(syn.srt) & ((1 << (8 * size)) - 1)
         return Store(page, (Write(off, size, value),), "isv")
-    insn = fetch_insn(st, plat, cpu)
+    insn = insn_at_elr() if insn_at_elr is not None else fetch_insn(st, plat, cpu)
     if insn is None:
         raise _refuse("kpt-decode", "no instruction syndrome and the instruction at ELR "
                       "is not in EL1 text", Errno.EINVAL, pc=cpu.elr)

@@ -43,8 +43,6 @@ from dataclasses import dataclass, field
 
 from secvma.arch.descriptors import OA_MASK, PXN, PXNTABLE, DescKind, level_size
 from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
-from secvma.arch.esr import DataAbort, decode_esr
-from secvma.arch.insn import UnsupportedInstruction, UnsupportedReason, decode_store
 from secvma.arch.walk import AccessType, Perm, Visit, VisitCtx, WalkAction, s2_perms, walk
 from secvma.kpcore import kpt
 from secvma.kpcore.faults import inject_refusal
@@ -463,42 +461,7 @@ class TransparentKPCore:
 
     def _decode(self, st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> kpt.Store:
         """The store as in-page writes: the ISV syndrome, else the decoded instruction."""
-        page = ev.ipa & ~0xFFF
-        syn = decode_esr(ev.esr)
-        if isinstance(syn, DataAbort) and syn.isv:
-            size = 1 << syn.sas
-            value = cpu.x(syn.srt) & ((1 << (8 * size)) - 1)
-            return kpt.Store(page, (kpt.Write(ev.far & 0xFFF, size, value),), "isv")
-        insn = self._fetch(st, plat, cpu)
-        if insn is None:
-            raise HypRefusal(Errno.EINVAL, "kpt-decode", "no syndrome and the instruction at "
-                             "ELR is not in kernel text", pc=cpu.elr)
-
-        def read_reg(n: int) -> int:
-            if n == 31:
-                raise UnsupportedInstruction(insn, UnsupportedReason.UNRECOGNIZED, "SP base")
-            return cpu.x(n)
-
-        try:
-            op = decode_store(insn, read_reg)
-        except UnsupportedInstruction as exc:
-            raise HypRefusal(Errno.EINVAL, "kpt-decode", f"not an emulable store: {exc}",
-                             insn=insn) from None
-        if op.writeback is not None and op.writeback.reg == 31:
-            raise HypRefusal(Errno.EINVAL, "kpt-decode", "writeback to SP", insn=insn)
-        far_page = ev.far & ~0xFFF
-        writes = []
-        hit = False
-        for acc in op.accesses:
-            if acc.address & ~0xFFF != far_page or (acc.address & 0xFFF) + acc.size > PAGE:
-                raise HypRefusal(Errno.EINVAL, "kpt-decode", "store reaches outside the "
-                                 "faulting page", va=acc.address, far=ev.far)
-            hit |= acc.address <= ev.far < acc.address + acc.size
-            writes.append(kpt.Write(acc.address & 0xFFF, acc.size, acc.value))
-        if not hit:
-            raise HypRefusal(Errno.EINVAL, "kpt-decode", "decoded store does not cover the "
-                             "faulting address", insn=insn, far=ev.far)
-        return kpt.Store(page, tuple(writes), op.mnemonic, op.writeback, op.status_reg)
+        return kpt.decode_hardened(st, plat, cpu, ev, lambda: self._fetch(st, plat, cpu))
 
     def _table_store(self, st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort,
                      usage: Usage) -> None:
