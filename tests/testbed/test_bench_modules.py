@@ -7,17 +7,16 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from secvma.fixtures import available
+from secvma.fixtures import FixtureSet
 from secvma.testbed.build import TestbedImage
 
 REQUIRED = ("load_ms", "unload_ms", "load_ms_unprotected", "ratio")
 
 
-def test_bench_modules_json_has_the_run_mod_keys(testbed: TestbedImage) -> None:
+def test_bench_modules_json_has_the_run_mod_keys(testbed: TestbedImage,
+                                                 fixtures: FixtureSet) -> None:
     """--json: per module load_ms, unload_ms, load_ms_unprotected, ratio (numbers or, with the
     reason under errors, null for the hypervisor columns)."""
-    if available() is None:
-        pytest.skip("Debian fixtures not fetched (secvma fixtures fetch)")
     from secvma.cli import main
 
     out = CliRunner().invoke(main, ["bench", "modules", "--reps", "1", "--json"])

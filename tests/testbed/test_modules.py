@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from secvma.fixtures import FixtureSet, available
+from secvma.fixtures import FixtureSet
 from secvma.hvabi import HVC_INVALID
 from secvma.testbed.build import TestbedImage
 from secvma.testbed.commands import TestbedSession
@@ -24,14 +24,6 @@ from secvma.testbed.modules import (
 from secvma.testbed.nullabi import TestbedNullHypervisor
 
 BM_NFREE = 32  # offsetof(struct bitmap_alloc, nfree)
-
-
-@pytest.fixture(scope="module")
-def fixtures() -> FixtureSet:
-    fx = available()
-    if fx is None:
-        pytest.skip("Debian fixtures not fetched (secvma fixtures fetch)")
-    return fx
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,13 @@
 """Module loading through the hypervisor (HVC 30-32) under hardened, on the testbed kernel.
 
 A signature table is made for each test run (a fresh Ed25519 key signs the modules as
-`secvma_sig` does). Skipped while `secvma.kpcore.make_policy` has no `module_keys`.
+`secvma_sig` does).
 Invariants are checked once per test with the machine idle (checking them after every trap
 makes an xfs load take minutes).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secvma.fixtures import FixtureSet, available
+from secvma import kpcore
+from secvma.fixtures import FixtureSet
 from secvma.hvabi import HVC_INVALID
+from secvma.kpcore import modkeys
 from secvma.testbed.build import TestbedImage
 from secvma.testbed.commands import TestbedSession
 from secvma.testbed.modules import (
@@ -26,20 +27,6 @@ from secvma.testbed.modules import (
     loaded_module,
     symbol_lookup,
 )
-
-kpcore = pytest.importorskip("secvma.kpcore")
-if "module_keys" not in inspect.signature(kpcore.make_policy).parameters:
-    pytest.skip("hypervisor module loader not built (make_policy has no module_keys)",
-                allow_module_level=True)
-modkeys = pytest.importorskip("secvma.kpcore.modkeys")
-
-
-@pytest.fixture(scope="module")
-def fixtures() -> FixtureSet:
-    fx = available()
-    if fx is None:
-        pytest.skip("Debian fixtures not fetched (secvma fixtures fetch)")
-    return fx
 
 
 def _hardened(files: list[Path], key: Ed25519PrivateKey | None = None) -> Any:
