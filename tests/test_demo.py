@@ -12,14 +12,8 @@ from secvma.cli import main
 pytestmark = [pytest.mark.qemu, pytest.mark.debian, pytest.mark.slow]
 
 
-def test_demo_runs_every_step_ok() -> None:
+def test_demo_runs_every_step_ok(debian: object) -> None:
     """Debian boot, workloads under each policy, attacks, modules and round trips all pass."""
-    from secvma import fixtures
-
-    try:
-        fixtures.fetch()
-    except fixtures.FixturesUnavailable as exc:
-        pytest.skip(f"Debian fixtures unavailable: {exc}")
     res = CliRunner().invoke(main, ["demo", "--json"])
     assert res.exit_code == 0, res.output[-3000:]
     report = json.loads(res.output)

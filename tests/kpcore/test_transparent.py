@@ -163,28 +163,18 @@ def test_hostile_values_never_raise() -> None:
 # --- the Debian kernel on QEMU ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def kernel() -> object:
-    from secvma import fixtures as fx
-
-    try:
-        return fx.fetch()
-    except fx.FixturesUnavailable as exc:
-        pytest.skip(f"Debian fixtures unavailable: {exc}")
-
-
 @pytest.mark.qemu
 @pytest.mark.debian
 @pytest.mark.slow
 @pytest.mark.parametrize("smp", [1, 2])
-def test_debian_boots_under_transparent(kernel: object, smp: int) -> None:
+def test_debian_boots_under_transparent(debian: object, smp: int) -> None:
     """Roots learned and checked, registers pinned, zero refusals, /init runs, power-off."""
     from secvma.machine.initramfs import INIT_BANNER, build_initramfs
     from secvma.machine.qemu import MachineConfig
     from secvma.machine.runner import boot
 
     hv = TransparentKPCore()
-    res = boot(MachineConfig(kernel=kernel.kernel_image, initrd=build_initramfs(),  # type: ignore[attr-defined]
+    res = boot(MachineConfig(kernel=debian.kernel_image, initrd=build_initramfs(),  # type: ignore[attr-defined]
                              ncpus=smp, timeout_s=120), hv, watch=(INIT_BANNER,))
     assert res.exit == "poweroff", res.console[-2000:]
     assert INIT_BANNER.decode() in res.first_seen
@@ -199,7 +189,7 @@ def test_debian_boots_under_transparent(kernel: object, smp: int) -> None:
 @pytest.mark.qemu
 @pytest.mark.debian
 @pytest.mark.slow
-def test_debian_kernel_tables_protected_through_boot(kernel: object) -> None:
+def test_debian_kernel_tables_protected_through_boot(debian: object) -> None:
     """With table protection the kernel boots to `Run /init` with its tables read-only."""
     from secvma.machine.initramfs import build_initramfs
     from secvma.machine.qemu import MachineConfig
@@ -221,7 +211,7 @@ def test_debian_kernel_tables_protected_through_boot(kernel: object) -> None:
                                if _s2_writable(hv, st.s2.mem, p << 12)]  # type: ignore[arg-type]
         return True
 
-    res = boot(MachineConfig(kernel=kernel.kernel_image, initrd=build_initramfs(),  # type: ignore[attr-defined]
+    res = boot(MachineConfig(kernel=debian.kernel_image, initrd=build_initramfs(),  # type: ignore[attr-defined]
                              ncpus=1, timeout_s=120), hv, watch=(b"Run /init",), until=at_init)
     assert res.exit == "until", res.console[-2000:]
     assert not hv.refusals and not hv.internal_errors, hv.summary()

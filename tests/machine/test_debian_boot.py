@@ -13,19 +13,11 @@ from secvma.machine.runner import boot
 pytestmark = [pytest.mark.qemu, pytest.mark.debian, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def kernel() -> fx.FixtureSet:
-    try:
-        return fx.fetch()
-    except fx.FixturesUnavailable as exc:
-        pytest.skip(f"Debian fixtures unavailable: {exc}")
-
-
 @pytest.mark.parametrize("smp", [1, 2])
-def test_debian_kernel_reaches_userspace_at_el1(kernel: fx.FixtureSet, smp: int) -> None:
+def test_debian_kernel_reaches_userspace_at_el1(debian: fx.FixtureSet, smp: int) -> None:
     """With -smp 1 and 2 every CPU runs the kernel at EL1 and /init prints, then powers off."""
     hyp = NullHypervisor()
-    res = boot(MachineConfig(kernel=kernel.kernel_image, initrd=build_initramfs(), ncpus=smp,
+    res = boot(MachineConfig(kernel=debian.kernel_image, initrd=build_initramfs(), ncpus=smp,
                              timeout_s=90), hyp, watch=(INIT_BANNER,))
     assert res.exit == "poweroff", res.console[-2000:]
     assert "CPU: All CPU(s) started at EL1" in res.console

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from secvma import fixtures as fx
 from secvma.module import native
 
 
@@ -28,15 +27,6 @@ def engine(request: pytest.FixtureRequest) -> Iterator[str]:
         native_or_skip()
     with native.use_native(on):
         yield str(request.param)
-
-
-@pytest.fixture(scope="session")
-def debian() -> fx.FixtureSet:
-    """The pinned Debian arm64 fixture set; skips only when the archive cannot be reached."""
-    try:
-        return fx.fetch()
-    except fx.FixturesUnavailable as exc:
-        pytest.skip(f"Debian fixtures unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from secvma import fixtures as fx
 from secvma.machine.errors import ToolchainError
 from secvma.testbed.build import TestbedImage, build_testbed
 from secvma.testbed.commands import TestbedSession
@@ -33,11 +32,3 @@ def session(testbed: TestbedImage) -> Iterator[TestbedSession]:
     with TestbedSession(TestbedNullHypervisor(), image=testbed, command_timeout_s=30) as s:
         yield s
 
-
-@pytest.fixture(scope="session")
-def fixtures() -> fx.FixtureSet:
-    """The Debian fixture set; skips only when the archive cannot be reached."""
-    try:
-        return fx.fetch()
-    except fx.FixturesUnavailable as exc:
-        pytest.skip(f"Debian fixtures unavailable: {exc}")

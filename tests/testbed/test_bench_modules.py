@@ -14,7 +14,7 @@ REQUIRED = ("load_ms", "unload_ms", "load_ms_unprotected", "ratio")
 
 
 def test_bench_modules_json_has_the_run_mod_keys(testbed: TestbedImage,
-                                                 fixtures: FixtureSet) -> None:
+                                                 debian: FixtureSet) -> None:
     """--json: per module load_ms, unload_ms, load_ms_unprotected, ratio (numbers or, with the
     reason under errors, null for the hypervisor columns)."""
     from secvma.cli import main

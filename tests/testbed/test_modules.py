@@ -92,15 +92,15 @@ def test_same_module_twice_is_refused(session: TestbedSession, testbed: TestbedI
 @pytest.mark.parametrize(("dep", "name"), [("libcrc32c", "xfs"),
                                            ("crypto_engine", "virtio_crypto")])
 def test_kernel_side_relocation_equals_host_library(session: TestbedSession,
-                                                    fixtures: FixtureSet, dep: str,
+                                                    debian: FixtureSet, dep: str,
                                                     name: str) -> None:
     """Every placed section of a real module, as installed in guest RAM, equals
     secvma.module's relocation at the same addresses (Linux 6.1 arm64 semantics)."""
     s = session
     before = _free_pages(s)
-    d = s.load_module(fixtures.modules[dep].read_bytes(), no_init=True)
+    d = s.load_module(debian.modules[dep].read_bytes(), no_init=True)
     assert d.ok, d.msg
-    data = fixtures.modules[name].read_bytes()
+    data = debian.modules[name].read_bytes()
     r = s.load_module(data, no_init=True)
     assert r.ok, r.msg
     assert "init not run" in r.msg
@@ -113,15 +113,15 @@ def test_kernel_side_relocation_equals_host_library(session: TestbedSession,
 
 
 def test_real_module_without_its_dependency_names_the_missing_symbol(
-        session: TestbedSession, fixtures: FixtureSet) -> None:
+        session: TestbedSession, debian: FixtureSet) -> None:
     """xfs before libcrc32c: refused with 'unknown symbol crc32c'."""
-    r = session.load_module(fixtures.modules["xfs"].read_bytes(), no_init=True)
+    r = session.load_module(debian.modules["xfs"].read_bytes(), no_init=True)
     assert not r.ok and "unknown symbol crc32c" in r.msg
 
 
 def test_linux_table_resolves_function_and_data_imports(session: TestbedSession,
                                                         testbed: TestbedImage,
-                                                        fixtures: FixtureSet) -> None:
+                                                        debian: FixtureSet) -> None:
     """Module.symvers names are exported: a stub returns 0; a data object is zeroed, RW."""
     assert testbed.linux_symbols > 10000
     fn = session.symbol("kthread_create_worker")

@@ -35,9 +35,9 @@ def _hardened(files: list[Path], key: Ed25519PrivateKey | None = None) -> Any:
 
 
 @pytest.fixture(scope="module")
-def hv(testbed: TestbedImage, fixtures: FixtureSet) -> Any:
+def hv(testbed: TestbedImage, debian: FixtureSet) -> Any:
     signed = [testbed.modules[m] for m in ("mod_hello", "mod_counter", "mod_user")]
-    signed += list(fixtures.modules.values())
+    signed += list(debian.modules.values())
     return _hardened(signed)
 
 
@@ -53,7 +53,7 @@ def _usage(hv: Any) -> tuple[bytes, bytes]:
 
 
 def test_real_modules_load_through_hvc30_and_unload_to_the_same_page_table(
-        session: TestbedSession, hv: Any, fixtures: FixtureSet) -> None:
+        session: TestbedSession, hv: Any, debian: FixtureSet) -> None:
     """libcrc32c+xfs and crypto_engine+virtio_crypto: EL2 loads them up to init (module ids),
     EL2-relocated bytes equal secvma.module's, unload restores the page-usage table exactly."""
     s = session
@@ -62,9 +62,9 @@ def test_real_modules_load_through_hvc30_and_unload_to_the_same_page_table(
                                          ("libcrc32c", "xfs"), ("crypto_engine", "virtio_crypto"))):
         if cycle == 2:  # the first cycle links new kernel page tables for the module window
             before = _usage(hv)
-        d = s.load_module(fixtures.modules[dep].read_bytes(), no_init=True)
+        d = s.load_module(debian.modules[dep].read_bytes(), no_init=True)
         assert d.ok and d.ret[1] != HVC_INVALID, d.msg
-        data = fixtures.modules[name].read_bytes()
+        data = debian.modules[name].read_bytes()
         r = s.load_module(data, no_init=True)
         assert r.ok and r.ret[1] != HVC_INVALID and "protected by EL2" in r.msg, r.msg
         lm = loaded_module(s.platform, s.image, r.value)
