@@ -13,11 +13,12 @@ pytestmark = pytest.mark.qemu
 
 
 def test_build_reports_the_trampoline_and_initramfs() -> None:
-    """`secvma build --json` builds the guest code and names the outputs."""
+    """`secvma build --json` builds the guest code and names the output files."""
     res = CliRunner().invoke(main, ["build", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["trampoline"].endswith(".bin") and out["initramfs"].endswith(".cpio")
+    assert out["testbed"].endswith(".bin")
 
 
 def test_boot_of_a_missing_kernel_says_what_to_do(tmp_path: object) -> None:

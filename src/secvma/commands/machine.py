@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import click
@@ -18,18 +17,13 @@ def build(as_json: bool) -> None:
     """Build the guest code: EL2 trampoline, Debian initramfs, testbed kernel (cached)."""
     from secvma.machine.build import build_trampoline
     from secvma.machine.initramfs import build_initramfs
+    from secvma.testbed.build import build_testbed
 
     out: dict[str, str] = {}
     try:
         out["trampoline"] = str(build_trampoline().path)
         out["initramfs"] = str(build_initramfs())
-        try:
-            testbed = importlib.import_module("secvma.testbed.build")
-        except ImportError:
-            pass  # the testbed kernel is optional for the machine itself
-        else:
-            img = testbed.build_testbed()
-            out["testbed"] = str(getattr(img, "bin", getattr(img, "path", img)))
+        out["testbed"] = str(build_testbed().kernel_bin)
     except MachineError as e:
         fail(str(e), e.hint)
     try:  # optional: the module toolchain falls back to pure Python without it
