@@ -13,6 +13,7 @@ from secvma.arch.esr import DataAbort
 from secvma.arch.insn import decode_store
 from secvma.arch.walk import AccessType, Fault, translate
 from secvma.hvabi import BOOT_INFO_MAGIC, BOOT_INFO_VERSION, BootInfo
+from secvma.kpcore import KPCore, make_policy
 from secvma.platform import (
     CpuStart,
     Event,
@@ -517,3 +518,9 @@ def map_vmalloc(m: FakeMachine, va: int, pa: int, *, pxn: bool = True) -> tuple[
     r = m.store(lva(slot), page_desc(pa, pxn=pxn))
     assert r.done, r
     return pte_table, slot
+
+
+def booted(policy: str = "hardened", s2: str = "huge") -> tuple[FakeMachine, KPCore]:
+    """A fresh KPCore of `policy` on a fake machine (not yet booted by the kernel)."""
+    hv = make_policy(policy, s2=s2)
+    return FakeMachine(hv), hv

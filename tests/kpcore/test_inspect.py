@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import booted
+from fakes import booted
 
 from secvma.commands.inspect import inspect_cmd
 

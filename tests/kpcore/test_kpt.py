@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import booted
 from fakes import (
     DATA,
     FORMS,
@@ -14,6 +13,7 @@ from fakes import (
     TEXT,
     VMALLOC,
     block_desc,
+    booted,
     kva,
     lva,
     map_vmalloc,

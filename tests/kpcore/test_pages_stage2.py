@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import booted
-from fakes import RAM_BASE, RAM_SIZE, FakePlatform
+from fakes import RAM_BASE, RAM_SIZE, FakePlatform, booted
 
 from secvma.arch.walk import AccessType, Fault, translate_stage2
 from secvma.kpcore.pages import (

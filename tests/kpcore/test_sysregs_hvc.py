@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import booted
-from fakes import DATA, IDMAP, MAIR, PT_POOL, SCTLR, SWAPPER, TEXT, ZERO_PAGE, FakeMachine, kva, lva
+from fakes import DATA, IDMAP, MAIR, PT_POOL, SCTLR, SWAPPER, TEXT, ZERO_PAGE, FakeMachine, booted, kva, lva
 
 from secvma.hvabi import HVC_INVALID
 from secvma.kpcore import make_policy
