@@ -32,6 +32,7 @@ class Verdict(enum.Enum):
     SUCCEEDED = "succeeded"  # the attacker got the effect
     BLOCKED = "blocked"  # no effect, the kernel goes on
     HALTED = "blocked (machine halted)"  # no effect; the hypervisor panicked/stalled the kernel
+    INTERNAL_ERROR = "internal error"  # the hypervisor hit a model bug: never an expected verdict
     NOT_APPLICABLE = "n/a"
 
 
@@ -50,10 +51,26 @@ class Attack:
     run: Callable[[TestbedSession], Evidence]
     expect: dict[str, frozenset[Verdict]] = field(default_factory=dict)
     gap: str = ""  # the kpcore-spec §11 gap it exercises, if any
+    halt_why: str = ""
+    """Why halting the machine is the only answer `hardened` has here (empty: it must refuse)."""
+
+    def __post_init__(self) -> None:
+        for policy, verdicts in self.expect.items():
+            if Verdict.INTERNAL_ERROR in verdicts:
+                raise ValueError(f"{self.name}: an internal error is never an expected verdict")
+            if policy == "hardened" and Verdict.HALTED in verdicts and not self.halt_why:
+                raise ValueError(f"{self.name}: hardened blocks by refusing; say why a halt is "
+                                 "the only answer (halt_why) to expect one")
 
 
-BLOCKED = frozenset({Verdict.BLOCKED, Verdict.HALTED})
+# secvma2024 answers a refused register write or a malformed hypercall with a panic (the C
+# design's BUG_ON), so a halt with a logged PANIC refusal is one of its ways of blocking;
+# hardened refuses and the kernel goes on.
+PANICS = frozenset({Verdict.BLOCKED, Verdict.HALTED})
+REFUSED = frozenset({Verdict.BLOCKED})
 SUCCEEDS = frozenset({Verdict.SUCCEEDED})
+BLOCKED = {"none": SUCCEEDS, "secvma2024": PANICS, "hardened": REFUSED}
+GAP = {"none": SUCCEEDS, "secvma2024": SUCCEEDS, "hardened": REFUSED}
 
 
 def _bi(s: TestbedSession) -> BootInfo:
@@ -270,34 +287,34 @@ def write_module_text(s: TestbedSession) -> Evidence:
 
 ATTACKS: list[Attack] = [
     Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
-           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           BLOCKED),
     Attack("write-rodata-via-alias", "overwrite read-only data through a writable alias",
-           write_rodata_via_alias, {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           write_rodata_via_alias, BLOCKED),
     Attack("exec-injected-code", "run code written into kernel memory (W^X)", exec_injected_code,
-           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           BLOCKED),
     Attack("narrow-store-pxn-bypass", "make data executable with a 4-byte PTE store",
-           narrow_store_pxn_bypass, {"none": SUCCEEDS, "secvma2024": SUCCEEDS, "hardened": BLOCKED},
+           narrow_store_pxn_bypass, GAP,
            gap="1 (store width ignored)"),
     Attack("stxr-drops-pxn", "make data executable with a 64-bit STXR to a PTE", stxr_drops_pxn,
-           {"none": SUCCEEDS, "secvma2024": SUCCEEDS, "hardened": BLOCKED},
+           GAP,
            gap="9 (STXR keeps the low 32 bits)"),
     Attack("forge-ttbr1", "switch the kernel to page tables it controls", forge_ttbr1,
-           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           BLOCKED),
     Attack("direct-ttbr0", "load TTBR0 without HVC 35", direct_ttbr0,
-           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           BLOCKED),
     Attack("sctlr-change", "flip SCTLR_EL1.UCI (bit 26: EL0 cache maintenance)",
            _pin_attack(SysReg.SCTLR_EL1, 1 << 26),
-           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           BLOCKED),
     Attack("tcr-change", "flip TCR_EL1.TBI0 (bit 37: top-byte-ignore for user VAs)",
            _pin_attack(SysReg.TCR_EL1, 1 << 37),
-           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           BLOCKED),
     Attack("mair-change", "change MAIR_EL1 attribute 7", _pin_attack(SysReg.MAIR_EL1, 0x44 << 56),
-           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           BLOCKED),
     Attack("stub-hvc-escape", "HVC 2 (hyp-stub) to turn off register trapping, then forge TTBR1",
-           stub_hvc_escape, {"none": SUCCEEDS, "secvma2024": SUCCEEDS, "hardened": BLOCKED},
+           stub_hvc_escape, GAP,
            gap="14 (hyp-stub HVCs reachable)"),
     Attack("load-tampered-module", "insmod a signed module with one byte changed",
-           load_tampered_module, {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           load_tampered_module, BLOCKED),
     Attack("write-module-text", "patch a loaded module's code", write_module_text,
-           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+           BLOCKED),
 ]

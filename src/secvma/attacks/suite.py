@@ -1,4 +1,9 @@
-"""Run the attack scenarios under each policy and compare with the expected verdicts."""
+"""Run the attack scenarios under each policy and compare with the expected verdicts.
+
+A verdict can only match when the hypervisor itself was sound: a KPCore internal error (a model
+bug, which halts the machine) turns the outcome into `internal error`, never "blocked"; and a
+halt counts as blocking only when the hypervisor logged the panic or stall that caused it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from secvma.attacks.scenarios import ATTACKS, Attack, Evidence, Verdict
+from secvma.platform import Hypervisor
 from secvma.testbed.build import TestbedImage, build_testbed
 from secvma.testbed.commands import MachineStopped, TestbedSession
 from secvma.testbed.policies import make_hypervisor
@@ -31,6 +37,30 @@ class Outcome:
                 "refusals": self.refusals, "seconds": round(self.seconds, 3)}
 
 
+def _listed(hv: Hypervisor, attr: str) -> list[object]:
+    v = getattr(hv, attr, None)
+    return list(v) if isinstance(v, list) else []
+
+
+def judge(attack: Attack, policy: str, ev: Evidence, hv: Hypervisor) -> tuple[Evidence, bool]:
+    """The verdict the outcome reports and whether it is the expected one.
+
+    An internal error of the hypervisor overrides the evidence (whatever the attack saw, the
+    run proves a bug); a halt under a hypervisor that logs refusals must be explained by a
+    refusal it logged as a panic or a stall, else it is a halt nobody decided: also a bug.
+    """
+    errors = _listed(hv, "internal_errors")
+    if errors:
+        return Evidence(Verdict.INTERNAL_ERROR, f"hypervisor internal error: {errors[0]} "
+                                                f"(the attack saw: {ev.detail})"), False
+    if ev.verdict is Verdict.HALTED and hasattr(hv, "refusals"):
+        outcomes = {getattr(getattr(r, "outcome", None), "value", None)
+                    for r in _listed(hv, "refusals")}
+        if not outcomes & {"panic", "stall"}:
+            return Evidence(Verdict.HALTED, f"{ev.detail} (no refusal explains the halt)"), False
+    return ev, ev.verdict in attack.expect.get(policy, frozenset())
+
+
 def run_attack(attack: Attack, policy: str, s2: str = "huge",
                image: TestbedImage | None = None) -> Outcome:
     """Boot a fresh testbed under `policy`, run one scenario, and judge it."""
@@ -43,11 +73,12 @@ def run_attack(attack: Attack, policy: str, s2: str = "huge",
         ev = Evidence(Verdict.HALTED, str(e))
     except TimeoutError as e:
         ev = Evidence(Verdict.HALTED, f"the kernel stopped answering: {e}")
+    ev, matches = judge(attack, policy, ev, hv)
     refusals = [f"{getattr(r, 'rule', '?')}: {getattr(r, 'reason', r)}"
-                for r in getattr(hv, "refusals", [])]
+                for r in _listed(hv, "refusals")]
     expected = attack.expect.get(policy, frozenset())
     return Outcome(attack.name, policy, ev.verdict, ev.detail, sorted(v.value for v in expected),
-                   ev.verdict in expected, refusals[:5], time.perf_counter() - t0)
+                   matches, refusals[:5], time.perf_counter() - t0)
 
 
 def run_suite(policies: tuple[str, ...] = POLICIES, only: tuple[str, ...] = (),
@@ -60,6 +91,9 @@ def run_suite(policies: tuple[str, ...] = POLICIES, only: tuple[str, ...] = (),
             "summary": {p: {"blocked": sum(o.verdict in (Verdict.BLOCKED, Verdict.HALTED)
                                            for o in outcomes if o.policy == p),
                             "succeeded": sum(o.verdict is Verdict.SUCCEEDED
-                                             for o in outcomes if o.policy == p)}
+                                             for o in outcomes if o.policy == p),
+                            "internal_errors": sum(o.verdict is Verdict.INTERNAL_ERROR
+                                                   for o in outcomes if o.policy == p),
+                            "unexpected": sum(not o.matches for o in outcomes if o.policy == p)}
                         for p in policies},
             "outcomes": [o.as_json() for o in outcomes]}

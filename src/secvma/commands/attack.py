@@ -7,7 +7,8 @@ from rich.table import Table
 
 from secvma.ui import console, emit_json, fail
 
-_STYLE = {"succeeded": "red", "blocked": "green", "blocked (machine halted)": "green", "n/a": "dim"}
+_STYLE = {"succeeded": "red", "blocked": "green", "blocked (machine halted)": "green", "n/a": "dim",
+          "internal error": "bold red"}
 
 
 @click.command()
@@ -55,7 +56,8 @@ def attack(policies: tuple[str, ...], only: tuple[str, ...], s2: str, list_only:
                   (o["detail"] + (f" | refusal: {o['refusals'][0]}" if o["refusals"] else ""))[:160])
     console.print(t)
     for p, c in res["summary"].items():
-        console.print(f"{p:>11}: {c['blocked']} blocked, {c['succeeded']} succeeded")
+        console.print(f"{p:>11}: {c['blocked']} blocked, {c['succeeded']} succeeded, "
+                      f"{c['internal_errors']} internal errors, {c['unexpected']} unexpected")
     if not res["ok"]:
         raise SystemExit(1)
 
