@@ -421,3 +421,40 @@ def test_free_revokes_exec_alias_after_own_mapping_removed(keys: ModuleKeys,
     assert hv.state.pages.usage_of(km.text.pa >> 12) is Usage.NONE
     assert m.plat.read_u64(PhysAddr(alias)) & PXN
     clean(hv, m)
+
+
+# --- a loader bug is an internal error, never the guest's fault --------------------------------
+
+
+def test_a_loader_bug_is_an_internal_error_not_a_guest_refusal(
+        any_policy: str, keys: ModuleKeys, mods: dict[str, bytes],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception from the loader's own code (here a KeyError in relocate) halts the machine
+    through the core's internal-error path, after the load was rolled back; it is not turned
+    into a refusal that blames the guest's module."""
+    m, hv, k = setup(any_policy, keys)
+
+    def buggy(self: ModuleLoad) -> None:
+        raise KeyError("model bug")
+
+    monkeypatch.setattr(ModuleLoad, "relocate", buggy)
+    k.load(mods["mod_hello"])
+    assert [e.error for e in hv.internal_errors] == ["KeyError('model bug')"]
+    assert m.plat.halted
+    assert not any(r.rule.startswith("mload") for r in hv.refusals), [str(r) for r in hv.refusals]
+    no_module_pages(hv)  # the frozen image pages were given back before the halt
+    assert not hv.state.mod.loaded
+
+
+def test_a_non_ascii_kernel_export_name_is_refused_where_it_is_read(
+        any_policy: str, keys: ModuleKeys, mods: dict[str, bytes]) -> None:
+    """A byte >= 0x80 in an export name of the kernel's ksymtab: `mload-ksymtab`, no error."""
+    from modfakes import KSTRINGS
+
+    m, hv, k = setup(any_policy, keys)
+    m.plat.write(PhysAddr(KSTRINGS + 1), b"\xe9")
+    km = k.load(mods["mod_hello"])
+    refused(hv, km, "mload-ksymtab")
+    assert "ASCII" in hv.refusals[-1].reason
+    no_module_pages(hv)
+    clean(hv, m)

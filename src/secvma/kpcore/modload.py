@@ -114,7 +114,6 @@ EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 SHDR_SIZE = 64
 MASK64 = (1 << 64) - 1
 ZERO_PAGE = bytes(PAGE)
-_GUEST_ERRORS = (ValueError, IndexError, KeyError, OverflowError, struct.error, UnicodeError)
 
 
 class WrongStage(RuntimeError):
@@ -292,7 +291,10 @@ def kernel_exports(st: KState, plat: Platform) -> list[Export]:
             chunk = page((pa + len(raw)) & ~(PAGE - 1))[(pa + len(raw)) & (PAGE - 1):]
             end = chunk.find(b"\0")
             if end >= 0:
-                return (raw + chunk[:end]).decode("ascii")
+                name = raw + chunk[:end]
+                if not name.isascii():
+                    raise _refuse(rule, "export name is not ASCII", Errno.EINVAL, va=va)
+                return name.decode("ascii")
             raw += chunk
         raise _refuse(rule, "export name longer than 127 bytes", Errno.EINVAL, va=va)
 
@@ -783,19 +785,14 @@ class ModuleLoad:
 
 
 def _guarded(st: KState, fn: Callable[[], int], on_error: Callable[[], None]) -> int:
-    """Run `fn`; on any exception undo via `on_error`; guest-caused errors become refusals."""
+    """Run `fn`; on any exception undo via `on_error` and let it go on.
+
+    Guest-caused errors are refused where the guest's data is parsed (each with its rule);
+    any other exception is a loader bug and reaches the core's internal-error path, never a
+    refusal that would blame the guest.
+    """
     try:
         return fn()
-    except HypRefusal:
-        on_error()
-        raise
-    except ModuleError as exc:
-        on_error()
-        raise _refuse("mload-elf", f"malformed module: {exc}", Errno.EINVAL) from None
-    except _GUEST_ERRORS as exc:
-        on_error()
-        raise _refuse("mload-malformed", f"malformed module data: {exc!r}",
-                      Errno.EINVAL) from None
     except BaseException:
         on_error()
         raise
