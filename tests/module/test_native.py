@@ -317,6 +317,56 @@ def test_build_is_cached_by_source_hash_outside_the_tree(tmp_path: Path,
     assert not list(native.SOURCE.parent.glob("*.so"))
 
 
+def _planted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dir_mode: int,
+             file_mode: int = 0o755) -> Path:
+    """A file named like the current accelerator in $SECVMA_BUILD/native (not a library)."""
+    monkeypatch.setenv("SECVMA_BUILD", str(tmp_path / "build"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    d = tmp_path / "build" / "native"
+    d.mkdir(parents=True)
+    d.chmod(dir_mode)
+    f = d / f"modaccel-{native._source_key()}.so"
+    f.write_bytes(b"planted, not a shared object")
+    f.chmod(file_mode)
+    return f
+
+
+@pytest.mark.parametrize(("dir_mode", "file_mode"), [(0o777, 0o755), (0o1777, 0o755),
+                                                     (0o775, 0o755), (0o700, 0o777),
+                                                     (0o700, 0o775)])
+def test_a_library_others_could_write_is_never_loaded(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      dir_mode: int, file_mode: int) -> None:
+    """A cached .so in a directory (or a file) writable by others is ignored with a warning."""
+    planted = _planted(tmp_path, monkeypatch, dir_mode, file_mode)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert native.library_path() is None
+    assert any(str(planted) in str(w.message) for w in caught)
+    assert (planted.parent.stat().st_mode & 0o7777) == dir_mode  # refused, not repaired
+
+
+def test_the_cache_never_lives_in_the_shared_temporary_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No candidate directory is derived from $TMPDIR (anyone can create names there)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.delenv("SECVMA_BUILD", raising=False)
+    assert all(not str(d).startswith(str(tmp_path / "tmp")) and "secvma-native-" not in d.name
+               for d in native._candidate_dirs())
+
+
+def test_a_fresh_cache_directory_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`build_native` creates the directory 0700 and the library writable only by its owner;
+    an own 0755 directory (nobody else can write it) is narrowed to 0700."""
+    monkeypatch.setenv("SECVMA_BUILD", str(tmp_path / "build"))
+    built = native.build_native()
+    assert built is not None
+    assert built.parent.stat().st_mode & 0o777 == 0o700
+    assert not built.stat().st_mode & 0o022
+    built.parent.chmod(0o755)
+    assert native.library_path() == built and built.parent.stat().st_mode & 0o777 == 0o700
+
+
 def test_failed_compile_warns_and_leaves_python(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A broken compiler only warns; `build_native` returns None."""

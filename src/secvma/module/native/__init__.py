@@ -7,9 +7,15 @@ only ever reproduces it bit for bit (tests/module/test_native.py compares both p
 Debian modules, the synthetic objects and fuzzed input, error cases included).
 
 * The C source is compiled with the system C compiler (`cc -O2 -shared -fPIC`) into the build
-  directory (`$SECVMA_BUILD`, default `<repo>/build`, else a user cache directory), named by
-  the hash of the source, on first use or by `secvma build` (`build_native`). A failed
-  compile warns once and leaves the pure-Python path in place.
+  directory (`$SECVMA_BUILD/native`, default `<repo>/build/native`, else
+  `~/.cache/secvma/native`), named by the hash of the source, on first use or by
+  `secvma build` (`build_native`). A failed compile warns once and leaves the pure-Python
+  path in place.
+* A shared object runs inside secvma, so it is only ever loaded from a directory the user
+  owns with mode 0700 (created so, checked by owner and mode before every use, never a shared
+  temporary directory) and only when the file itself is the user's and writable by nobody
+  else. A directory anyone else could write to is refused, not repaired: a file in it may
+  already be planted.
 * `SECVMA_NO_NATIVE=1` disables it; `use_native(False)` does so for a block (tests, bench).
 * The relocation engine is driven by `relocations.RECIPES`: `recipe_table()` turns each row
   into a C struct, so there is one definition of every relocation type. Relocations the
@@ -24,6 +30,7 @@ import ctypes
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -43,6 +50,10 @@ _override: bool | None = None
 
 class NativeBuildError(RuntimeError):
     """The accelerator could not be compiled or loaded (the caller falls back to Python)."""
+
+
+class _UntrustedDir(NativeBuildError):
+    """A directory or file that someone other than the user could have written."""
 
 
 def _source_key() -> str:
@@ -65,16 +76,60 @@ def _candidate_dirs() -> list[Path]:
             pass
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     dirs.append(Path(cache) / "secvma" / "native")
-    dirs.append(Path(tempfile.gettempdir()) / f"secvma-native-{os.getuid()}")
     return dirs
 
 
+def _check_private_dir(d: Path) -> None:
+    """Raise NativeBuildError unless `d` is a real directory of this user, mode 0700.
+
+    A directory of ours that nobody else can write to (e.g. 0755 from an older build) is
+    narrowed to 0700; one that others could write to is refused.
+    """
+    try:
+        info = d.lstat()
+    except FileNotFoundError:
+        raise _UntrustedDir(f"{d} does not exist") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise _UntrustedDir(f"{d} is not a directory (or is a symbolic link)")
+    if info.st_uid != os.getuid():
+        raise _UntrustedDir(f"{d} belongs to uid {info.st_uid}, not to this user")
+    if info.st_mode & 0o022:
+        raise _UntrustedDir(f"{d} is writable by others (mode {info.st_mode & 0o777:o}): "
+                               "refusing any shared object in it")
+    if info.st_mode & 0o077:
+        os.chmod(d, 0o700)
+
+
+def _check_library(path: Path) -> None:
+    """Raise NativeBuildError unless `path` is a regular file of this user nobody else can write."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise _UntrustedDir(f"{path} is not a regular file")
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise _UntrustedDir(f"{path} is not owned by this user or is writable by others")
+
+
+def _make_private_dir(d: Path) -> None:
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    _check_private_dir(d)
+
+
 def library_path() -> Path | None:
-    """Where a built accelerator for the current source is, if one exists."""
+    """Where a trusted, built accelerator for the current source is, if one exists."""
     name = f"modaccel-{_source_key()}.so"
     for d in _candidate_dirs():
-        if (d / name).is_file():
-            return d / name
+        try:
+            if not (d / name).is_file():
+                continue
+            _check_private_dir(d)
+            _check_library(d / name)
+        except (OSError, NativeBuildError) as exc:
+            warnings.warn(f"secvma native accelerator: ignoring {d / name}: {exc}",
+                          RuntimeWarning, stacklevel=2)
+            continue
+        return d / name
     return None
 
 
@@ -82,9 +137,10 @@ def _compile(out_dir: Path) -> Path:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise NativeBuildError("no C compiler (cc/gcc) on PATH")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_private_dir(out_dir)
     out = out_dir / f"modaccel-{_source_key()}.so"
     if out.is_file():
+        _check_library(out)
         return out
     fd, tmp = tempfile.mkstemp(prefix=".modaccel-", suffix=".so", dir=out_dir)
     os.close(fd)
@@ -93,6 +149,7 @@ def _compile(out_dir: Path) -> Path:
                                str(SOURCE)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise NativeBuildError(f"{cc} failed on {SOURCE.name}:\n{proc.stderr.strip()}")
+        os.chmod(tmp, 0o700)
         os.replace(tmp, out)  # atomic: concurrent builders produce the same file
         for stale in out_dir.glob("modaccel-*.so"):
             if stale != out:  # builds of older sources (a loaded copy stays mapped)
@@ -119,6 +176,8 @@ def build_native() -> Path | None:
             return _compile(d)
         except OSError as exc:
             errors.append(f"{d}: {exc}")
+        except _UntrustedDir as exc:
+            errors.append(str(exc))
         except NativeBuildError as exc:
             errors.append(str(exc))
             break  # the compiler fails the same way everywhere
