@@ -33,7 +33,14 @@ fi
 
 if [ "${SECVMA_NO_FIXTURES:-0}" != 1 ]; then
   echo "setup: fetching Debian fixtures (cached)"
-  "$PY" -m secvma.cli fixtures fetch || echo "setup: Debian fixtures unavailable; tests that need them will skip"
+  if ! "$PY" -m secvma.cli fixtures fetch; then
+    if [ "${SECVMA_REQUIRE_FIXTURES:-0}" = 1 ]; then
+      echo "setup: ERROR: the Debian fixtures could not be fetched and SECVMA_REQUIRE_FIXTURES=1" \
+           "(CI and scripts/test.sh need them; set SECVMA_REQUIRE_FIXTURES=0 to let those tests skip)" >&2
+      exit 1
+    fi
+    echo "setup: Debian fixtures unavailable; tests that need them will skip"
+  fi
 fi
 
 echo "setup: building guest code"

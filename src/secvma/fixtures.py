@@ -52,6 +52,15 @@ class FixturesUnavailable(RuntimeError):
     """The Debian archive (or apt/dpkg-deb) cannot be reached; the message says why."""
 
 
+REQUIRE_ENV = "SECVMA_REQUIRE_FIXTURES"
+
+
+def required() -> bool:
+    """Whether the fixtures must be there (`SECVMA_REQUIRE_FIXTURES=1`: CI, scripts/test.sh):
+    then a test that needs them fails instead of skipping when they cannot be fetched."""
+    return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
+
+
 @dataclass(frozen=True)
 class FixtureSet:
     """Paths of one extracted fixture set; every path is inside `root`.

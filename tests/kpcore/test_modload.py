@@ -6,6 +6,7 @@ does and maps its runs through trapped PTE stores; invariants are checked after 
 
 from __future__ import annotations
 
+import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -40,16 +41,9 @@ void cleanup_module(void) { module_report(3, 0x0e1d); }
 
 @pytest.fixture(scope="session")
 def mods(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    try:
-        from secvma.machine.build import build_dir
+    from secvma.machine.build import build_dir
 
-        out = build_dir() / "kpcore-modtest"
-    except Exception:
-        out = tmp_path_factory.mktemp("mods")
-    try:
-        return build_modules(Path(out), extra={"mod_init": INIT_MOD})
-    except (FileNotFoundError, OSError) as exc:
-        pytest.skip(f"cross compiler unavailable: {exc}")
+    return build_modules(build_dir() / "kpcore-modtest", extra={"mod_init": INIT_MOD})
 
 
 @pytest.fixture(scope="session")
@@ -458,3 +452,15 @@ def test_a_non_ascii_kernel_export_name_is_refused_where_it_is_read(
     assert "ASCII" in hv.refusals[-1].reason
     no_module_pages(hv)
     clean(hv, m)
+
+
+def test_module_builds_fail_on_breakage_and_skip_only_without_the_tools(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing module source is an error (it used to skip 33 tests as "cross compiler
+    unavailable"); only an uninstalled cross gcc/ld skips."""
+    if shutil.which("aarch64-linux-gnu-gcc") and shutil.which("aarch64-linux-gnu-ld"):
+        with pytest.raises(FileNotFoundError, match="no_such_module"):
+            build_modules(tmp_path, ("no_such_module",))
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        build_modules(tmp_path, ("mod_hello",))
