@@ -38,3 +38,25 @@ def test_bench_micro_json_keys() -> None:
         assert isinstance(out[key], float) and out[key] > 0
     assert out["spin_then_block"]["hvc_roundtrip_us"] > 0
     assert out["boot_s_null"] is None and out["boot_s_plain"] is None  # --boot-runs 0
+
+
+def test_boot_exits_non_zero_when_the_guest_halts() -> None:
+    """A guest the hypervisor has to halt (stuck on a fault with no usable vector) is a failed
+    boot: exit status 1 with the reason, also with --json (which still prints the summary)."""
+    from secvma.machine.build import assemble_payload
+
+    from .payload import payload
+
+    stuck = payload("""
+    ldr x9, =0x100000000
+    msr vbar_el1, x9
+    isb
+    ldr x0, [x9]
+""")
+    kernel = assemble_payload(stuck, name="stuck").path
+    res = CliRunner().invoke(main, ["boot", "--kernel", str(kernel), "--quiet", "--timeout", "30"])
+    assert res.exit_code == 1, res.output
+    assert "did not power off: halt" in res.output and "stuck" in res.output
+    res = CliRunner().invoke(main, ["boot", "--kernel", str(kernel), "--json", "--timeout", "30"])
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["exit"] == "halt"

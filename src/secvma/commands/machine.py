@@ -63,7 +63,9 @@ def build(as_json: bool) -> None:
 def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, append: str,
              plain: bool, quiet: bool, timeout: float, policy: str, protect_tables: bool,
              as_json: bool) -> None:
-    """Boot a kernel at EL1 under the NullHypervisor or the transparent KPCore policy."""
+    """Boot a kernel at EL1 under the NullHypervisor or the transparent KPCore policy.
+
+    Exit status 0 when the guest powers off, 1 when the machine is halted instead."""
     from secvma.kpcore.transparent import TransparentKPCore
     from secvma.machine.initramfs import INIT_BANNER, build_initramfs
     from secvma.machine.null import NullHypervisor
@@ -102,6 +104,7 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
         summary["transparent"] = transparent.summary()
     if as_json:
         emit_json(summary)
+        _exit_unless_powered_off(res.exit, res.reason)
         return
     if transparent is not None:
         tsum = summary.pop("transparent")
@@ -124,6 +127,15 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
     for k, v in summary.items():
         t.add_row(k, str(v))
     console.print(t)
+    _exit_unless_powered_off(res.exit, res.reason)
+
+
+def _exit_unless_powered_off(how: str, reason: str) -> None:
+    """A boot succeeds when the guest powers itself off; a halt (the hypervisor stopped the
+    machine: a panic, a stuck guest, an internal error) is a failure, exit status 1."""
+    if how != "poweroff":
+        fail(f"the guest did not power off: {how} ({reason})",
+             "rerun without --quiet to see the guest console", code=1)
 
 
 COMMANDS: list[click.Command] = [build, boot_cmd]
