@@ -15,7 +15,7 @@ from secvma.testbed.policies import (
     make_hypervisor,
 )
 from secvma.testbed.run import WORKLOADS, RunReport, run_workloads
-from secvma.ui import console, emit_json, fail
+from secvma.ui import console, emit_json, err_console, fail
 
 
 @click.command("run")
@@ -42,7 +42,9 @@ def run_cmd(policy: str, s2: str, workloads: tuple[str, ...], timeout: float, ec
     """Boot the testbed kernel, run workloads, print a summary.
 
     Per workload: ok and wall time (measured from the host); traps by class; hypervisor
-    refusals; invariant violations. Exit status 1 when a workload fails.
+    refusals; invariant violations. Exit status 1 when a workload fails or the hypervisor
+    refused anything, hit an internal error or saw an invariant broken (legal workloads need
+    none of these).
     """
     kw: dict[str, object] = {}
     if check_invariants:
@@ -75,6 +77,11 @@ def run_cmd(policy: str, s2: str, workloads: tuple[str, ...], timeout: float, ec
     else:
         _print(report)
     if not report.ok:
+        failed = [n for n, w in report.workloads.items() if not w.ok]
+        err_console.print(f"[bold red]run failed:[/] workloads failed: {', '.join(failed) or 'none'}; "
+                          f"refusals {len(report.refusals)}, internal errors "
+                          f"{len(report.internal_errors)}, invariant violations "
+                          f"{len(report.invariant_violations)}")
         raise SystemExit(1)
 
 
@@ -101,8 +108,8 @@ def _print(r: RunReport) -> None:
         traps.add_row(f"  HVC {nr}", str(v))
     console.print(traps)
     console.print(f"hypervisor refusals: {len(r.refusals)}   invariant violations: "
-                  f"{len(r.invariant_violations)}")
-    for line in r.refusals[:10] + r.invariant_violations[:10]:
+                  f"{len(r.invariant_violations)}   internal errors: {len(r.internal_errors)}")
+    for line in r.internal_errors[:10] + r.refusals[:10] + r.invariant_violations[:10]:
         console.print(f"  {line}")
 
 

@@ -40,11 +40,16 @@ class RunReport:
     exit: str
     reason: str
     console: str = field(repr=False, default="")
+    internal_errors: list[str] = field(default_factory=list)
+    """Model bugs the hypervisor hit (KPCore `internal_errors`); each one halts the machine."""
 
     @property
     def ok(self) -> bool:
+        """Every workload passed its self-check and the hypervisor had nothing to say: a legal
+        workload that needed a refusal (or hit an internal error, or broke an invariant) is a
+        failed run, even when the kernel coped with the refusal."""
         return bool(self.workloads) and all(w.ok for w in self.workloads.values()) \
-            and not self.invariant_violations
+            and not self.refusals and not self.invariant_violations and not self.internal_errors
 
     def to_json(self) -> dict[str, Any]:
         """JSON form; keys `workloads`, `traps`, `refusals`, `invariant_violations` are stable."""
@@ -57,6 +62,7 @@ class RunReport:
             "invariant_violations": len(self.invariant_violations),
             "refusal_details": list(self.refusals),
             "invariant_violation_details": list(self.invariant_violations),
+            "internal_errors": list(self.internal_errors),
             "hvc": {str(k): v for k, v in sorted(self.hvc.items())},
             "policy": self.policy,
             "s2": self.s2,
@@ -109,7 +115,8 @@ def run_workloads(hypervisor: Hypervisor, workloads: list[str] | tuple[str, ...]
         reports[n] = _report(n, r)
     return RunReport(policy, s2, reports, dict(run.run.traps), _hvc_counts(hypervisor),
                      _strings(hypervisor, "refusals"), _strings(hypervisor, "invariant_violations"),
-                     run.boot_s, run.run.wall_s, run.run.exit, run.run.reason, run.run.console)
+                     run.boot_s, run.run.wall_s, run.run.exit, run.run.reason, run.run.console,
+                     _strings(hypervisor, "internal_errors"))
 
 
 def _report(name: str, r: CommandResult) -> WorkloadReport:
