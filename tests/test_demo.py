@@ -9,15 +9,38 @@ from click.testing import CliRunner
 
 from secvma.cli import main
 
-pytestmark = [pytest.mark.qemu, pytest.mark.debian, pytest.mark.slow]
 
-
+@pytest.mark.qemu
+@pytest.mark.debian
+@pytest.mark.slow
 def test_demo_runs_every_step_ok(debian: object) -> None:
     """Debian boot, workloads under each policy, attacks, modules and round trips all pass."""
     res = CliRunner().invoke(main, ["demo", "--json"])
     assert res.exit_code == 0, res.output[-3000:]
     report = json.loads(res.output)
     assert len(report) == 8
-    bad = {k: v.get("error") or v.get("skipped") or v.get("summary") for k, v in report.items()
+    bad = {k: v.get("error") or v.get("summary") for k, v in report.items()
            if v.get("ok") is not True}
     assert not bad, bad
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_step_that_cannot_import_fails_the_demo(monkeypatch: pytest.MonkeyPatch,
+                                                  as_json: bool) -> None:
+    """An ImportError is breakage: the step is FAILED with the error and the demo exits 1
+    (it used to be reported as "skipped" with exit status 0)."""
+    from secvma.commands import demo
+
+    def missing() -> dict[str, object]:
+        raise ImportError("No module named 'secvma.gone'", name="secvma.gone")
+
+    def fine() -> dict[str, object]:
+        return {"ok": True, "summary": "fine"}
+
+    monkeypatch.setattr(demo, "STEPS", [("fine step", fine), ("broken step", missing)])
+    res = CliRunner().invoke(main, ["demo", *(["--json"] if as_json else [])])
+    assert res.exit_code == 1, res.output
+    assert "skipped" not in res.output and "secvma.gone" in res.output
+    if as_json:
+        report = json.loads(res.stdout)
+        assert report["broken step"]["ok"] is False and report["fine step"]["ok"] is True

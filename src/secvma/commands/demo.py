@@ -1,7 +1,7 @@
 """`secvma demo`: the main job in one command — boot, workloads, attacks, measurements, report.
 
-Each step runs when its part of secvma is present; a missing part is reported as skipped with
-the reason, never silently left out.
+Every step runs; a step that raises (an ImportError included: a missing part of secvma is
+breakage, not something to skip) is reported as FAILED with the error, and the command exits 1.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from secvma.ui import console, emit_json
+from secvma.ui import console, emit_json, err_console
 
 
 def _step_debian_boot() -> dict[str, Any]:
@@ -115,30 +115,36 @@ def demo(as_json: bool) -> None:
         with console.status(title + " ...", spinner="dots"):
             try:
                 out = fn()
-            except ImportError as e:
-                out = {"ok": None, "skipped": f"not built yet ({e.name or e})"}
             except Exception as e:  # a demo step failing must not hide the others
                 out = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         out["step_s"] = round(time.perf_counter() - t0, 2)
         report[title] = out
         if not as_json:
-            mark = {True: "[green]ok[/]", False: "[red]FAILED[/]", None: "[yellow]skipped[/]"}[out.get("ok")]
+            mark = "[green]ok[/]" if out.get("ok") is True else "[red]FAILED[/]"
             console.print(f"{mark}  {title}  [dim]({out['step_s']} s)[/]")
     if as_json:
         emit_json(report)
+        _exit_if_failed(report)
         return
     t = Table(title="secvma demo report")
     t.add_column("step")
     t.add_column("result")
     t.add_column("details")
     for title, out in report.items():
-        detail = out.get("skipped") or out.get("error") or out.get("summary") or ", ".join(
+        detail = out.get("error") or out.get("summary") or ", ".join(
             f"{k}={v}" for k, v in out.items() if k not in ("ok", "step_s") and not isinstance(v, dict | list)
         )
-        t.add_row(title, {True: "ok", False: "FAILED", None: "skipped"}[out.get("ok")], str(detail)[:240])
+        t.add_row(title, "ok" if out.get("ok") is True else "FAILED", str(detail)[:240])
     console.print(t)
-    failed = [k for k, v in report.items() if v.get("ok") is False]
+    _exit_if_failed(report)
+
+
+def _exit_if_failed(report: dict[str, dict[str, Any]]) -> None:
+    """Exit 1 unless every step reported `ok: True` (anything else, a missing `ok` included,
+    is a failure)."""
+    failed = [k for k, v in report.items() if v.get("ok") is not True]
     if failed:
+        err_console.print(f"[bold red]demo failed:[/] {'; '.join(failed)}")
         raise SystemExit(1)
 
 
