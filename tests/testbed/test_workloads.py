@@ -7,9 +7,10 @@ from click.testing import CliRunner
 
 from secvma.cli import main
 from secvma.hvabi import Hvc
+from secvma.kpcore import KPCore
 from secvma.testbed.build import TestbedImage
 from secvma.testbed.nullabi import TestbedNullHypervisor
-from secvma.testbed.policies import PolicyUnavailable, make_hypervisor
+from secvma.testbed.policies import make_hypervisor
 from secvma.testbed.run import WORKLOADS, RunReport, expand, run_workloads
 
 pytestmark = pytest.mark.qemu
@@ -54,16 +55,15 @@ def test_unknown_workload_is_refused_before_booting() -> None:
 
 
 def test_policy_none_is_the_testbed_null_hypervisor() -> None:
-    """`none` gives the NullHypervisor with the SECvma ABI; bad names are rejected."""
+    """`none` gives the NullHypervisor with the SECvma ABI, `hardened` a KPCore with the
+    testbed's module keys; bad names are rejected."""
     assert isinstance(make_hypervisor("none", "4k"), TestbedNullHypervisor)
     with pytest.raises(ValueError):
         make_hypervisor("paranoid", "huge")
     with pytest.raises(ValueError):
         make_hypervisor("none", "1g")
-    try:
-        make_hypervisor("hardened", "huge")
-    except PolicyUnavailable as exc:
-        assert exc.hint == "use --policy none"
+    hard = make_hypervisor("hardened", "huge")
+    assert isinstance(hard, KPCore) and hard.policy.hardened and hard.module_keys is not None
 
 
 def test_cli_run_json_has_the_documented_keys(testbed: TestbedImage) -> None:

@@ -11,7 +11,6 @@ from secvma.testbed.policies import (
     DEFAULT_POLICY,
     POLICIES,
     S2_MODES,
-    PolicyUnavailable,
     make_hypervisor,
 )
 from secvma.testbed.run import WORKLOADS, RunReport, run_workloads
@@ -62,10 +61,7 @@ def run_cmd(policy: str, s2: str, workloads: tuple[str, ...], timeout: float, ec
             kw["module_keys"] = ModuleKeys.from_files(module_key, module_sigs)
         except ModuleError as exc:
             fail(f"module keys: {exc}", "see `secvma run --help` for the file formats")
-    try:
-        hv = make_hypervisor(policy, s2, **kw)
-    except PolicyUnavailable as exc:
-        fail(str(exc), exc.hint)
+    hv = make_hypervisor(policy, s2, **kw)
     try:
         image = build_testbed()
         report = run_workloads(hv, workloads, policy=policy, s2=s2, image=image,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from secvma.platform import Hypervisor
@@ -11,14 +10,6 @@ from secvma.testbed.nullabi import TestbedNullHypervisor
 POLICIES = ("none", "secvma2024", "hardened")
 S2_MODES = ("huge", "4k")
 DEFAULT_POLICY = "hardened"
-
-
-class PolicyUnavailable(RuntimeError):
-    """The policy exists in the design but its implementation is not built (yet)."""
-
-    def __init__(self, message: str, hint: str):
-        super().__init__(message)
-        self.hint = hint
 
 
 def make_hypervisor(policy: str, s2: str = "huge", **kw: Any) -> Hypervisor:
@@ -37,19 +28,10 @@ def make_hypervisor(policy: str, s2: str = "huge", **kw: Any) -> Hypervisor:
         raise ValueError(f"unknown stage-2 mode {s2!r}; one of {', '.join(S2_MODES)}")
     if policy == "none":
         return TestbedNullHypervisor()
-    try:
-        kpcore = importlib.import_module("secvma.kpcore")
-        factory = kpcore.make_policy
-    except (ImportError, AttributeError):
-        raise PolicyUnavailable(
-            f"policy '{policy}' needs the hypervisor core (secvma.kpcore), not built yet",
-            hint="use --policy none") from None
+    from secvma.kpcore import make_policy
+
     if "module_keys" not in kw:
         from secvma.kpcore.modkeys import testbed_module_keys
 
         kw["module_keys"] = testbed_module_keys()
-    hv = factory(policy, s2=s2, **kw)
-    if not isinstance(hv, Hypervisor):
-        raise TypeError(f"secvma.kpcore.make_policy({policy!r}) returned {type(hv).__name__}, "
-                        "not a Hypervisor")
-    return hv
+    return make_policy(policy, s2=s2, **kw)
