@@ -68,17 +68,20 @@ def micro(iterations: int, boot_runs: int, spin_us: float, as_json: bool) -> Non
 @click.option("--json", "as_json", is_flag=True)
 def modules(reps: int, as_json: bool) -> None:
     """run-mod: insmod/rmmod of xfs and virtio_crypto, hypervisor loader vs kernel-side."""
-    from secvma.bench.modules import BenchUnavailable, run_modules
+    from secvma.bench.modules import BenchFailed, BenchUnavailable, run_modules
 
     try:
         with console.status("loading modules...", spinner="dots") as st:
             res = run_modules(reps, progress=lambda m: st.update(m))
     except BenchUnavailable as e:
         fail(str(e), "run `secvma fixtures fetch`, then retry")
+    except BenchFailed as e:
+        fail(f"the kernel-side (unprotected) run failed: {e}", code=1)
     except MachineError as e:
         fail(str(e), e.hint)
     if as_json:
         emit_json(res)
+        _fail_on_errors(res["errors"])
         return
 
     def ms(row: dict[str, object], key: str) -> str:
@@ -94,9 +97,16 @@ def modules(reps: int, as_json: bool) -> None:
         t.add_row(name, ms(row, "load_ms"), ms(row, "unload_ms"), ms(row, "load_ms_unprotected"),
                   ms(row, "unload_ms_unprotected"), "—" if ratio is None else f"{ratio:.2f}×")
     console.print(t)
-    for what, err in res["errors"].items():
-        console.print(f"[red]{what}: {err}[/]")
     console.print(f"[dim]{res['timing']}[/]")
+    _fail_on_errors(res["errors"])
+
+
+def _fail_on_errors(errors: dict[str, str]) -> None:
+    """A configuration that could not be measured fails the command (exit status 1)."""
+    if errors:
+        fail("; ".join(f"{what} run failed: {err}" for what, err in errors.items()),
+             "rerun `secvma run --policy hardened --workload modules` to see the loader's "
+             "refusals", code=1)
 
 
 COMMANDS: list[click.Command] = [bench]
