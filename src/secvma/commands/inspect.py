@@ -20,13 +20,59 @@ COLORS = {"EL2": "#444444", "NONE": "#d9d9d9", "EL1_KCODE": "#d62728", "EL1_RODA
 SIZE_COLORS = {"1G": "#08306b", "2M": "#4292c6", "4K": "#c6dbef"}
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _pair(v: object) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v)
+
+
+def snapshot_problem(snap: object) -> str | None:
+    """What is wrong with the shape of a saved snapshot (None when `_print`/`draw_png` can
+    use it): the first missing key or value of the wrong type, as a path like
+    `classes.NONE.ranges[3]`."""
+    if not isinstance(snap, dict):
+        return f"the top level is a {type(snap).__name__}, not an object"
+    for key, ok, want in (("policy", isinstance(snap.get("policy"), str), "a string"),
+                          ("s2", isinstance(snap.get("s2"), str), "a string"),
+                          ("installed", isinstance(snap.get("installed"), bool), "true/false"),
+                          ("ram", _pair(snap.get("ram")), "[start, end]"),
+                          ("classes", isinstance(snap.get("classes"), dict), "an object"),
+                          ("stage2", isinstance(snap.get("stage2"), dict), "an object"),
+                          ("refusals", isinstance(snap.get("refusals"), list), "a list")):
+        if not ok:
+            return f"{key}: missing or not {want}"
+    if not isinstance(snap.get("invariant_violations", []), list):
+        return "invariant_violations: not a list"
+    for name, c in snap["classes"].items():
+        if not isinstance(c, dict):
+            return f"classes.{name}: not an object"
+        if not _is_int(c.get("pages")) or not isinstance(c.get("mib"), int | float) \
+                or isinstance(c.get("mib"), bool) or not isinstance(c.get("ranges"), list):
+            return f"classes.{name}: needs pages (integer), mib (number) and ranges (list)"
+        for i, r in enumerate(c["ranges"]):
+            if not _pair(r):
+                return f"classes.{name}.ranges[{i}]: not [start, end]"
+    s2 = snap["stage2"]
+    hist, leaves = s2.get("histogram"), s2.get("leaves")
+    if not isinstance(hist, dict) or not all(_is_int(v) for v in hist.values()):
+        return "stage2.histogram: missing or not an object of counts"
+    if not _is_int(s2.get("pool_free")):
+        return "stage2.pool_free: missing or not an integer"
+    if not isinstance(leaves, list):
+        return "stage2.leaves: missing or not a list"
+    for i, leaf in enumerate(leaves):
+        if not (isinstance(leaf, list) and len(leaf) == 3 and _is_int(leaf[0])
+                and leaf[1] in SIZE_COLORS and isinstance(leaf[2], str)):
+            return f"stage2.leaves[{i}]: not [base, \"1G\"|\"2M\"|\"4K\", kind]"
+    return None
+
+
 def _boot(policy: str, s2: str, workloads: tuple[str, ...], timeout: float) -> dict[str, Any]:
-    try:
-        from secvma.testbed.build import build_testbed
-        from secvma.testbed.run import run_workloads
-    except ImportError as exc:
-        fail(f"the testbed is not available ({exc})", "inspect a saved state with --state FILE")
     from secvma.machine.errors import MachineError
+    from secvma.testbed.build import build_testbed
+    from secvma.testbed.run import run_workloads
 
     hv = make_policy(policy, s2=s2)
     try:
@@ -130,6 +176,10 @@ def inspect_cmd(policy: str, s2: str, workloads: tuple[str, ...], state_file: Pa
             snap = json.loads(state_file.read_text())
         except (OSError, ValueError) as exc:
             fail(f"cannot read snapshot {state_file}: {exc}")
+        problem = snapshot_problem(snap)
+        if problem is not None:
+            fail(f"{state_file} is not a secvma inspect snapshot: {problem}",
+                 "save one with `secvma inspect --save FILE`")
     else:
         snap = _boot(policy, s2, workloads, timeout)
     if save is not None:
