@@ -255,9 +255,12 @@ def test_insn_outside_text_refused() -> None:
 def test_block_leaf_pxn_checks_every_page() -> None:
     """hardened: a 2 MiB block is executable only if every page is KCODE."""
     m, _hv = booted("hardened")
-    slot = slot_of(m, VMALLOC + 0x4000_0000, 2) if False else slot_of(m, VMALLOC, 2)
+    slot = slot_of(m, VMALLOC, 2)
     r = m.store(lva(slot), block_desc(RODATA, pxn=False))
     assert r.done and m.plat.read_u64(PhysAddr(slot)) & PXN
+    whole_text = slot_of(m, VMALLOC + 0x20_0000, 2)  # TEXT is one 2 MiB block of KCODE
+    r = m.store(lva(whole_text), block_desc(TEXT, pxn=False))
+    assert r.done and not m.plat.read_u64(PhysAddr(whole_text)) & PXN
 
 
 def test_write_to_kernel_text_via_linear_map_is_refused(any_policy: str) -> None:

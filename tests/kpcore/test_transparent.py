@@ -219,4 +219,7 @@ def test_debian_kernel_tables_protected_through_boot(debian: object) -> None:
     assert len(checked["pte"]) >= 100 and len(checked["text"]) >= 1000
     assert checked["writable"] == []
     assert hv.stats["table_stores"] > 0 and hv.stats["tables_claimed"] > 0
-    assert hv.text_locked and hv.stats["pxn_fixups"] >= 0
+    # the stock kernel asks for EL1-executable mappings of pages that are not kernel text
+    # while it boots (7 on 6.1.0-50); each gets PXN forced on instead of being refused, and the
+    # boot still reaches /init
+    assert hv.text_locked and hv.stats["pxn_fixups"] > 0

@@ -30,9 +30,12 @@ def test_sign_prints_128_hex_digits_and_verify_accepts_it(debian: FixtureSet,
     r = CliRunner().invoke(main, ["sign", ko, "--key", str(keys[0])])
     assert r.exit_code == 0, r.output
     sig = r.stdout.strip()
-    assert len(sig) == 128 and int(sig, 16) >= 0
+    assert len(bytes.fromhex(sig)) == 64  # an Ed25519 signature, hex, nothing else
     r = CliRunner().invoke(main, ["verify", ko, "--pubkey", str(keys[1]), "--signature", sig])
     assert r.exit_code == 0 and r.stdout.startswith("valid")
+    flipped = f"{int(sig[:2], 16) ^ 1:02x}" + sig[2:]
+    r = CliRunner().invoke(main, ["verify", ko, "--pubkey", str(keys[1]), "--signature", flipped])
+    assert r.exit_code != 0 and not r.stdout.startswith("valid")
 
 
 def test_verify_rejects_signature_of_another_module(debian: FixtureSet,

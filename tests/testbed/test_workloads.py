@@ -22,13 +22,13 @@ def report_all(testbed: TestbedImage) -> RunReport:
                          image=testbed, timeout_s=60)
 
 
-def test_all_runs_under_policy_none_in_a_few_seconds(report_all: RunReport) -> None:
-    """`all` boots, runs every workload and powers off cleanly within seconds."""
+def test_all_runs_under_policy_none(report_all: RunReport) -> None:
+    """`all` boots, runs every workload and powers off cleanly (how long it takes is a figure
+    of benchmarks/bench_testbed.py, not a condition of this test)."""
     assert report_all.exit == "poweroff"
     assert list(report_all.workloads) == list(WORKLOADS)
     assert report_all.ok, {n: w.message for n, w in report_all.workloads.items()}
-    assert report_all.wall_s < 10
-    assert report_all.boot_s is not None and report_all.boot_s < 5
+    assert report_all.boot_s is not None and 0 < report_all.boot_s < report_all.wall_s
 
 
 @pytest.mark.parametrize("name", WORKLOADS)
