@@ -1,7 +1,7 @@
 """Benchmark: load xfs.ko the way SECvma's hypervisor would, next to GNU ld on the same object.
 
 Timed per run (median over --runs): parse (decompress, split the Linux signature, strict
-ELF parse) + SECvma signed message (eval-spec §3.3, with the exact heapsort) + Ed25519
+ELF parse) + SECvma signed message (docs/eval-spec.md §3.3, with the exact heapsort) + Ed25519
 verify + link (load-time view, kernel layout, symbol resolution against Module.symvers and
 libcrc32c's exports, all ~40,000 relocations). Each run times the native accelerator
 (secvma.module.native, when it can be built) and the pure-Python reference, and

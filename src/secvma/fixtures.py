@@ -2,9 +2,9 @@
 
 Why real Debian files: the module toolchain and the machine both need third-party AArch64
 objects that nobody in this project built, so bugs cannot cancel out between a builder and a
-checker (debian-modules.md §0). The archive is reached through apt with a *private* state
+checker (docs/debian-modules.md §0). The archive is reached through apt with a *private* state
 (own lists, own status, arm64 only) derived from the host's configured Debian sources, so the
-host's apt configuration and foreign architectures are never touched (debian-modules.md §1).
+host's apt configuration and foreign architectures are never touched (docs/debian-modules.md §1).
 No archive host name appears here: the URIs are whatever the host's sources file says.
 
 Pinned: bookworm's 6.1 ABI `PIN_ABI` at `PIN_VERSION`. If the archive no longer serves it,
@@ -36,7 +36,7 @@ FLAVOUR = "arm64"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
-# Module name -> path below lib/modules/<release>/ (SECvma's run-mod.sh set, eval-spec §2).
+# Module name -> path below lib/modules/<release>/ (SECvma's run-mod.sh set, docs/eval-spec.md §2).
 MODULE_PATHS: dict[str, str] = {
     "xfs": "kernel/fs/xfs/xfs.ko",
     "libcrc32c": "kernel/lib/libcrc32c.ko",
@@ -369,7 +369,7 @@ def _extract_headers_package(deb: Path, release: str, out: Path) -> None:
 
 
 def _extract_certificates(out: Path) -> list[Path]:
-    """Module-signing certificates from the Image (the build-time key; debian-modules.md §3)."""
+    """Module-signing certificates from the Image (the build-time key; docs/debian-modules.md §3)."""
     from secvma.module import linux_sig  # local: keeps `secvma fixtures path` import-light
     from secvma.module.errors import ModuleError
 

@@ -5,7 +5,7 @@ One source of truth on the Python side; `guest/testbed/include/hvabi.h` is its C
 `tests/testbed/test_hvabi.py` compiles static asserts generated from this module against that
 header, so the two cannot drift.
 
-Hypercall ABI (kpcore-spec §8.2): ``hvc #0``, x0 = number, x1..x5 = arguments, result in x0.
+Hypercall ABI (docs/kpcore-spec.md §8.2): ``hvc #0``, x0 = number, x1..x5 = arguments, result in x0.
 Extension of this project: HVC 6 (ENABLE_S2_TRANS) takes x1 = PA of the boot-info block, which
 the testbed kernel issues once, with the MMU still off, right before it installs MAIR/TCR/
 TTBR0/TTBR1 and sets SCTLR_EL1.M (see `BootInfo`).
@@ -20,7 +20,7 @@ from typing import ClassVar, Self
 
 
 class Hvc(enum.IntEnum):
-    """Hypercall numbers the testbed kernel issues (kpcore-spec §8.2, `asm/virt.h`)."""
+    """Hypercall numbers the testbed kernel issues (docs/kpcore-spec.md §8.2, `asm/virt.h`)."""
 
     GET_VECTORS = 5
     ENABLE_S2_TRANS = 6
@@ -58,7 +58,7 @@ class BootInfo:
 
     Addresses are physical unless named `*_va`; ranges are [start, end). A kernel-image VA is
     PA + `kimage_voffset`; a linear-map VA is PA + `linear_offset`. SECvma's classification
-    (kpcore-spec §1.4) uses: KCODE [text, etext), RODATA [rodata, erodata) + empty_zero_page,
+    (docs/kpcore-spec.md §1.4) uses: KCODE [text, etext), RODATA [rodata, erodata) + empty_zero_page,
     INIT [inittext, einittext), DATA [data, end), EL1_PGD swapper_pg_dir.
     """
 

@@ -95,7 +95,7 @@ def test_desc_kind_reserved_encodings_are_invalid() -> None:
 
 
 def test_field_positions_match_spec() -> None:
-    """Named bits sit where kpcore-spec.md's descriptor conventions put them."""
+    """Named bits sit where docs/kpcore-spec.md's descriptor conventions put them."""
     assert d.PXN == 1 << 53 and d.UXN == 1 << 54
     assert d.PXNTABLE == 1 << 59 and d.UXNTABLE == 1 << 60
     assert d.APTABLE_NO_EL0 == 1 << 61 and d.APTABLE_RO == 1 << 62
@@ -144,7 +144,7 @@ def test_s2perm_bits_roundtrip(perm: d.S2Perm) -> None:
 
 
 def test_s2_read_only_matches_spec_value() -> None:
-    """S2AP 01 is read-only and 11 read/write (kpcore-spec.md descriptor conventions)."""
+    """S2AP 01 is read-only and 11 read/write (docs/kpcore-spec.md descriptor conventions)."""
     assert d.s2perm_bits(d.S2Perm.R) & (0b11 << 6) == 0b01 << 6
     assert d.s2perm_bits(d.S2Perm.RW) & (0b11 << 6) == 0b11 << 6
     assert d.S2MemAttr.NORMAL_WB == 0b1111 and d.S2MemAttr.DEVICE_nGnRE == 0b0001

@@ -190,7 +190,7 @@ class FakeModuleKernel:
 
     # the load path
     def prepare(self, ko: bytes) -> tuple[bytearray, list[int], ElfModule]:
-        """4.18 header rewrites and the checklist (the signer's view, eval-spec §3.3)."""
+        """4.18 header rewrites and the checklist (the signer's view, docs/eval-spec.md §3.3)."""
         elf = ElfModule(ko)
         msg = secvma_sig.build_message(elf, SECVMA_4_18)
         image = bytearray(ko)

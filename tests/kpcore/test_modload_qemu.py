@@ -200,7 +200,7 @@ def test_kernel_write_to_module_text_refused(session: tuple[Any, KPCore],
     """hardened: a kernel store into loaded module text faults (rule module-store)."""
     s, hv = session
     if hv.policy.name != "hardened":
-        pytest.skip("secvma2024 panics on it (spec §7.5); covered by the fake-machine test")
+        pytest.skip("secvma2024 panics on it (docs/kpcore-spec.md §7.5); covered by the fake-machine test")
     from secvma.testbed.modules import loaded_module
 
     r = _load(s, blobs["mod_hello"])

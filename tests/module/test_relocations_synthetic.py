@@ -25,7 +25,7 @@ Asm = Callable[[str], bytes]
 pytestmark = pytest.mark.usefixtures("engine")
 BASE = 0xFFFF800008000000
 
-# Every type outside Debian's set (debian-modules.md §5), with values in range for both the
+# Every type outside Debian's set (docs/debian-modules.md §5), with values in range for both the
 # kernel's and ld's overflow rules.
 ALL_TYPES_SRC = """
     .section .text,"ax",%progbits

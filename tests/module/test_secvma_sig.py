@@ -1,4 +1,4 @@
-"""SECvma signatures: the eval-spec §3.3 message, byte for byte, and Ed25519 over it."""
+"""SECvma signatures: the docs/eval-spec.md §3.3 message, byte for byte, and Ed25519 over it."""
 
 from __future__ import annotations
 
@@ -31,13 +31,13 @@ from secvma.module.secvma_sig import (
 )
 
 Asm = Callable[[str], bytes]
-# The test key hard-coded in SECvma's sign_mod and HostModule.c (eval-spec §3.2).
+# The test key hard-coded in SECvma's sign_mod and HostModule.c (docs/eval-spec.md §3.2).
 SECVMA_SEED = "100df9e44a5516fd053dc9ede29914b05d162c3faebbd1fb1897f8169c77a77b"
 SECVMA_PUB = "07f8993d1a43239a925ad3d02124b931b7f1d0531122f35d63c85cf79f3f4eca"
 
 
 # ------------------------------------------------------------------ independent reference
-# Written from eval-spec §3.3's prose with pyelftools, sharing no code with secvma_sig.
+# Written from docs/eval-spec.md §3.3's prose with pyelftools, sharing no code with secvma_sig.
 
 
 def _ref_heapsort(items: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
@@ -136,7 +136,7 @@ def synthetic(assemble: Asm, skeleton: str) -> ElfModule:
 
 
 def test_checklist_is_code_then_rodata_core_then_init_then_tables(synthetic: ElfModule) -> None:
-    """Checklist order follows eval-spec §3.3 step 6 (cf. its worked example)."""
+    """Checklist order follows docs/eval-spec.md §3.3 step 6 (cf. its worked example)."""
     names = [e.name for e in build_message(synthetic).entries]
     assert names == [".text", ".exit.text", ".plt", ".rodata", ".init.text", ".init.plt",
                      ".symtab", ".strtab", ".rela.text", ".rela.init.text", ".rela.rodata"]

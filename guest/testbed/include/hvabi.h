@@ -3,7 +3,7 @@
  * mailbox.  Mirrored field by field in src/secvma/hvabi.py; tests/testbed/test_hvabi.py compiles
  * static asserts generated from the Python side against this header, so the two cannot drift.
  *
- * Hypercalls: `hvc #0`, x0 = number, x1..x5 = arguments, result in x0 (kpcore-spec §8.2).
+ * Hypercalls: `hvc #0`, x0 = number, x1..x5 = arguments, result in x0 (docs/kpcore-spec.md §8.2).
  * Extension: HVC 6 (ENABLE_S2_TRANS) takes x1 = PA of a struct secvma_boot_info.
  */
 #ifndef HVABI_H
@@ -17,7 +17,7 @@ typedef unsigned char u8;
 typedef long long s64;
 #endif
 
-/* hypercall numbers (kpcore-spec §8.2) */
+/* hypercall numbers (docs/kpcore-spec.md §8.2) */
 #define HVC_GET_VECTORS      5
 #define HVC_ENABLE_S2_TRANS  6
 #define HVC_MLOAD            30

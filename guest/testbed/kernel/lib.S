@@ -7,7 +7,7 @@ hvc_call:				// x0 = nr, x1..x5 = args -> x0
 
 	/*
 	 * Zero a page-table page with STP XZR, XZR, [Xn] (64-bit, signed offset, imm7 = 0):
-	 * the one STP form KPCore emulates on free pool pages (kpcore-spec §3.2).
+	 * the one STP form KPCore emulates on free pool pages (docs/kpcore-spec.md §3.2).
 	 */
 	.globl	clear_table_page
 clear_table_page:

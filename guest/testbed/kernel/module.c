@@ -1,5 +1,5 @@
 /*
- * Kernel modules, the SECvma way (kpcore-spec §7.2): copy the .ko into a temporary image
+ * Kernel modules, the SECvma way (docs/kpcore-spec.md §7.2): copy the .ko into a temporary image
  * (module ro pool pages), lay the sections out into a text run (module text pool) and a ro run
  * (module ro pool), write each section's final VA into its sh_addr, build the checklist of
  * section indices, and ask EL2 to authenticate, link and relocate: HVC 30 (MLOAD). When the
@@ -292,7 +292,7 @@ static int link_and_relocate(struct elf64_ehdr *eh, struct elf64_shdr *sh, int s
 	return 0;
 }
 
-/* ---- load-time headers (what the SECvma signer reproduces, eval-spec §3.3) ----------------- */
+/* ---- load-time headers (what the SECvma signer reproduces, docs/eval-spec.md §3.3) ----------- */
 
 static int rela_cmp(const struct elf64_rela *a, const struct elf64_rela *b)
 {
@@ -385,7 +385,7 @@ static int prepare_headers(struct elf64_ehdr *eh, struct elf64_shdr *sh, const c
 	return symidx;
 }
 
-/* ---- layout (kpcore-spec §7.2) ------------------------------------------------------------- */
+/* ---- layout (docs/kpcore-spec.md §7.2) ------------------------------------------------------- */
 
 static int is_init(const char *name) { return !strncmp(name, ".init", 5); }
 

@@ -7,7 +7,7 @@ imm16), WFI/WFE (0x01). DFSC/IFSC values: "ISS encoding for an exception from a 
 table of DFSC codes (4KB granule without FEAT_LPA2: levels 0-3).
 
     >>> decode_esr(0x93810005)   # data abort, lower EL, ISV, 32-bit LDR/STR into w1,
-    ...                          # level-1 translation fault (qemu-platform.md's SMP bug)
+    ...                          # level-1 translation fault (docs/qemu-platform.md's SMP bug)
 """
 
 from __future__ import annotations

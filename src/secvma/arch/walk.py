@@ -1,6 +1,6 @@
 """Translation-table walks: one generic walker with named visitors, and the CPU's translation.
 
-`walk` (STYLE.md rule 3, pKVM `kvm_pgtable_walk`) visits the descriptors covering an input range
+`walk` (docs/STYLE.md rule 3, pKVM `kvm_pgtable_walk`) visits the descriptors covering an input range
 and calls a visitor with a frozen `VisitCtx`. Every other walk is a short visitor: `get_leaf`
 (find the leaf for one address) and the translation itself (`_translate_visitor`).
 

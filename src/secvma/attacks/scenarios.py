@@ -4,7 +4,7 @@ Each scenario drives the testbed kernel's EL1 primitives (`secvma.testbed.comman
 its verdict from the effect, never from the mere absence of an error: text bytes that changed,
 injected code that returned its magic value, a register that holds the forged value. The
 expected verdict per policy is part of the scenario, so the suite shows at a glance which
-attacks SECvma's C design stops, which gaps of kpcore-spec §11 it leaves open, and that
+attacks SECvma's C design stops, which gaps of docs/kpcore-spec.md §11 it leaves open, and that
 `hardened` closes them. Under `none` every attack must succeed: that shows it is real.
 """
 
@@ -50,7 +50,7 @@ class Attack:
     goal: str
     run: Callable[[TestbedSession], Evidence]
     expect: dict[str, frozenset[Verdict]] = field(default_factory=dict)
-    gap: str = ""  # the kpcore-spec §11 gap it exercises, if any
+    gap: str = ""  # the docs/kpcore-spec.md §11 gap it exercises, if any
     halt_why: str = ""
     """Why halting the machine is the only answer `hardened` has here (empty: it must refuse)."""
 
@@ -86,7 +86,7 @@ def _plant_shellcode(s: TestbedSession) -> int:
     """Put the shellcode in a fresh page of ordinary kernel memory; return its PA.
 
     Ordinary memory (usage class NONE) is RW and, on a CPU without FEAT_XNX, executable at
-    stage 2 (kpcore-spec §2.3), so only the stage-1 PXN rules stand between it and EL1.
+    stage 2 (docs/kpcore-spec.md §2.3), so only the stage-1 PXN rules stand between it and EL1.
     """
     page = s.alloc_page()
     if not page.ok:

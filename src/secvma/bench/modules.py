@@ -1,4 +1,4 @@
-"""The module evaluation (artifact `run-mod.sh`, eval-spec §2), on the testbed kernel.
+"""The module evaluation (artifact `run-mod.sh`, docs/eval-spec.md §2), on the testbed kernel.
 
 What is measured: insmod and rmmod of `xfs` (after `libcrc32c`) and `virtio_crypto` (after
 `crypto_engine`), Debian's 6.1 arm64 modules, each up to but not including their init (the

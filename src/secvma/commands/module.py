@@ -60,7 +60,7 @@ def _int(text: str) -> int:
               help="Ed25519 private key: PEM (PKCS#8), a raw 32-byte seed, or 64 hex digits.")
 @_config_opt
 def sign_cmd(module: Path, key: Path, kernel: str) -> None:
-    """Print MODULE's 128-hex-digit SECvma signature (eval-spec §3.3) on stdout."""
+    """Print MODULE's 128-hex-digit SECvma signature (docs/eval-spec.md §3.3) on stdout."""
     img = _open(module)
     try:
         sk = secvma_sig.load_private_key(key)

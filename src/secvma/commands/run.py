@@ -34,7 +34,8 @@ from secvma.ui import console, emit_json, err_console, fail
 @click.option("--module-sigs", "module_sigs", type=click.Path(exists=True, dir_okay=False),
               help="Module signature table: JSON {name: hex} or 'name hex' lines.")
 @click.option("--check-invariants", is_flag=True,
-              help="Check every kpcore-spec §9 invariant after every trap (slow; not for --policy none).")
+              help="Check every invariant of docs/kpcore-spec.md §9 after every trap "
+                   "(slow; not for --policy none).")
 def run_cmd(policy: str, s2: str, workloads: tuple[str, ...], timeout: float, echo: bool,
             as_json: bool, module_key: str | None, module_sigs: str | None,
             check_invariants: bool) -> None:

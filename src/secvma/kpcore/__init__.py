@@ -1,4 +1,7 @@
-"""secvma.kpcore: SECvma's hypervisor core (EL2 policy) in Python, per kpcore-spec.md.
+"""secvma.kpcore: SECvma's hypervisor core (EL2 policy) in Python, per docs/kpcore-spec.md.
+
+In this package, "spec §N" always means docs/kpcore-spec.md §N (gap numbers are its §11 list),
+and "C: file:function" names the function of SECvma's C code a handler models.
 
 Modules (data flows top to bottom):
 

@@ -211,7 +211,7 @@ class KPCore:
             prev.repeats += 1
             if prev.repeats >= STALL_LIMIT:
                 plat.halt(f"kpcore ({self.policy.name}): cpu{cpu.index} stalled forever on a "
-                          f"refused store at pc {cpu.elr:#x} (spec §11 gap 11)")
+                          f"refused store at pc {cpu.elr:#x} (docs/kpcore-spec.md §11 gap 11)")
             return True
         st.stalls[cpu.index] = Stall(cpu.elr, ipa, 1)
         return False

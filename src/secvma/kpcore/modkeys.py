@@ -16,9 +16,9 @@ Lookup (`ModuleKeys.lookup`): `hardened` matches the `.modinfo` name exactly; `s
 (quirk `mod_name_prefix`, spec §11 gap 6) reproduces `strncmp(name, entry, strlen(name))` over
 the table in order, so a prefix of a table name (and the empty name) selects that entry.
 
-Signing (tests, bench, `secvma run`'s per-run key): the signed message is the one of eval-spec
-§3.3 as `secvma.module.secvma_sig.build_message(elf, SECVMA_4_18)` computes it, which is the
-kernel view the testbed kernel hands EL2 (see docs/modload-contract.md).
+Signing (tests, bench, `secvma run`'s per-run key): the signed message is the one of
+docs/eval-spec.md §3.3 as `secvma.module.secvma_sig.build_message(elf, SECVMA_4_18)` computes
+it, which is the kernel view the testbed kernel hands EL2 (see docs/modload-contract.md).
 """
 
 from __future__ import annotations

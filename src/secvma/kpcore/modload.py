@@ -5,7 +5,7 @@ kint/HostModuleOps.c:init_mapping, kint/HostModuleAux.c:remap_host_mod_page / ma
 kint/HostModuleCoreAux.c:move_section / update_section, verify_mod, simplify_symbol,
 apply_relocate_add_el2, el2_fill_symtab.
 
-A load is one `ModuleLoad`, a staged one-shot transaction (STYLE.md §5 rule 7)::
+A load is one `ModuleLoad`, a staged one-shot transaction (docs/STYLE.md §5 rule 7)::
 
     freeze()    read the checklist and `struct secvma_mod_arch` once; the temporary image's
                 pages become AUTH (stage 2 RO) before their bytes are read, then copied once

@@ -1,7 +1,7 @@
 """Policies: `secvma2024` (the C code, gaps included) and `hardened` (gaps closed).
 
 A policy is data: a `Quirks` record with one flag per reproduced behaviour of the C code
-(kpcore-spec.md §11), the stage-2 mapping mode and the invariant switch. Code paths test a
+(docs/kpcore-spec.md §11), the stage-2 mapping mode and the invariant switch. Code paths test a
 flag at the one place where the two behaviours differ; there is no fork.
 
     flag                      gap  secvma2024 (True)                   hardened (False)

@@ -1,6 +1,6 @@
 """Refusals (the guest asked for something illegal) and outcomes (what EL2 does about it).
 
-Two channels, never mixed (STYLE.md §5 rule 6):
+Two channels, never mixed (docs/STYLE.md §5 rule 6):
 
 * `HypRefusal(code, rule, reason, **values)` is raised by a *check* phase. The code is one of
   five errno-like values, each with one meaning:

@@ -1,12 +1,12 @@
 """The module toolchain as a pipeline over bytes: parse → message → verify → layout → resolve → relocate.
 
-Why a thin facade: the in-hypervisor loader (kpcore-spec §7.3) works on bytes it copied
+Why a thin facade: the in-hypervisor loader (docs/kpcore-spec.md §7.3) works on bytes it copied
 out of guest memory and must run these stages in order, stopping at the first refusal.
 Every stage is a plain function of the previous stage's result; nothing reads guest memory
 twice and nothing here keeps global state. All failures are `ModuleError` subclasses.
 
     image = open_module(raw_bytes)                       # parse (+ strip Linux signature)
-    msg   = secvma_sig.build_message(image.elf)          # signed message (eval-spec §3.3)
+    msg   = secvma_sig.build_message(image.elf)          # signed message (docs/eval-spec.md §3.3)
     secvma_sig.verify_message(msg, signature, pubkey)    # Ed25519, raises if invalid
     view  = load.prepare(image.elf, config)              # kernel's load-time headers
     lay   = layout.layout_sections(view)                 # core/init offsets

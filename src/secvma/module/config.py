@@ -1,7 +1,7 @@
 """The kernel configuration facts the arm64 module loader's behaviour depends on.
 
 Why a record: the same object file is laid out, PLT-sized and signed differently by
-different kernels (eval-spec §3.5: "if the config changes ... the signatures change").
+different kernels (docs/eval-spec.md §3.5: "if the config changes ... the signatures change").
 Two presets matter: `LINUX_6_1` (Debian bookworm, the fixtures) and `SECVMA_4_18` (the
 kernel SECvma's signer simulates, with its `sign_mod.h` macros).
 """
@@ -35,7 +35,7 @@ class LoaderConfig:
 # The 843419 workaround is off because the virt board's CPUs do not need it.
 LINUX_6_1 = LoaderConfig(ftrace_plts=2)
 
-# SECvma's 4.18 target as its signer hard-codes it (eval-spec §3.5): KASLR off, erratum
+# SECvma's 4.18 target as its signer hard-codes it (docs/eval-spec.md §3.5): KASLR off, erratum
 # macro on but the ADRP case breaks first, no DYNAMIC_FTRACE, 16-byte PLT entries.
 SECVMA_4_18 = LoaderConfig(randomize_base=False, erratum_843419=False, plt_entry_size=16,
                            ftrace_plts=0)

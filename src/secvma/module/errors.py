@@ -77,4 +77,4 @@ class KeyFormatError(ModuleError):
 
 
 class MessageError(ModuleError):
-    """The SECvma signed message cannot be built (eval-spec §3.3 preconditions)."""
+    """The SECvma signed message cannot be built (docs/eval-spec.md §3.3 preconditions)."""

@@ -3,7 +3,7 @@
 Why: a relocator checked only against itself can be consistently wrong. GNU ld implements
 the AArch64 psABI independently; if every allocated section is pinned to the same address
 and every undefined symbol is defined at the same value, ld's output sections must equal
-ours byte for byte (debian-modules.md §7), under two conditions:
+ours byte for byte (docs/debian-modules.md §7), under two conditions:
 1. string merging is off (SHF_MERGE|SHF_STRINGS are cleared in ld's copy; the kernel never
    merges), and
 2. every branch is in range, so neither ld veneers nor module PLTs appear.
@@ -48,7 +48,7 @@ class OracleLayout:
 def oracle_layout(elf: ElfModule, base: int = 0xFFFF800008000000,
                   symbase: int = 0xFFFF800009000000, stride: int = 0x40) -> OracleLayout:
     """Allocated sections in index order from `base` (aligned), undefined symbols from
-    `symbase` every `stride` bytes: the layout of debian-modules.md §7."""
+    `symbase` every `stride` bytes: the layout of docs/debian-modules.md §7."""
     addrs: dict[int, int] = {}
     cur = base
     for s in elf.sections:

@@ -1,6 +1,6 @@
 """The kernel's load-time view of a module: section headers as the arm64 loader rewrites them.
 
-Why: both the SECvma signature (eval-spec §3.3) and the section layout are computed from the
+Why: both the SECvma signature (docs/eval-spec.md §3.3) and the section layout are computed from the
 headers *after* Linux modified them (`rewrite_section_headers`, `module_frob_arch_sections`,
 `layout_and_allocate`), not from the file as is. This module reproduces those rewrites on
 copies of the headers and keeps the (sorted) relocations next to them.

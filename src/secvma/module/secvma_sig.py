@@ -1,9 +1,9 @@
-"""SECvma module signatures: the signed message of eval-spec §3.3, and Ed25519 over it.
+"""SECvma module signatures: the signed message of docs/eval-spec.md §3.3, and Ed25519 over it.
 
 Why the message looks like this: SECvma's hypervisor authenticates exactly the bytes the
 kernel hands it — the code and read-only sections, symtab, strtab and their relocations,
 *after* Linux rewrote the headers and heap-sorted the relocations — so the offline signer
-must reproduce that load-time view byte for byte. Steps (eval-spec §3.3):
+must reproduce that load-time view byte for byte. Steps (docs/eval-spec.md §3.3):
 
 1. clear SHF_ALLOC on the first allocated `__versions` and `.modinfo` (kernel `find_sec`);
 2. the symbol table is the first SHT_SYMTAB, the string table its `sh_link`;
@@ -102,7 +102,7 @@ def _first_alloc(secs: list[Section], name: str) -> int:
 
 def build_message(elf: ElfModule, cfg: LoaderConfig = SECVMA_4_18, *,
                   page_multiple_abort_quirk: bool = False) -> SignedMessage:
-    """The signed message of eval-spec §3.3 for `elf` (module docstring, steps 1–7).
+    """The signed message of docs/eval-spec.md §3.3 for `elf` (module docstring, steps 1–7).
 
     `page_multiple_abort_quirk` reproduces the C tool's assertion that aborts when the
     message length is an exact multiple of the 4 KiB page (raises MessageError).

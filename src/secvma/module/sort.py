@@ -1,7 +1,7 @@
 """The relocation sort of arm64 `module_frob_arch_sections`, reproduced exactly.
 
 Why exactly: SECvma signs the RELA sections *after* the kernel sorted them in place
-(eval-spec §3.3 step 3), and Linux 4.18's `lib/sort.c` is an unstable heapsort. Entries with
+(docs/eval-spec.md §3.3 step 3), and Linux 4.18's `lib/sort.c` is an unstable heapsort. Entries with
 equal keys (same type, symbol and addend; different offsets) end in a heapsort-specific
 order, so any other algorithm — including a stable sort — produces different bytes and a
 different signature.
@@ -26,7 +26,7 @@ def heapsort_order(keys: Sequence[int]) -> list[int]:
     """Permutation produced by Linux 4.18 `sort()` (lib/sort.c) on elements with `keys`.
 
     Returns `perm` such that the sorted array is `[elements[i] for i in perm]`.
-    Algorithm (eval-spec §3.3): build the heap by sifting down from n/2-1 to 0; then for
+    Algorithm (docs/eval-spec.md §3.3): build the heap by sifting down from n/2-1 to 0; then for
     i = n-1 .. 1 swap [0] and [i] and sift down in [0, i). The child is 2r+1; take the right
     child if it exists and left < right strictly; stop when parent >= child.
     """

@@ -19,7 +19,7 @@ from secvma.testbed.image import KernelImage
 
 MAX_MODULES = 8
 REAL_PAIRS: tuple[tuple[str, str], ...] = (("libcrc32c", "xfs"), ("crypto_engine", "virtio_crypto"))
-"""(dependency, measured module): the order eval-spec §2's run-mod.sh loads them in."""
+"""(dependency, measured module): the order docs/eval-spec.md §2's run-mod.sh loads them in."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The testbed kernel never writes TTBR0_EL1 after boot; it switches user address spaces through
 HVC 35 only. A hypervisor that answers every HVC with 0 and does nothing (`NullHypervisor`)
 would therefore leave every process running on the wrong page tables; this subclass carries the
-switch out, exactly as KPCore's `el2_do_switch_mm` does (kpcore-spec §5.3) minus its checks.
+switch out, exactly as KPCore's `el2_do_switch_mm` does (docs/kpcore-spec.md §5.3) minus its checks.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class TestbedNullHypervisor(NullHypervisor):
         elif nr == Hvc.DO_SWITCH_MM:
             self._switch_mm(cpu, event.x[1], event.x[2])
         elif nr in (Hvc.ALLOC_EL0_PGD, Hvc.FREE_EL0_PGD):
-            pass  # x0 not written (kpcore-spec §8.2)
+            pass  # x0 not written (docs/kpcore-spec.md §8.2)
         elif nr in (Hvc.MLOAD, Hvc.MFREE, Hvc.MOD_INIT_FREE):
             cpu.set_x(0, HVC_ENOSYS)
         else:
