@@ -65,3 +65,19 @@ def test_a_halt_under_hardened_is_a_mismatch() -> None:
     a = next(a for a in ATTACKS if a.name == "forge-ttbr1")
     _ev, ok = judge(a, "hardened", Evidence(Verdict.HALTED, "halt"), _Hv([_refusal(Outcome.PANIC)]))
     assert not ok
+
+
+def test_the_report_marks_unexpected_verdicts_and_internal_errors() -> None:
+    """The Markdown report flags a mismatch and never shows an internal error as blocked."""
+    from secvma.attacks.report import markdown
+
+    res = {"ok": False,
+           "summary": {"hardened": {"blocked": 0, "succeeded": 0, "internal_errors": 1,
+                                    "unexpected": 1}},
+           "outcomes": [{"attack": "forge-ttbr1", "policy": "hardened", "verdict": "internal error",
+                         "detail": "hypervisor internal error: KeyError(3)", "expected": ["blocked"],
+                         "matches": False, "refusals": [], "seconds": 0.1}]}
+    text = markdown(res, "huge")
+    assert "UNEXPECTED VERDICTS" in text
+    assert "| forge-ttbr1 |" in text and "internal error **(unexpected)**" in text
+    assert "| hardened | 0 | 0 | 1 | 1 |" in text

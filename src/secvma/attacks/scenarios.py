@@ -53,6 +53,9 @@ class Attack:
     gap: str = ""  # the docs/kpcore-spec.md §11 gap it exercises, if any
     halt_why: str = ""
     """Why halting the machine is the only answer `hardened` has here (empty: it must refuse)."""
+    fixed_up: str = ""
+    """How `hardened` takes the effect away without a refusal (e.g. PXN forced on a store it
+    emulates); empty: a logged refusal must stop the attack."""
 
     def __post_init__(self) -> None:
         for policy, verdicts in self.expect.items():
@@ -285,19 +288,195 @@ def write_module_text(s: TestbedSession) -> Evidence:
                                      "module text unchanged")
 
 
+
+# ---- store forms into a live PTE table ---------------------------------------------------------
+
+def _empty_pair_after(s: TestbedSession, va: int) -> tuple[int, int]:
+    """Like `_empty_pte_after`, but the next slot is empty too (pair stores write both)."""
+    read = s.platform.read_u64
+    first_va, slot = _empty_pte_after(s, va)
+    for k in range(0, 64):
+        a = slot + 8 * k
+        if (a + 8) & ~0xFFF != a & ~0xFFF:
+            break
+        if read(PhysAddr(a)) == 0 and read(PhysAddr(a + 8)) == 0:
+            return first_va + 0x1000 * k, a
+    raise RuntimeError("no two free slots next to the vmalloc mapping")
+
+
+def _pte_store_attack(form: Form, width: int, pair: bool = False) -> Callable[[TestbedSession],
+                                                                             Evidence]:
+    """Plant code, then write an executable (PXN clear) descriptor for it into an empty PTE slot
+    of a live kernel table with one store of `form`/`width`; the effect is the code running.
+
+    width 8: the whole descriptor in one store (a pair form also writes the next, empty slot
+    with 0); width 4 and not a pair: only the low half (the attacker's wish has PXN, bit 53,
+    clear, so a lost high half is the point: gap 1); a 4-byte pair: both halves in one STP."""
+    def run(s: TestbedSession) -> Evidence:
+        pa = _plant_shellcode(s)
+        m = s.vmap(pa, 0x1000, 0)
+        if not m.ok:
+            return Evidence(Verdict.BLOCKED, "no vmalloc mapping")
+        va, slot = _empty_pair_after(s, m.value) if pair else _empty_pte_after(s, m.value)
+        desc = pa | VALID_PAGE | AF | SH_INNER
+        if width == 8:
+            value, value2 = desc, 0
+        elif pair:
+            value, value2 = desc & 0xFFFF_FFFF, desc >> 32
+        else:
+            value, value2 = desc & 0xFFFF_FFFF, 0
+        w = s.write(slot + _bi(s).linear_offset, value, width, form, value2)
+        if not w.ok:
+            return Evidence(Verdict.BLOCKED, f"the {form.name} ({width} bytes) "
+                                             f"{w.status.name.lower()} (ESR {w.esr:#x})")
+        return _ran(s, va, slot)
+    run.__doc__ = f"{form.name} of {width} bytes{' (pair)' if pair else ''} into an empty PTE."
+    return run
+
+
+def table_via_alias(s: TestbedSession) -> Evidence:
+    """Map a live PTE table a second time, writable, and write an executable entry through it."""
+    pa = _plant_shellcode(s)
+    m = s.vmap(pa, 0x1000, 0)
+    if not m.ok:
+        return Evidence(Verdict.BLOCKED, "no vmalloc mapping")
+    va, slot = _empty_pte_after(s, m.value)
+    alias = s.vmap(slot & ~0xFFF, 0x1000, 0)
+    if not alias.ok:
+        return Evidence(Verdict.BLOCKED, "the writable alias of the table could not be mapped")
+    w = s.write(alias.value + (slot & 0xFFF), pa | VALID_PAGE | AF | SH_INNER)
+    if not w.ok:
+        return Evidence(Verdict.BLOCKED, f"store through the table alias {w.status.name.lower()} "
+                                         f"(ESR {w.esr:#x})")
+    return _ran(s, va, slot)
+
+
+def bbm_output_change(s: TestbedSession) -> Evidence:
+    """Replace a live, valid PTE by one with another output address (no break-before-make)."""
+    pa = _plant_shellcode(s)
+    victim = s.alloc_page()
+    if not victim.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, "no page")
+    m = s.vmap(int(victim.ret[1]), 0x1000, 0)
+    if not m.ok:
+        return Evidence(Verdict.BLOCKED, "no vmalloc mapping")
+    read = s.platform.read_u64
+    leaf = get_leaf(lambda a: read(PhysAddr(a)), PhysAddr(_bi(s).swapper_pg_dir), m.value)
+    slot = int(leaf.slot_pa)
+    w = s.write(slot + _bi(s).linear_offset, pa | VALID_PAGE | AF | SH_INNER)
+    if not w.ok:
+        return Evidence(Verdict.BLOCKED, f"the update {w.status.name.lower()} (ESR {w.esr:#x})")
+    return _ran(s, m.value, slot)
+
+
+# ---- the hypervisor interface ----------------------------------------------------------------
+
+def _hvc_ret(r: object) -> int:
+    return int(getattr(r, "value", 0))
+
+
+def switch_to_unregistered_root(s: TestbedSession) -> Evidence:
+    """HVC 35 with a page that was never registered as a user root (HVC 33)."""
+    page = s.alloc_page(pgtable_pool=True)
+    if not page.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, "no page-table pool page")
+    root = int(page.ret[1])
+    r = s.hvc(35, root, 0)
+    now = s.mrs(SysReg.TTBR0_EL1).value
+    if now & 0x0000_FFFF_FFFF_F000 == root:
+        return Evidence(Verdict.SUCCEEDED, f"TTBR0 -> unregistered {root:#x} (HVC 35 -> "
+                                           f"{_hvc_ret(r):#x})")
+    return Evidence(Verdict.BLOCKED, f"HVC 35 -> {_hvc_ret(r):#x}; TTBR0 still {now:#x}")
+
+
+def switch_to_freed_root(s: TestbedSession) -> Evidence:
+    """Use after free: register a user root (HVC 33), release it (HVC 34), switch to it."""
+    page = s.alloc_page(pgtable_pool=True)
+    if not page.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, "no page-table pool page")
+    root = int(page.ret[1])
+    s.hvc(33, root)
+    s.hvc(34, root)
+    r = s.hvc(35, root, 0)
+    now = s.mrs(SysReg.TTBR0_EL1).value
+    if now & 0x0000_FFFF_FFFF_F000 == root:
+        return Evidence(Verdict.SUCCEEDED, f"TTBR0 -> released root {root:#x}")
+    return Evidence(Verdict.BLOCKED, f"HVC 35 -> {_hvc_ret(r):#x}; TTBR0 still {now:#x}")
+
+
+def reinstall_then_patch_text(s: TestbedSession) -> Evidence:
+    """HVC 6 again after install (re-initialisation), then patch kernel text through an alias."""
+    r = s.hvc(6)
+    ev = write_text_via_alias(s)
+    ev.detail = f"HVC 6 -> {_hvc_ret(r):#x}; then: {ev.detail}"
+    return ev
+
+
+def table_page_as_user_root(s: TestbedSession) -> Evidence:
+    """Class confusion: register a live kernel PTE table as a user root (HVC 33), release it
+    (HVC 34) to make it ordinary memory, then write an executable entry into it directly."""
+    pa = _plant_shellcode(s)
+    m = s.vmap(pa, 0x1000, 0)
+    if not m.ok:
+        return Evidence(Verdict.BLOCKED, "no vmalloc mapping")
+    va, slot = _empty_pte_after(s, m.value)
+    table = slot & ~0xFFF
+    a, b = s.hvc(33, table), s.hvc(34, table)
+    w = s.write(slot + _bi(s).linear_offset, pa | VALID_PAGE | AF | SH_INNER)
+    if not w.ok:
+        return Evidence(Verdict.BLOCKED, f"HVC 33 -> {_hvc_ret(a):#x}, HVC 34 -> {_hvc_ret(b):#x};"
+                                         f" store {w.status.name.lower()} (ESR {w.esr:#x})")
+    return _ran(s, va, slot)
+
+
+# ---- modules ---------------------------------------------------------------------------------
+
+def _renamed(image: bytes, old: str, new: str) -> bytes:
+    """The module with its `.modinfo` `name=` changed (same length; .modinfo is not signed)."""
+    a, b = f"name={old}\0".encode(), f"name={new}\0".encode()
+    assert len(b) <= len(a) and image.count(a) == 1, (old, new)
+    return image.replace(a, b + bytes(len(a) - len(b)))
+
+
+def _load_evidence(r: object, what: str) -> Evidence:
+    ok = bool(getattr(r, "ok", False))
+    if ok:
+        return Evidence(Verdict.SUCCEEDED, f"{what} loaded (handle {getattr(r, 'value', 0)})")
+    return Evidence(Verdict.BLOCKED, f"insmod of {what}: {getattr(r, 'msg', '')}")
+
+
+def load_unsigned_module(s: TestbedSession) -> Evidence:
+    """insmod a module whose name has no entry in the signature table."""
+    image = _renamed(_test_module(s, "mod_hello"), "hello", "xyzzy")
+    return _load_evidence(s.load_module(image), "the unsigned module 'xyzzy'")
+
+
+def module_name_prefix(s: TestbedSession) -> Evidence:
+    """Gap 6: name the module 'hell', a prefix of the signed 'hello' (C compares by prefix)."""
+    image = _renamed(_test_module(s, "mod_hello"), "hello", "hell")
+    return _load_evidence(s.load_module(image), "module 'hell' (signed entry: 'hello')")
+
+
+_PXN = "PXN forced on the entry the kernel asked for (the store is emulated, not refused)"
+# secvma2024 has no way to emulate a table store without a syndrome (ISV = 0: writeback, pair,
+# non-temporal forms): the C design panics on it
+ISV0_PANICS = {"none": SUCCEEDS, "secvma2024": frozenset({Verdict.HALTED}), "hardened": REFUSED}
+# an 8-byte store with a syndrome is validated as a whole descriptor in both designs
+FORCED = {"none": SUCCEEDS, "secvma2024": REFUSED, "hardened": REFUSED}
+
 ATTACKS: list[Attack] = [
     Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
            BLOCKED),
     Attack("write-rodata-via-alias", "overwrite read-only data through a writable alias",
            write_rodata_via_alias, BLOCKED),
     Attack("exec-injected-code", "run code written into kernel memory (W^X)", exec_injected_code,
-           BLOCKED),
+           BLOCKED, fixed_up=_PXN),
     Attack("narrow-store-pxn-bypass", "make data executable with a 4-byte PTE store",
            narrow_store_pxn_bypass, GAP,
-           gap="1 (store width ignored)"),
+           gap="1 (store width ignored)", fixed_up=_PXN),
     Attack("stxr-drops-pxn", "make data executable with a 64-bit STXR to a PTE", stxr_drops_pxn,
            GAP,
-           gap="9 (STXR keeps the low 32 bits)"),
+           gap="9 (STXR keeps the low 32 bits)", fixed_up=_PXN),
     Attack("forge-ttbr1", "switch the kernel to page tables it controls", forge_ttbr1,
            BLOCKED),
     Attack("direct-ttbr0", "load TTBR0 without HVC 35", direct_ttbr0,
@@ -317,4 +496,72 @@ ATTACKS: list[Attack] = [
            load_tampered_module, BLOCKED),
     Attack("write-module-text", "patch a loaded module's code", write_module_text,
            BLOCKED),
+    # store forms into an empty slot of a live PTE table (docs/kpcore-spec.md §3.2)
+    Attack("pte-str-8", "make data executable: STR of a whole descriptor",
+           _pte_store_attack(Form.STR, 8), FORCED, fixed_up=_PXN),
+    Attack("pte-stur-8", "make data executable: STUR of a whole descriptor",
+           _pte_store_attack(Form.STUR, 8), FORCED, fixed_up=_PXN),
+    Attack("pte-str-reg-8", "make data executable: STR (register offset) of a descriptor",
+           _pte_store_attack(Form.STR_REG, 8), FORCED, fixed_up=_PXN),
+    Attack("pte-stlr-8", "make data executable: STLR (release) of a descriptor",
+           _pte_store_attack(Form.STLR, 8), FORCED, fixed_up=_PXN),
+    Attack("pte-str-pre-8", "make data executable: pre-index STR (writeback, no syndrome)",
+           _pte_store_attack(Form.STR_PRE, 8), ISV0_PANICS, fixed_up=_PXN),
+    Attack("pte-str-post-8", "make data executable: post-index STR (writeback, no syndrome)",
+           _pte_store_attack(Form.STR_POST, 8), ISV0_PANICS, fixed_up=_PXN),
+    Attack("pte-stp-8", "make data executable: STP of a descriptor and an empty neighbour",
+           _pte_store_attack(Form.STP, 8, pair=True), ISV0_PANICS, fixed_up=_PXN),
+    Attack("pte-stnp-8", "make data executable: STNP (non-temporal pair)",
+           _pte_store_attack(Form.STNP, 8, pair=True), ISV0_PANICS, fixed_up=_PXN),
+    Attack("pte-stp-w-pair", "make data executable: STP of two W registers (both halves at once)",
+           _pte_store_attack(Form.STP, 4, pair=True), ISV0_PANICS, fixed_up=_PXN),
+    Attack("pte-stur-4", "make data executable: 4-byte STUR of the low half",
+           _pte_store_attack(Form.STUR, 4), GAP, gap="1 (store width ignored)", fixed_up=_PXN),
+    Attack("pte-str-reg-4", "make data executable: 4-byte STR (register offset), low half",
+           _pte_store_attack(Form.STR_REG, 4), GAP, gap="1 (store width ignored)", fixed_up=_PXN),
+    Attack("pte-stlr-4", "make data executable: 4-byte STLR of the low half",
+           _pte_store_attack(Form.STLR, 4), GAP, gap="1 (store width ignored)", fixed_up=_PXN),
+    Attack("pte-stxr-4", "make data executable: 32-bit STXR of the low half",
+           _pte_store_attack(Form.STXR, 4), GAP, gap="1/9 (width ignored, 32-bit STXR)",
+           fixed_up=_PXN),
+    Attack("pte-str-pre-4", "make data executable: 4-byte pre-index STR of the low half",
+           _pte_store_attack(Form.STR_PRE, 4), ISV0_PANICS, fixed_up=_PXN),
+    # aliases and break-before-make
+    Attack("table-via-alias", "write a live page table through a writable alias of it",
+           table_via_alias, FORCED, fixed_up=_PXN),
+    Attack("bbm-output-change", "switch a live PTE to another page, executable, in one store",
+           bbm_output_change, {"none": SUCCEEDS, "secvma2024": PANICS, "hardened": REFUSED}),
+    # the hypervisor interface
+    Attack("hvc35-unregistered-root", "HVC 35 to a root that was never registered",
+           switch_to_unregistered_root, BLOCKED),
+    Attack("hvc35-freed-root", "HVC 35 to a user root after HVC 34 released it",
+           switch_to_freed_root, BLOCKED),
+    Attack("hvc6-reinstall", "call HVC 6 again after install, then patch kernel text",
+           reinstall_then_patch_text, BLOCKED),
+    Attack("table-as-user-root", "release a kernel PTE table through HVC 33/34, then write it",
+           table_page_as_user_root, FORCED, fixed_up=_PXN),
+    # every security-relevant bit of SCTLR/TCR/MAIR, one at a time
+    Attack("sctlr-wxn", "clear/set SCTLR_EL1.WXN (bit 19: writable implies never-execute)",
+           _pin_attack(SysReg.SCTLR_EL1, 1 << 19), BLOCKED),
+    Attack("sctlr-span", "flip SCTLR_EL1.SPAN (bit 23: PAN set on exception entry)",
+           _pin_attack(SysReg.SCTLR_EL1, 1 << 23), BLOCKED),
+    Attack("sctlr-uct", "flip SCTLR_EL1.UCT (bit 15: EL0 reads of CTR_EL0)",
+           _pin_attack(SysReg.SCTLR_EL1, 1 << 15), BLOCKED),
+    Attack("sctlr-dze", "flip SCTLR_EL1.DZE (bit 14: EL0 DC ZVA)",
+           _pin_attack(SysReg.SCTLR_EL1, 1 << 14), BLOCKED),
+    Attack("sctlr-ntwi", "flip SCTLR_EL1.nTWI (bit 16: EL0 WFI trapping)",
+           _pin_attack(SysReg.SCTLR_EL1, 1 << 16), BLOCKED),
+    Attack("tcr-epd0", "set TCR_EL1.EPD0 (bit 7: no TTBR0 walks)",
+           _pin_attack(SysReg.TCR_EL1, 1 << 7), BLOCKED),
+    Attack("tcr-tbi1", "flip TCR_EL1.TBI1 (bit 38: top-byte-ignore for kernel VAs)",
+           _pin_attack(SysReg.TCR_EL1, 1 << 38), BLOCKED),
+    Attack("tcr-as", "flip TCR_EL1.AS (bit 36: 8/16-bit ASIDs)",
+           _pin_attack(SysReg.TCR_EL1, 1 << 36), BLOCKED),
+    Attack("mair-attr0", "change MAIR_EL1 attribute 0", _pin_attack(SysReg.MAIR_EL1, 0x04),
+           BLOCKED),
+    # modules
+    Attack("load-unsigned-module", "insmod a module the signature table does not know",
+           load_unsigned_module, BLOCKED),
+    Attack("module-name-prefix", "insmod 'hell', a prefix of the signed 'hello'",
+           module_name_prefix, GAP, gap="6 (names matched by prefix)"),
 ]

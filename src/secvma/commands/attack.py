@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.table import Table
 
-from secvma.ui import console, emit_json, fail
+from secvma.ui import console, emit_json, err_console, fail
 
 _STYLE = {"succeeded": "red", "blocked": "green", "blocked (machine halted)": "green", "n/a": "dim",
           "internal error": "bold red"}
@@ -18,9 +20,11 @@ _STYLE = {"succeeded": "red", "blocked": "green", "blocked (machine halted)": "g
 @click.option("--only", multiple=True, help="Run only these scenarios (repeatable).")
 @click.option("--s2", type=click.Choice(["huge", "4k"]), default="huge", show_default=True)
 @click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
+@click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a Markdown report to FILE.md and the verdict matrix to FILE.png.")
 @click.option("--json", "as_json", is_flag=True)
 def attack(policies: tuple[str, ...], only: tuple[str, ...], s2: str, list_only: bool,
-           as_json: bool) -> None:
+           report: Path | None, as_json: bool) -> None:
     """A compromised kernel's attacks, each judged by its effect, under none/secvma2024/hardened."""
     from secvma.attacks.scenarios import ATTACKS, Verdict
     from secvma.attacks.suite import POLICIES, run_suite
@@ -41,6 +45,11 @@ def attack(policies: tuple[str, ...], only: tuple[str, ...], s2: str, list_only:
         return
     with console.status("attacking (one fresh boot per scenario and policy)...", spinner="dots"):
         res = run_suite(policies or POLICIES, only, s2)
+    if report is not None:
+        from secvma.attacks.report import write_report
+
+        png = write_report(res, report, s2)
+        err_console.print(f"report written to {report}, verdict matrix to {png}")
     if as_json:
         emit_json(res)
         if not res["ok"]:
