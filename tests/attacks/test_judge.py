@@ -81,3 +81,12 @@ def test_the_report_marks_unexpected_verdicts_and_internal_errors() -> None:
     assert "UNEXPECTED VERDICTS" in text
     assert "| forge-ttbr1 |" in text and "internal error **(unexpected)**" in text
     assert "| hardened | 0 | 0 | 1 | 1 |" in text
+
+
+def test_a_broken_invariant_after_a_blocked_attack_is_a_mismatch_under_hardened() -> None:
+    """No effect seen, but the hypervisor's state is wrong afterwards: not counted as blocked."""
+    a = next(a for a in ATTACKS if a.name == "forge-ttbr1")
+    seen = Evidence(Verdict.BLOCKED, "TTBR1 unchanged")
+    ev, ok = judge(a, "hardened", seen, _Hv(), ["INV-KPT-RO: EL1_PTE page 0x42400 writable"])
+    assert not ok and "INV-KPT-RO" in ev.detail
+    assert judge(a, "hardened", seen, _Hv(), [])[1]

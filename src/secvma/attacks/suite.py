@@ -42,12 +42,15 @@ def _listed(hv: Hypervisor, attr: str) -> list[object]:
     return list(v) if isinstance(v, list) else []
 
 
-def judge(attack: Attack, policy: str, ev: Evidence, hv: Hypervisor) -> tuple[Evidence, bool]:
+def judge(attack: Attack, policy: str, ev: Evidence, hv: Hypervisor,
+          violations: list[str] | None = None) -> tuple[Evidence, bool]:
     """The verdict the outcome reports and whether it is the expected one.
 
     An internal error of the hypervisor overrides the evidence (whatever the attack saw, the
     run proves a bug); a halt under a hypervisor that logs refusals must be explained by a
     refusal it logged as a panic or a stall, else it is a halt nobody decided: also a bug.
+    Under `hardened` an invariant broken after the attack is a mismatch too: the attack saw no
+    effect, yet the hypervisor's own state is wrong (secvma2024's gaps may break them).
     """
     errors = _listed(hv, "internal_errors")
     if errors:
@@ -58,7 +61,17 @@ def judge(attack: Attack, policy: str, ev: Evidence, hv: Hypervisor) -> tuple[Ev
                     for r in _listed(hv, "refusals")}
         if not outcomes & {"panic", "stall"}:
             return Evidence(Verdict.HALTED, f"{ev.detail} (no refusal explains the halt)"), False
+    if violations and policy == "hardened":
+        return Evidence(ev.verdict, f"{ev.detail}; invariant violated: {violations[0]}"), False
     return ev, ev.verdict in attack.expect.get(policy, frozenset())
+
+
+def _invariants(hv: Hypervisor, s: TestbedSession) -> list[str]:
+    """Every invariant of docs/kpcore-spec.md §9 after the attack, the kernel idle (KPCore only)."""
+    check = getattr(hv, "check_invariants", None)
+    if check is None or getattr(hv, "st", None) is None:
+        return []
+    return [str(v) for v in check(s.platform, full=True)]
 
 
 def run_attack(attack: Attack, policy: str, s2: str = "huge",
@@ -66,14 +79,16 @@ def run_attack(attack: Attack, policy: str, s2: str = "huge",
     """Boot a fresh testbed under `policy`, run one scenario, and judge it."""
     hv = make_hypervisor(policy, s2)
     t0 = time.perf_counter()
+    violations: list[str] = []
     try:
         with TestbedSession(hv, image=image, command_timeout_s=30) as s:
             ev = attack.run(s)
+            violations = _invariants(hv, s)
     except MachineStopped as e:
         ev = Evidence(Verdict.HALTED, str(e))
     except TimeoutError as e:
         ev = Evidence(Verdict.HALTED, f"the kernel stopped answering: {e}")
-    ev, matches = judge(attack, policy, ev, hv)
+    ev, matches = judge(attack, policy, ev, hv, violations)
     refusals = [f"{getattr(r, 'rule', '?')}: {getattr(r, 'reason', r)}"
                 for r in _listed(hv, "refusals")]
     expected = attack.expect.get(policy, frozenset())
