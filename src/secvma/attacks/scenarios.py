@@ -457,6 +457,57 @@ def module_name_prefix(s: TestbedSession) -> Evidence:
     return _load_evidence(s.load_module(image), "module 'hell' (signed entry: 'hello')")
 
 
+def write_module_rodata(s: TestbedSession) -> Evidence:
+    """Gap 15: load a genuine module, then overwrite its verified read-only data (C maps MOD_ro
+    read/write at stage 2) through a writable alias."""
+    from secvma.testbed.modules import loaded_module
+
+    r = s.load_module(_test_module(s, "mod_hello"))
+    if not r.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, f"the genuine module did not load: {r.msg}")
+    lm = loaded_module(s.platform, s.image, r.ret[0])
+    if not lm.report.ro_pages:
+        return Evidence(Verdict.NOT_APPLICABLE, "mod_hello has no read-only data")
+    before = lm.read(s.platform, lm.report.ro_va, 8)
+    alias = s.vmap(lm.report.ro_pa, 0x1000, 0)
+    if not alias.ok:
+        return Evidence(Verdict.BLOCKED, "the writable alias could not be mapped")
+    w = s.write(alias.value, 0x4141414141414141)
+    after = lm.read(s.platform, lm.report.ro_va, 8)
+    if after != before:
+        return Evidence(Verdict.SUCCEEDED, f"module rodata at {lm.report.ro_va:#x} now {after.hex()}")
+    return Evidence(Verdict.BLOCKED, f"store {w.status.name.lower()} (ESR {w.esr:#x}); "
+                                     "module rodata unchanged")
+
+
+def load_tampered_text(s: TestbedSession) -> Evidence:
+    """Change one instruction of a signed module's code, then insmod it."""
+    from secvma.module.elf import ElfModule
+
+    data = bytearray(_test_module(s, "mod_counter"))
+    text = ElfModule(bytes(data)).section_by_name(".text")
+    if text is None or text.size < 4:
+        return Evidence(Verdict.NOT_APPLICABLE, "mod_counter has no code to change")
+    data[text.offset:text.offset + 4] = (0xD503201F).to_bytes(4, "little")  # nop
+    # loaded up to (not including) its init: the patched code is installed, whatever it does
+    return _load_evidence(s.load_module(bytes(data), no_init=True), "the module with patched code")
+
+
+def double_registered_root(s: TestbedSession) -> Evidence:
+    """Register a user root twice (HVC 33, HVC 33), release it once (HVC 34), switch to it."""
+    page = s.alloc_page(pgtable_pool=True)
+    if not page.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, "no page-table pool page")
+    root = int(page.ret[1])
+    s.hvc(33, root)
+    s.hvc(33, root)
+    s.hvc(34, root)
+    r = s.hvc(35, root, 0)
+    now = s.mrs(SysReg.TTBR0_EL1).value
+    if now & 0x0000_FFFF_FFFF_F000 == root:
+        return Evidence(Verdict.SUCCEEDED, f"TTBR0 -> released root {root:#x}")
+    return Evidence(Verdict.BLOCKED, f"HVC 35 -> {_hvc_ret(r):#x}; TTBR0 still {now:#x}")
+
 _PXN = "PXN forced on the entry the kernel asked for (the store is emulated, not refused)"
 # secvma2024 has no way to emulate a table store without a syndrome (ISV = 0: writeback, pair,
 # non-temporal forms): the C design panics on it
@@ -564,4 +615,10 @@ ATTACKS: list[Attack] = [
            load_unsigned_module, BLOCKED),
     Attack("module-name-prefix", "insmod 'hell', a prefix of the signed 'hello'",
            module_name_prefix, GAP, gap="6 (names matched by prefix)"),
+    Attack("load-tampered-text", "insmod a signed module with one instruction changed",
+           load_tampered_text, BLOCKED),
+    Attack("write-module-rodata", "overwrite a loaded module's verified read-only data",
+           write_module_rodata, GAP, gap="15 (MOD_ro writable)"),
+    Attack("hvc33-double-register", "register a user root twice, release once, switch to it",
+           double_registered_root, BLOCKED),
 ]
