@@ -8,7 +8,6 @@ pages EL2 installed and relocated; their `module_report` values prove it.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ OTHER_MOD = '''#include "module.h"
 MODULE_NAME("other");
 int init_module(void) { return 0; }
 '''
-TIMES: dict[str, list[tuple[str, float, float]]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +81,12 @@ def _report(s: Any, i: int) -> int:
     return int(s.read(s.image.va("module_reports") + 8 * i).value)
 
 
-def _timed(s: Any, what: str, fn: Any) -> Any:
-    t = time.perf_counter()
-    r = fn()
-    TIMES.setdefault(what, []).append((what, time.perf_counter() - t, r.guest_s))
-    return r
-
-
 def _load(s: Any, blob: bytes, what: str = "") -> Any:
-    return _timed(s, f"load {what}", lambda: s.load_module(blob)) if what else \
-        s.load_module(blob)
+    return s.load_module(blob)
 
 
 def _unload(s: Any, handle: int, what: str = "") -> Any:
-    return _timed(s, f"unload {what}", lambda: s.unload_module(handle)) if what else \
-        s.unload_module(handle)
+    return s.unload_module(handle)
 
 
 def _clean(s: Any, hv: KPCore) -> None:
@@ -214,14 +203,3 @@ def test_kernel_write_to_module_text_refused(session: tuple[Any, KPCore],
     assert _unload(s, r.ret[0]).ok
     assert _report(s, 0) == 0xB7E  # exit still ran from the untouched text
     _clean(s, hv)
-
-
-def test_report_times(session: tuple[Any, KPCore]) -> None:
-    """(Prints the measured host/guest load and unload times of this session.)"""
-    _s, hv = session
-    for what, rows in sorted(TIMES.items()):
-        host = sum(r[1] for r in rows) / len(rows)
-        guest = sum(r[2] for r in rows) / len(rows)
-        print(f"{hv.policy.name:10s} {what:22s} host {host * 1e3:7.2f} ms  "
-              f"guest {guest * 1e3:7.2f} ms  (n={len(rows)})")
-    TIMES.clear()
