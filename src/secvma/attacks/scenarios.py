@@ -508,6 +508,26 @@ def double_registered_root(s: TestbedSession) -> Evidence:
         return Evidence(Verdict.SUCCEEDED, f"TTBR0 -> released root {root:#x}")
     return Evidence(Verdict.BLOCKED, f"HVC 35 -> {_hvc_ret(r):#x}; TTBR0 still {now:#x}")
 
+def _text_alias_store(form: Form, width: int) -> Callable[[TestbedSession], Evidence]:
+    """Map a kernel text page writable in vmalloc, then change it with one store of `form`
+    (DC ZVA zeroes a whole cache-line block; a pair writes 2 x `width` bytes)."""
+    def run(s: TestbedSession) -> Evidence:
+        target = _bi(s).text + 0x2000
+        before = _read_pa(s, target, 64)
+        alias = s.vmap(target, 0x1000, 0)
+        if not alias.ok:
+            return Evidence(Verdict.BLOCKED, "the writable alias could not be mapped")
+        flipped = ~int.from_bytes(before[:8], "little") & ((1 << (8 * width)) - 1)  # every bit
+        w = s.write(alias.value, flipped, width, form, flipped)
+        after = _read_pa(s, target, 64)
+        if after != before:
+            return Evidence(Verdict.SUCCEEDED, f"kernel text at PA {target:#x} changed by "
+                                               f"{form.name}: {after[:16].hex()}")
+        return Evidence(Verdict.BLOCKED, f"{form.name} {w.status.name.lower()} (ESR {w.esr:#x}); "
+                                         "text unchanged")
+    run.__doc__ = f"Patch kernel text through a writable alias with {form.name} ({width} bytes)."
+    return run
+
 _PXN = "PXN forced on the entry the kernel asked for (the store is emulated, not refused)"
 # secvma2024 has no way to emulate a table store without a syndrome (ISV = 0: writeback, pair,
 # non-temporal forms): the C design panics on it
@@ -577,6 +597,14 @@ ATTACKS: list[Attack] = [
            fixed_up=_PXN),
     Attack("pte-str-pre-4", "make data executable: 4-byte pre-index STR of the low half",
            _pte_store_attack(Form.STR_PRE, 4), ISV0_PANICS, fixed_up=_PXN),
+    Attack("text-alias-dc-zva", "zero a block of kernel text with DC ZVA through an alias",
+           _text_alias_store(Form.DC_ZVA, 8), BLOCKED),
+    Attack("text-alias-stp", "patch kernel text with one STP through an alias",
+           _text_alias_store(Form.STP, 8), BLOCKED),
+    Attack("text-alias-strb", "patch one byte of kernel text through an alias",
+           _text_alias_store(Form.STR, 1), BLOCKED),
+    Attack("text-alias-strh", "patch two bytes of kernel text through an alias",
+           _text_alias_store(Form.STR, 2), BLOCKED),
     # aliases and break-before-make
     Attack("table-via-alias", "write a live page table through a writable alias of it",
            table_via_alias, FORCED, fixed_up=_PXN),
