@@ -66,14 +66,11 @@ def _candidate_dirs() -> list[Path]:
     if env:
         dirs.append(Path(env) / "native")
     else:
-        try:
-            from secvma.machine.build import repo_root
+        from secvma.machine.build import repo_root
 
-            root = repo_root()
-            if (root / "pyproject.toml").exists():
-                dirs.append(root / "build" / "native")
-        except ImportError:  # pragma: no cover - the machine package is part of secvma
-            pass
+        root = repo_root()
+        if (root / "pyproject.toml").exists():
+            dirs.append(root / "build" / "native")
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     dirs.append(Path(cache) / "secvma" / "native")
     return dirs
