@@ -33,6 +33,7 @@ class Verdict(enum.Enum):
     BLOCKED = "blocked"  # no effect, the kernel goes on
     HALTED = "blocked (machine halted)"  # no effect; the hypervisor panicked/stalled the kernel
     NOT_APPLICABLE = "n/a"
+    ERROR = "error"  # the run could not judge (setup failed, hypervisor internal error)
 
 
 @dataclass
