@@ -177,9 +177,9 @@ def fetch(force: bool = False) -> FixtureSet:
 
 
 class _PrivateApt:
-    """apt-get/apt-cache with their own lists, status and sources: arm64 only."""
+    """apt-get/apt-cache with their own lists, status and sources: one architecture (arm64)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, arch: str = "arm64") -> None:
         self.base = base
         for sub in ("lists/partial", "archives/partial", "cache", "prefs.d", "sources"):
             (base / sub).mkdir(parents=True, exist_ok=True)
@@ -189,8 +189,8 @@ class _PrivateApt:
         conf.write_text(
             "\n".join(
                 [
-                    'APT::Architecture "arm64";',
-                    'APT::Architectures { "arm64"; };',
+                    f'APT::Architecture "{arch}";',
+                    f'APT::Architectures {{ "{arch}"; }};',
                     f'Dir::State::Lists "{base}/lists";',
                     f'Dir::State::status "{base}/status";',
                     f'Dir::Cache "{base}/cache";',

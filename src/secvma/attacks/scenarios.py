@@ -34,6 +34,7 @@ class Verdict(enum.Enum):
     HALTED = "blocked (machine halted)"  # no effect; the hypervisor panicked/stalled the kernel
     INTERNAL_ERROR = "internal error"  # the hypervisor hit a model bug: never an expected verdict
     NOT_APPLICABLE = "n/a"
+    ERROR = "error"  # the run could not judge (setup failed, no report): never expected
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -10,22 +11,36 @@ from rich.table import Table
 from secvma.ui import console, emit_json, err_console, fail
 
 _STYLE = {"succeeded": "red", "blocked": "green", "blocked (machine halted)": "green", "n/a": "dim",
-          "internal error": "bold red"}
+          "internal error": "bold red", "error": "red"}
 
 
 @click.command()
+@click.option("--guest", type=click.Choice(["testbed", "linux"]), default="testbed",
+              show_default=True,
+              help="testbed: the testbed kernel's EL1 primitives; linux: the unmodified Debian "
+                   "kernel attacked by the secvma_lkdtm module.")
 @click.option("--policy", "policies", multiple=True,
-              type=click.Choice(["none", "secvma2024", "hardened"]),
-              help="Policies to attack (repeatable; default: all three).")
+              type=click.Choice(["none", "secvma2024", "hardened", "transparent"]),
+              help="Policies to attack (repeatable; default: all of the guest's: testbed none, "
+                   "secvma2024, hardened; linux none, transparent).")
 @click.option("--only", multiple=True, help="Run only these scenarios (repeatable).")
 @click.option("--s2", type=click.Choice(["huge", "4k"]), default="huge", show_default=True)
 @click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write a Markdown report to FILE.md and the verdict matrix to FILE.png.")
+              help="testbed: also write a Markdown report to FILE.md and the verdict matrix to "
+                   "FILE.png.")
+@click.option("--console", "echo", is_flag=True, help="linux: echo the kernel console.")
 @click.option("--json", "as_json", is_flag=True)
-def attack(policies: tuple[str, ...], only: tuple[str, ...], s2: str, list_only: bool,
-           report: Path | None, as_json: bool) -> None:
-    """A compromised kernel's attacks, each judged by its effect, under none/secvma2024/hardened."""
+def attack(guest: str, policies: tuple[str, ...], only: tuple[str, ...], s2: str, list_only: bool,
+           report: Path | None, echo: bool, as_json: bool) -> None:
+    """A compromised kernel's attacks, each judged by its effect, under each policy."""
+    if guest == "linux":
+        if report is not None:
+            fail("--report is for the testbed suite", "drop --report with --guest linux")
+        _attack_linux(policies, only, list_only, echo, as_json)
+        return
+    if "transparent" in policies:
+        fail("policy transparent is for the Debian kernel", "use --guest linux")
     from secvma.attacks.scenarios import ATTACKS, Verdict
     from secvma.attacks.suite import POLICIES, run_suite
 
@@ -50,12 +65,51 @@ def attack(policies: tuple[str, ...], only: tuple[str, ...], s2: str, list_only:
 
         png = write_report(res, report, s2)
         err_console.print(f"report written to {report}, verdict matrix to {png}")
+    _report(res, f"secvma attack (stage 2: {s2})", as_json)
+
+
+def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: bool, echo: bool,
+                  as_json: bool) -> None:
+    from secvma.fixtures import FixturesUnavailable
+    from secvma.linux.attacks import ATTACKS, EXPECT, NAMES, run_linux_suite
+    from secvma.linux.session import POLICIES
+    from secvma.machine.errors import MachineError
+
+    bad = [p for p in policies if p not in POLICIES]
+    if bad:
+        fail(f"policy {', '.join(bad)} is for the testbed kernel",
+             f"the Debian kernel runs under {' or '.join(POLICIES)}")
+    unknown = [n for n in only if n not in NAMES]
+    if unknown:
+        fail(f"unknown scenario(s): {', '.join(unknown)}", "see `secvma attack --guest linux --list`")
+    if list_only:
+        t = Table(title="attacks on the Debian kernel (module secvma_lkdtm)")
+        for col in ("name", "goal", "how", "blocked under transparent by",
+                    "expected (none / transparent)"):
+            t.add_column(col, overflow="fold")
+        for a in ATTACKS:
+            t.add_row(a.name, a.goal, a.how, a.rule,
+                      " / ".join(", ".join(sorted(v.value for v in EXPECT[p])) for p in POLICIES))
+        console.print(t)
+        return
+    try:
+        with console.status("attacking Debian (one fresh boot per attack and policy)...",
+                            spinner="dots"):
+            res = run_linux_suite(policies or POLICIES, only, echo=echo and not as_json)
+    except MachineError as exc:
+        fail(exc.message, exc.hint or "rerun with --console to see the kernel's output")
+    except FixturesUnavailable as exc:
+        fail(f"Debian fixtures: {exc}", "run `secvma fixtures fetch` with the archive reachable")
+    _report(res, "secvma attack --guest linux", as_json)
+
+
+def _report(res: dict[str, Any], title: str, as_json: bool) -> None:
     if as_json:
         emit_json(res)
         if not res["ok"]:
             raise SystemExit(1)
         return
-    t = Table(title=f"secvma attack (stage 2: {s2})")
+    t = Table(title=title)
     for col in ("scenario", "policy", "verdict", "as expected", "evidence"):
         t.add_column(col, overflow="fold")
     for o in res["outcomes"]:

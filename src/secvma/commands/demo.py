@@ -60,6 +60,31 @@ def _step_attacks() -> dict[str, Any]:
     return data
 
 
+def _step_linux() -> dict[str, Any]:
+    """The stock Debian kernel: workloads and the secvma_lkdtm attacks, none vs transparent."""
+    from secvma.linux.attacks import run_linux_suite
+    from secvma.linux.session import POLICIES, run_linux_workloads
+
+    runs = {p: run_linux_workloads(p).to_json() for p in POLICIES}
+    attacks = run_linux_suite(POLICIES)
+    parts = []
+    for p, r in runs.items():
+        bad = [n for n, w in r["workloads"].items() if not w["ok"]]
+        secs = sum(w["seconds"] or 0.0 for w in r["workloads"].values())
+        parts.append(f"{p}: {len(r['workloads']) - len(bad)}/{len(r['workloads'])} workloads ok "
+                     f"in {secs:.1f} s" + (f" (FAILED: {', '.join(bad)})" if bad else "")
+                     + f", {len(r['refusals'])} refusals")
+    parts += [f"attacks {p}: {c['blocked']} blocked, {c['succeeded']} succeeded"
+              for p, c in attacks["summary"].items()]
+    if not attacks["ok"]:
+        parts.append("UNEXPECTED: " + ", ".join(f"{o['attack']}@{o['policy']}"
+                                                for o in attacks["outcomes"] if not o["matches"]))
+    for r in runs.values():
+        r.pop("traps", None)
+    return {"ok": all(r["ok"] for r in runs.values()) and attacks["ok"], "workloads": runs,
+            "attacks": attacks, "summary": "; ".join(parts)}
+
+
 def _step_micro() -> dict[str, Any]:
     from secvma import fixtures
     from secvma.bench.micro import TARGETS, run_micro
@@ -100,6 +125,7 @@ STEPS: list[tuple[str, Callable[[], dict[str, Any]]]] = [
     ("testbed kernel, workloads, policy hardened, 4 KB stage 2", _step_run("hardened", "4k")),
     ("testbed kernel, workloads, policy secvma2024", _step_run("secvma2024")),
     ("attack suite", _step_attacks),
+    ("stock Debian kernel: workloads and secvma_lkdtm attacks, none vs transparent", _step_linux),
     ("Debian modules signed, linked and installed by EL2 (xfs, virtio_crypto)", _step_modules),
     ("trap round trips (bench micro)", _step_micro),
 ]

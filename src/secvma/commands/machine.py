@@ -14,7 +14,7 @@ from secvma.ui import console, emit_json, fail
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the built paths as JSON.")
 def build(as_json: bool) -> None:
-    """Build the guest code: EL2 trampoline, Debian initramfs, testbed kernel (cached)."""
+    """Build the guest code: EL2 trampoline, initramfs, testbed kernel, Debian guest (cached)."""
     from secvma.machine.build import build_trampoline
     from secvma.machine.initramfs import build_initramfs
     from secvma.testbed.build import build_testbed
@@ -26,6 +26,22 @@ def build(as_json: bool) -> None:
         out["testbed"] = str(build_testbed().kernel_bin)
     except MachineError as e:
         fail(str(e), e.hint)
+    from secvma import fixtures
+
+    if fixtures.available() is not None:  # the Debian guest needs the fixtures and their kbuild
+        from secvma.linux.guestbuild import build_linux_guest
+
+        try:
+            guest = build_linux_guest()
+        except MachineError as e:
+            fail(str(e), e.hint)
+        except fixtures.FixturesUnavailable as e:
+            console.print(f"[yellow]warning[/] Debian guest not built: {e}")
+        else:
+            out["linux_initramfs"] = str(guest.initramfs)
+            out["secvma_lkdtm"] = str(guest.modules.lkdtm)
+    else:
+        console.print("[yellow]warning[/] Debian guest not built: run `secvma fixtures fetch`")
     try:  # optional: the module toolchain falls back to pure Python without it
         from secvma.module.native import build_native
 

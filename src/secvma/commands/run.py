@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.table import Table
 
@@ -16,16 +18,31 @@ from secvma.testbed.policies import (
 from secvma.testbed.run import WORKLOADS, RunReport, run_workloads
 from secvma.ui import console, emit_json, err_console, fail
 
+if TYPE_CHECKING:
+    from secvma.linux.session import LinuxRunReport
+
+
+LINUX_POLICIES = ("none", "transparent")
+LINUX_WORKLOADS = ("forkexec", "mmap", "pipe", "threads", "fileio", "modules")
+
 
 @click.command("run")
-@click.option("--policy", type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
-              help="Hypervisor policy: none (no protection), secvma2024, hardened.")
+@click.option("--guest", type=click.Choice(["testbed", "linux"]), default="testbed",
+              show_default=True,
+              help="testbed: the testbed kernel; linux: the unmodified Debian kernel.")
+@click.option("--policy", type=click.Choice((*POLICIES, "transparent")), default=None,
+              help=f"Hypervisor policy. testbed: none, secvma2024, hardened (default "
+                   f"{DEFAULT_POLICY}); linux: none, transparent (default transparent).")
 @click.option("--s2", type=click.Choice(S2_MODES), default="huge", show_default=True,
               help="Stage-2 mapping granularity.")
+@click.option("--smp", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="CPUs (linux only; the testbed kernel runs on one).")
 @click.option("--workload", "workloads", multiple=True, default=("all",), show_default=True,
-              type=click.Choice((*WORKLOADS, "all")), help="Workload to run (repeatable).")
-@click.option("--timeout", type=float, default=120.0, show_default=True,
-              help="Seconds before the run is declared hung.")
+              type=click.Choice(tuple(dict.fromkeys((*WORKLOADS, *LINUX_WORKLOADS, "all")))),
+              help="Workload to run (repeatable). testbed: " + ", ".join(WORKLOADS)
+                   + "; linux: " + ", ".join(LINUX_WORKLOADS) + ".")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds before the run is declared hung (default 120 testbed, 900 linux).")
 @click.option("--console", "echo", is_flag=True, help="Echo the kernel console while running.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--module-keys", "module_key", type=click.Path(exists=True, dir_okay=False),
@@ -36,16 +53,32 @@ from secvma.ui import console, emit_json, err_console, fail
 @click.option("--check-invariants", is_flag=True,
               help="Check every invariant of docs/kpcore-spec.md §9 after every trap "
                    "(slow; not for --policy none).")
-def run_cmd(policy: str, s2: str, workloads: tuple[str, ...], timeout: float, echo: bool,
-            as_json: bool, module_key: str | None, module_sigs: str | None,
-            check_invariants: bool) -> None:
-    """Boot the testbed kernel, run workloads, print a summary.
+def run_cmd(guest: str, policy: str | None, s2: str, smp: int, workloads: tuple[str, ...],
+            timeout: float | None, echo: bool, as_json: bool, module_key: str | None,
+            module_sigs: str | None, check_invariants: bool) -> None:
+    """Boot a kernel under a policy, run workloads, print a summary.
 
     Per workload: ok and wall time (measured from the host); traps by class; hypervisor
-    refusals; invariant violations. Exit status 1 when a workload fails or the hypervisor
-    refused anything, hit an internal error or saw an invariant broken (legal workloads need
-    none of these).
+    refusals; invariant violations (and for `--guest linux` what the policy protects). Exit
+    status 1 when a workload fails or the hypervisor refused anything, hit an internal error or
+    saw an invariant broken (legal workloads need none of these).
     """
+    if guest == "linux":
+        if module_key is not None or module_sigs is not None:
+            fail("--module-keys/--module-sigs are for the testbed kernel",
+                 "the Debian kernel's modules carry their own Linux signatures")
+        _run_linux(policy or "transparent", s2, smp, workloads, timeout or 900.0, echo, as_json,
+                   check_invariants)
+        return
+    if smp != 1:
+        fail("the testbed kernel runs on one CPU", "drop --smp, or use --guest linux")
+    policy = policy or DEFAULT_POLICY
+    if policy not in POLICIES:
+        fail(f"policy {policy!r} is for the Debian kernel", "use --guest linux")
+    bad = [w for w in workloads if w not in (*WORKLOADS, "all")]
+    if bad:
+        fail(f"not a testbed workload: {', '.join(bad)}", f"one of {', '.join(WORKLOADS)}")
+    timeout = timeout or 120.0
     kw: dict[str, object] = {}
     if check_invariants:
         if policy == "none":
@@ -80,6 +113,61 @@ def run_cmd(policy: str, s2: str, workloads: tuple[str, ...], timeout: float, ec
                           f"{len(report.internal_errors)}, invariant violations "
                           f"{len(report.invariant_violations)}")
         raise SystemExit(1)
+
+
+def _run_linux(policy: str, s2: str, smp: int, workloads: tuple[str, ...], timeout: float,
+               echo: bool, as_json: bool, check_invariants: bool) -> None:
+    from secvma.fixtures import FixturesUnavailable
+    from secvma.linux.session import run_linux_workloads
+
+    if policy not in LINUX_POLICIES:
+        fail(f"policy {policy!r} is for the testbed kernel",
+             f"the Debian kernel runs under {' or '.join(LINUX_POLICIES)}")
+    bad = [w for w in workloads if w not in (*LINUX_WORKLOADS, "all")]
+    if bad:
+        fail(f"not a Linux workload: {', '.join(bad)}", f"one of {', '.join(LINUX_WORKLOADS)}")
+    if check_invariants and policy == "none":
+        fail("--check-invariants needs a KPCore policy", "use --policy transparent")
+    try:
+        report = run_linux_workloads(policy, s2, smp, workloads, check_invariants=check_invariants,
+                                     timeout_s=timeout, echo=echo and not as_json)
+    except MachineError as exc:
+        fail(exc.message, exc.hint or "rerun with --console to see the kernel's output")
+    except FixturesUnavailable as exc:
+        fail(f"Debian fixtures: {exc}", "run `secvma fixtures fetch` with the archive reachable")
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        _print_linux(report)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _print_linux(r: LinuxRunReport) -> None:
+    boot = f"{r.boot_s:.3f} s" if r.boot_s is not None else "never reached userspace"
+    console.print(f"[bold]Debian[/] policy [cyan]{r.policy}[/], stage 2 [cyan]{r.s2}[/], "
+                  f"{r.smp} CPU(s): userspace at {boot}, total {r.wall_s:.3f} s, exit {r.exit}"
+                  + (f" ({r.reason})" if r.reason else ""))
+    t = Table(title="workloads (each checked for its result)")
+    for col in ("workload", "ok", "time", "result"):
+        t.add_column(col, justify="right" if col == "time" else "left")
+    for w in r.workloads.values():
+        t.add_row(w.name, "[green]ok[/]" if w.ok else "[red]FAIL[/]",
+                  "-" if w.seconds is None else f"{w.seconds * 1e3:.1f} ms", w.detail)
+    console.print(t)
+    p = Table(title="protection")
+    p.add_column("what")
+    p.add_column("value")
+    for k, v in r.protection.items():
+        p.add_row(k, str(v))
+    console.print(p)
+    console.print("traps: " + ", ".join(f"{k} {v}" for k, v in sorted(r.traps.items())))
+    console.print(f"hypervisor refusals: {len(r.refusals)}   invariant violations: "
+                  f"{len(r.invariant_violations)}   internal errors: {len(r.internal_errors)}")
+    for ref in r.refusals[:10]:
+        console.print(f"  [red]refused[/] {ref['rule']}: {ref['reason']}")
+    for line in r.invariant_violations[:10] + r.internal_errors[:10]:
+        console.print(f"  [red]{line}[/]")
 
 
 def _print(r: RunReport) -> None:

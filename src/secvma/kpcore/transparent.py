@@ -217,6 +217,26 @@ class TransparentKPCore:
             out["stage2"] = st.s2.histogram()
         return out
 
+    def protection_summary(self) -> dict[str, object]:
+        """What is protected and validated now (the `protection` of `secvma run --guest linux`).
+
+        Keys are a command contract (issue 10): table pages by level, kernel-code pages, text
+        patches accepted/refused, user roots live/released, modules authenticated/refused.
+        """
+        st = self.st
+        refused = [r.rule for r in self.refusals]
+        return {
+            "table_pages": {u.name: 0 if st is None else len(st.pages.pages_of(u))
+                            for u in KPT_BY_LEVEL},
+            "kernel_code_pages": 0 if st is None else len(st.pages.pages_of(Usage.EL1_KCODE)),
+            "text_patches_accepted": self.stats.get("text_patches", 0),
+            "text_patches_refused": sum(r == "text-store" for r in refused),
+            "user_roots_live": 0,
+            "user_roots_released": 0,
+            "modules_authenticated": 0,
+            "modules_refused": 0,
+        }
+
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
         st = self.attach(platform)
         self.stats["trap." + type(event).__name__] += 1

@@ -43,6 +43,7 @@ __all__ = [
     "certificates_from_image",
     "load_certificate",
     "parse_appended_signature",
+    "sign_appended",
     "split_appended_signature",
     "verify_appended_signature",
 ]
@@ -223,6 +224,25 @@ def verify_appended_signature(data: bytes, cert: x509.Certificate) -> AppendedSi
             f"does not verify{who}"
         ) from exc
     return sig
+
+
+def sign_appended(data: bytes, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> bytes:
+    """`data` (an unsigned .ko) with a Linux appended signature, as the kernel's sign-file makes.
+
+    PKCS#7 detached SignedData over the ELF bytes, SHA-256, no signed attributes and no
+    certificates in the blob (the signer is named by issuer and serial), then the 12-byte
+    `struct module_signature` (id_type 2) and the magic. Raises ModuleError if `data` is
+    already signed.
+    """
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    if data.endswith(MAGIC):
+        raise ModuleError("module is already signed")
+    opts = [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.NoAttributes,
+            pkcs7.PKCS7Options.NoCerts, pkcs7.PKCS7Options.Binary]
+    blob = (pkcs7.PKCS7SignatureBuilder().set_data(data)
+            .add_signer(cert, key, hashes.SHA256()).sign(serialization.Encoding.DER, opts))
+    return data + blob + _TRAILER.pack(0, 0, PKEY_ID_PKCS7, 0, 0, b"\0\0\0", len(blob)) + MAGIC
 
 
 _CERT_START = re.compile(rb"\x30\x82(..)\x30\x82", re.DOTALL)

@@ -1,0 +1,64 @@
+"""Reading the helper's report lines: a missing line is a failure, an effect is a success."""
+
+from __future__ import annotations
+
+from secvma.attacks.scenarios import Verdict
+from secvma.linux.attacks import judge
+from secvma.linux.session import parse_workloads
+
+CONSOLE = """[    1.1] Run /init as init process
+SECVMA-INIT: hello from userspace
+SECVMA-WL pipe 1 269700000 4 groups x 400 msgs = 160000 bytes verified; 400 ping-pongs
+SECVMA-WL threads 0 1000 counters 79999 (atomic) 80000 (mutex), expected 80000
+"""
+
+
+def test_workload_lines_parsed_and_missing_one_fails() -> None:
+    got = parse_workloads(CONSOLE, ("pipe", "threads", "fileio"), "machine halted")
+    assert got["pipe"].ok and got["pipe"].seconds == 0.2697
+    assert "160000 bytes" in got["pipe"].detail
+    assert not got["threads"].ok and "79999" in got["threads"].detail
+    assert not got["fileio"].ok and got["fileio"].seconds is None
+    assert "machine halted" in got["fileio"].detail
+
+
+def test_only_the_first_report_of_a_workload_counts() -> None:
+    text = CONSOLE + "SECVMA-WL pipe 0 5 later garbage\n"
+    assert parse_workloads(text, ("pipe",), "")["pipe"].ok
+
+
+def _atk(name: str, effect: int, status: str, detail: str, alive: int | None = 1) -> str:
+    out = f"secvma_lkdtm: {name}\nSECVMA-ATK {name} {effect} {status} {detail}\n"
+    return out + (f"SECVMA-ALIVE {alive} status 0\n" if alive is not None else "")
+
+
+def test_effect_means_succeeded() -> None:
+    v, d = judge(_atk("WRITE_RO", 1, "exited:0", "effect=1 x -> y"), "WRITE_RO", "poweroff", [])
+    assert v is Verdict.SUCCEEDED and "x -> y" in d
+
+
+def test_no_effect_and_machine_alive_means_blocked() -> None:
+    v, d = judge(_atk("EXEC_DATA", 0, "signal:11", "effect=0 calling it"), "EXEC_DATA",
+                 "poweroff", [])
+    assert v is Verdict.BLOCKED and "killed" in d
+
+
+def test_no_effect_and_machine_gone_is_halted_not_blocked() -> None:
+    v, _ = judge(_atk("EXEC_DATA", 0, "signal:11", "effect=0", alive=None), "EXEC_DATA",
+                 "timeout", [])
+    assert v is Verdict.HALTED
+    v, _ = judge("secvma_lkdtm: EXEC_DATA\n", "EXEC_DATA", "halt", [])
+    assert v is Verdict.HALTED
+
+
+def test_internal_error_and_setup_failure_are_errors_never_blocked() -> None:
+    text = _atk("WRITE_RO", 0, "exited:0", "effect=0")
+    assert judge(text, "WRITE_RO", "poweroff", ["Stage2Abort: KeyError"])[0] is Verdict.INTERNAL_ERROR
+    text = _atk("WRITE_RO", 0, "setup:-2", "loading secvma_lkdtm failed")
+    assert judge(text, "WRITE_RO", "poweroff", [])[0] is Verdict.ERROR
+    assert judge("", "WRITE_RO", "poweroff", [])[0] is Verdict.ERROR
+
+
+def test_a_report_for_another_attack_is_not_evidence() -> None:
+    assert judge(_atk("WRITE_RO", 1, "exited:0", "effect=1"), "WRITE_KERN", "poweroff",
+                 [])[0] is Verdict.ERROR
