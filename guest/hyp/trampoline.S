@@ -468,11 +468,12 @@ guard_loop:                             // each entry: (reg & mask) == value, el
     cbz     w1, irq_done
     ldr     w1, [x20]
     bl      mrs_dispatch
-    str     x2, [x20, #24]              // seen
+    str     x2, [x20, #32]              // seen
     ldr     x3, [x20, #8]
     and     x3, x2, x3
-    ldr     x4, [x20, #16]
+    ldp     x4, x5, [x20, #16]          // value, alt
     cmp     x3, x4
+    ccmp    x3, x5, #4, ne              // equal to value, or else to alt
     b.ne    guard_trip
     add     x20, x20, #GUARD_ENTRY_SIZE
     add     x21, x21, #1

@@ -138,7 +138,7 @@ class GuardTrip:
 
     The machine checks pinned registers itself on every interrupt that reaches EL2 (at least
     once per guard interval, `Vcpu.arm_guard`) and reports only a mismatch: `value` is what the
-    register holds, `pinned`/`mask` what it was pinned to. The kernel has not run since; unless
+    register holds, `pinned`/`alt`/`mask` what it was pinned to. The kernel has not run since; unless
     the hypervisor writes the register (or halts), it resumes with the forged value.
     """
 
@@ -146,6 +146,7 @@ class GuardTrip:
     value: int
     pinned: int
     mask: int
+    alt: int
 
 
 Event = CpuStart | Hvc | Smc | Stage2Abort | SysregTrap | OtherTrap | Unexpected | GuardTrip
@@ -217,8 +218,9 @@ class Vcpu(Protocol):
         """
         ...
 
-    def pin_sysreg(self, reg: SysReg, value: int, mask: int = (1 << 64) - 1) -> None:
-        """Have the guard check `(reg & mask) == value` on this CPU (replaces an earlier pin)."""
+    def pin_sysreg(self, reg: SysReg, value: int, mask: int = (1 << 64) - 1,
+                   alt: int | None = None) -> None:
+        """Have the guard check `reg & mask` in {value, alt} on this CPU (replaces a pin)."""
         ...
 
     def unpin_sysreg(self, reg: SysReg) -> None:

@@ -121,9 +121,9 @@ FAST_ALLOW = 1
 # acknowledges it, hands it to EL1 as a virtual interrupt through a list register (HW=1, so
 # the kernel's EOI deactivates the physical one; SGIs HW=0), re-arms the timer, and compares
 # each guarded register with the table below. Only a mismatch goes to Python (KIND_GUARD).
-# Table of {reg u32 (SysReg index), state u32, mask u64, value u64, seen u64}: an entry with
-# state GUARD_ON matches when (reg & mask) == value; state 0 ends the table.
-GUARD_ENTRY_SIZE = 32
+# Table of {reg u32 (SysReg index), state u32, mask u64, value u64, alt u64, seen u64}: an
+# entry with state GUARD_ON matches when (reg & mask) is value or alt; state 0 ends the table.
+GUARD_ENTRY_SIZE = 40
 GUARD_MAX = (MB_GUARDTAB_END - MB_GUARDTAB) // GUARD_ENTRY_SIZE - 1
 GUARD_ON = 1
 SGI1R_ISS_KEY = (3 << 20) | (5 << 17) | (12 << 10) | (11 << 1)  # MSR ICC_SGI1R_EL1, Rt masked

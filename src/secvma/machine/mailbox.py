@@ -150,7 +150,7 @@ class MailboxCpu:
         self.pending_entry: int | None = None
         self.last_rt_valid = False
         self.started = False
-        self.pins: dict[SysReg, tuple[int, int]] = {}  # guard table: reg -> (mask, value)
+        self.pins: dict[SysReg, tuple[int, int, int]] = {}  # guard table: reg -> (mask, value, alt)
         self.guard_period = 0  # counter ticks, 0 while not armed
         self.trips = 0
 
@@ -245,8 +245,9 @@ class MailboxCpu:
         self.guard_period = max(1, interval_us * freq // 1_000_000)
         self.cmds.append((layout.OP_GUARD, self.guard_period, 0))
 
-    def pin_sysreg(self, reg: SysReg, value: int, mask: int = MASK64) -> None:
-        self.pins[SysReg(reg)] = (mask & MASK64, value & mask & MASK64)
+    def pin_sysreg(self, reg: SysReg, value: int, mask: int = MASK64, alt: int | None = None) -> None:
+        mask &= MASK64
+        self.pins[SysReg(reg)] = (mask, value & mask, (value if alt is None else alt) & mask)
         self._write_pins()
 
     def unpin_sysreg(self, reg: SysReg) -> None:
@@ -258,10 +259,10 @@ class MailboxCpu:
         if len(self.pins) > layout.GUARD_MAX:
             raise ValueError(f"at most {layout.GUARD_MAX} pinned registers")
         mm, base = self.server.mm, self.off + layout.MB_GUARDTAB
-        for i, (reg, (mask, value)) in enumerate(self.pins.items()):
-            struct.pack_into("<IIQQQ", mm, base + i * layout.GUARD_ENTRY_SIZE, int(reg), layout.GUARD_ON,
-                             mask, value, 0)
-        struct.pack_into("<IIQQQ", mm, base + len(self.pins) * layout.GUARD_ENTRY_SIZE, 0, 0, 0, 0, 0)
+        for i, (reg, (mask, value, alt)) in enumerate(self.pins.items()):
+            struct.pack_into("<IIQQQQ", mm, base + i * layout.GUARD_ENTRY_SIZE, int(reg), layout.GUARD_ON,
+                             mask, value, alt, 0)
+        struct.pack_into("<IIQQQQ", mm, base + len(self.pins) * layout.GUARD_ENTRY_SIZE, 0, 0, 0, 0, 0, 0)
 
     def guard_trip(self) -> GuardTrip:
         """The mismatch the trampoline reported (KIND_GUARD)."""
@@ -269,10 +270,10 @@ class MailboxCpu:
         if not 0 <= hit < len(self.pins):
             raise ProtocolError(f"cpu{self.index}: guard hit {hit} outside its {len(self.pins)} pins",
                                 last_pc=self.elr)
-        reg, mask, value, seen = struct.unpack_from(
-            "<I4xQQQ", self.server.mm, self.off + layout.MB_GUARDTAB + hit * layout.GUARD_ENTRY_SIZE)
+        reg, mask, value, alt, seen = struct.unpack_from(
+            "<I4xQQQQ", self.server.mm, self.off + layout.MB_GUARDTAB + hit * layout.GUARD_ENTRY_SIZE)
         self.trips += 1
-        return GuardTrip(SysReg(reg), seen, value, mask)
+        return GuardTrip(SysReg(reg), seen, value, mask, alt)
 
     def counter(self, field_off: int) -> int:
         """A u64 counter of this CPU's mailbox (layout.MB_IRQS, MB_TICKS, ...)."""

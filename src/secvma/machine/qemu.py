@@ -134,7 +134,8 @@ class QemuProcess:
         tramp = build_trampoline()
         dtb = make_dtb(build_dir() / "dtb", c.ncpus, self.ram_size, c.cpu, self.workdir / "board.dtb",
                        c.dtb_seed)
-        cmd += ["-machine", f"virt,virtualization=on,highmem=off,gic-version={layout.GIC_VERSION},memory-backend=ram",
+        board = f"virt,virtualization=on,highmem=off,gic-version={layout.GIC_VERSION},memory-backend=ram"
+        cmd += ["-machine", board,
                 "-object", f"memory-backend-file,id=ram,size={mib}M,mem-path={self.ram_path},share=on",
                 "-kernel", str(tramp.path), "-dtb", str(dtb), "-append", c.append,
                 "-device", f"loader,file={c.kernel},addr={c.kernel_addr:#x},force-raw=on"]
