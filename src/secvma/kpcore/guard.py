@@ -75,6 +75,7 @@ class VbarLearner:
     limit: int = 2
     tables: list[int] = field(default_factory=list)
     pinned_on: set[int] = field(default_factory=set)
+    seen_on: set[int] = field(default_factory=set)  # CPUs that held a learned table
 
     def admit(self, value: int, in_text: bool) -> bool:
         """True if `value` is (or now becomes) a learned vector table."""
@@ -96,18 +97,40 @@ class VbarLearner:
     def watch(self, refusals: list[Refusal], plat: Platform, cpu: Vcpu, in_text: Callable[[int], bool],
               *, policy: str, action: str = "restore") -> None:
         """At a trap of a CPU that runs on the kernel's own tables: learn, check and pin VBAR."""
-        value = cpu.read_sysreg(SysReg.VBAR_EL1)
-        if not self.admit(value, in_text(value)) and self.tables:
-            t = self.tables
-            trip(refusals, plat, cpu, GuardTrip(SysReg.VBAR_EL1, value, t[0], MASK64, t[-1]),
-                 policy=policy, action=action, restore_to=t[0])
-        self.pin(cpu)
+        self._judge(refusals, plat, cpu, cpu.read_sysreg(SysReg.VBAR_EL1), in_text, policy, action)
 
     def on_trip(self, refusals: list[Refusal], plat: Platform, cpu: Vcpu, ev: GuardTrip,
                 in_text: Callable[[int], bool], *, policy: str, action: str = "restore") -> None:
-        """A `GuardTrip`: a second legitimate table is learned; anything else is refused."""
-        if ev.reg is SysReg.VBAR_EL1 and self.admit(ev.value, in_text(ev.value)):
-            self.pin(cpu)
+        """A `GuardTrip`: VBAR goes through the same judgement; any other register is refused."""
+        if ev.reg is SysReg.VBAR_EL1:
+            self._judge(refusals, plat, cpu, ev.value, in_text, policy, action)
+        else:
+            trip(refusals, plat, cpu, ev, policy=policy, action=action)
+
+    def _judge(self, refusals: list[Refusal], plat: Platform, cpu: Vcpu, value: int,
+               in_text: Callable[[int], bool], policy: str, action: str) -> None:
+        """Learn or refuse `value`, then pin so that the next change trips.
+
+        A CPU is refused a value only once it has held a learned table: a secondary locks
+        before its kernel sets VBAR_EL1 (still the reset value), so until then the pin is
+        "what it holds now" and each change comes back here to be judged.
+        """
+        i = cpu.index
+        if self.admit(value, in_text(value)):
+            if i not in self.seen_on:
+                self.seen_on.add(i)
+                self.pinned_on.discard(i)
+        elif i in self.seen_on:
+            t = self.tables
+            trip(refusals, plat, cpu, GuardTrip(SysReg.VBAR_EL1, value, t[0], MASK64, t[-1]),
+                 policy=policy, action=action, restore_to=t[0])
+        else:
+            cpu.pin_sysreg(SysReg.VBAR_EL1, value)  # tell me when it moves
+            self.pinned_on.discard(i)
             return
-        restore = self.tables[0] if ev.reg is SysReg.VBAR_EL1 and self.tables else None
-        trip(refusals, plat, cpu, ev, policy=policy, action=action, restore_to=restore)
+        self.pin(cpu)
+
+    def restart(self, cpu: Vcpu) -> None:
+        """The CPU (re)starts: its VBAR is free again until it holds a learned table."""
+        self.pinned_on.discard(cpu.index)
+        self.seen_on.discard(cpu.index)

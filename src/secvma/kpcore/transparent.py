@@ -242,7 +242,7 @@ class TransparentKPCore:
             fast = getattr(cpu, "set_fast_path", None)
             if fast is not None:
                 fast(FAST_PATH)
-            self.vbars.pinned_on.discard(cpu.index)
+            self.vbars.restart(cpu)
             guard.arm(cpu)
         elif isinstance(ev, GuardTrip):
             self.vbars.on_trip(st.refusals, plat, cpu, ev, self._vbar_in_text(plat, cpu),
@@ -262,11 +262,15 @@ class TransparentKPCore:
             plat.halt(f"transparent kpcore: unexpected EL2 exception {ev!r}")
 
     def _vbar_in_text(self, plat: Platform, cpu: Vcpu) -> Callable[[int], bool]:
-        """Whether a VBAR_EL1 value is fetched (stage 1, this CPU) from learned kernel text."""
+        """Whether a VBAR_EL1 value is fetched (stage 1, this CPU) from kernel text.
+
+        Kernel text is known only once swapper was walked (`--protect-tables`); until then any
+        EL1-executable page counts (weaker: the kernel's own stage 1 decides).
+        """
         def in_text(va: int) -> bool:
             text = self.learned.text
-            hit = s1_translate(plat, cpu, va, AccessType.FETCH) if text else None
-            return text is not None and hit is not None and text[0] <= hit[0] < text[1]
+            hit = s1_translate(plat, cpu, va, AccessType.FETCH)
+            return hit is not None and (text is None or text[0] <= hit[0] < text[1])
         return in_text
 
     def _guard(self, st: KState, plat: Platform, cpu: Vcpu, ev: Event,
