@@ -120,7 +120,8 @@ class KPCore:
         st.events[type(event).__name__] += 1
         try:
             self._dispatch(st, platform, cpu, event)
-            self._check_vbar(st, cpu)
+            if not isinstance(event, GuardTrip):  # a trip was judged by kpcore.guard already
+                self._check_vbar(st, cpu)
             st.s2.flush(platform, cpu)
         except Exception as exc:  # a model bug: record, stop the machine, never propagate
             log.exception("kpcore internal error on %r", event)
