@@ -377,6 +377,9 @@ do_guard:                               // a = CNTHP period (ticks): see layout.
     msr     S3_4_C12_C11_0, x3          // ICH_HCR_EL2.En: virtual CPU interface on
     msr     cnthp_tval_el2, x1
     msr     cnthp_ctl_el2, x3           // EL2 timer on, unmasked
+    mrs     x3, cntpct_el0
+    str     x3, [sp, #MB_LAST_TICK]
+    str     xzr, [sp, #MB_PPI_FIX]
     mov     x3, #HCR_GUARD
     str     x3, [sp, #MB_HCR_OR]
     mrs     x4, hcr_el2
@@ -444,6 +447,7 @@ lower_irq:                              // x0, x1 already saved by the vector
     b       irq_checks
 irq_tick:
     msr     S3_0_C12_C11_1, x0          // ICC_DIR_EL1
+    str     x19, [sp, #MB_LAST_TICK]
     ldr     x1, [sp, #MB_GUARD_PERIOD]
     msr     cnthp_tval_el2, x1
     ldr     x1, [sp, #MB_TICKS]
@@ -454,10 +458,26 @@ irq_maint:
     msr     S3_0_C12_C11_1, x0
 irq_checks:
     bl      drain_irqq
-    ldr     x1, [sp, #MB_GICR]          // the kernel may have disabled the guard's PPIs
+    ldr     x1, [sp, #MB_LAST_TICK]     // no tick for two periods: the kernel may have disabled
+    ldr     x2, [sp, #MB_GUARD_PERIOD]  // the guard's PPIs in its redistributor; enable again
+    sub     x1, x19, x1
+    cmp     x1, x2, lsl #1
+    b.lo    1f
+    ldr     x1, [sp, #MB_GICR]
     add     x1, x1, #0x10000
     mov     w2, #((1 << GUARD_PPI) | (1 << MAINT_PPI))
-    str     w2, [x1, #0x100]
+    ldr     w3, [x1, #0x80]             // group 1 again
+    orr     w3, w3, w2
+    str     w3, [x1, #0x80]
+    mov     w3, #0x80                   // priority above the physical PMR again
+    strb    w3, [x1, #0x400 + GUARD_PPI]
+    strb    w3, [x1, #0x400 + MAINT_PPI]
+    str     w2, [x1, #0x100]            // GICR_ISENABLER0
+    str     x19, [sp, #MB_LAST_TICK]
+    ldr     x1, [sp, #MB_PPI_FIX]
+    add     x1, x1, #1
+    str     x1, [sp, #MB_PPI_FIX]
+1:
     ldr     x1, [sp, #MB_CHECKS]
     add     x1, x1, #1
     str     x1, [sp, #MB_CHECKS]

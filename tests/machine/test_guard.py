@@ -132,3 +132,49 @@ def test_debian_transparent_pins_vbar_with_zero_refusals(debian: fx.FixtureSet, 
     assert 1 <= len(hyp.vbars.tables) <= 2
     assert hyp.vbars.seen_on == set(range(smp))
     assert res.guard is not None and res.guard.armed_cpus == smp
+
+
+def test_guard_timer_reenabled_after_the_kernel_disabled_it() -> None:
+    """EL1 disables the guard's PPI in its redistributor; the next interrupt exit turns it back on.
+
+    The payload disables PPI 26, waits 50 ms (no tick can come), lets its own virtual timer
+    fire once (an exit: the trampoline sees ticks stopped and re-enables PPI 26), then masks
+    everything, forges VBAR_EL1 and spins: only the re-enabled guard timer can catch it.
+    """
+    gicr_sgi = 0x080A_0000 + 0x1_0000
+    res, h = run(f"""
+        mrs x0, vbar_el1
+        hvc #1
+        msr daifset, #0xf
+        ldr x1, ={gicr_sgi:#x}
+        mov w2, #(1 << 26)
+        str w2, [x1, #0x180]            // GICR_ICENABLER0: guard timer off
+        mrs x3, cntfrq_el0
+        lsr x3, x3, #4                  // ~62 ms
+        mrs x4, cntpct_el0
+        add x4, x4, x3
+    1:  mrs x5, cntpct_el0
+        cmp x5, x4
+        b.lo 1b
+        mov w2, #(1 << 27)
+        str w2, [x1, #0x80]             // GICR_IGROUPR0: virtual timer group 1
+        str w2, [x1, #0x100]            // GICR_ISENABLER0: virtual timer on
+        msr cntv_tval_el0, xzr
+        mov x6, #1
+        msr cntv_ctl_el0, x6            // fires now: one exit to EL2
+        isb
+        mrs x4, cntpct_el0
+        lsr x3, x3, #4
+        add x4, x4, x3
+    2:  mrs x5, cntpct_el0
+        cmp x5, x4
+        b.lo 2b
+        mrs x1, vbar_el1
+        add x1, x1, #0x80
+        msr vbar_el1, x1
+        isb
+    3:  b 3b
+    """, Pinner())
+    assert isinstance(h, Pinner)
+    assert res.exit == "halt" and len(h.trips) == 1, res.reason
+    assert res.guard is not None and res.guard.ppi_fixes >= 1

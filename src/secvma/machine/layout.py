@@ -79,6 +79,8 @@ MB_IRQQ_N = 0xDC0  # how many are queued
 MB_LR_OVF = 0xDC8  # interrupts lost because the queue was full too
 MB_SGIS = 0xDD0  # ICC_SGI1R_EL1 writes (IPIs) sent by EL2 for EL1
 MB_GICR = 0xDD8  # this CPU's redistributor (RD frame) physical address
+MB_LAST_TICK = 0xDE0  # CNTPCT at the last guard timer tick (a late tick re-enables its PPI)
+MB_PPI_FIX = 0xDE8  # times the guard's PPIs were re-enabled because ticks stopped coming
 MB_GUARDTAB = 0xE00  # guard table (see GUARD_*), up to MB_GUARDTAB_END
 MB_GUARDTAB_END = 0x1000
 

@@ -100,6 +100,7 @@ class GuardStats:
     trips: int  # mismatches reported to the hypervisor
     sgis: int  # IPIs sent by EL2 for EL1
     lr_overflow: int  # interrupts lost because no list register and no queue slot was free
+    ppi_fixes: int  # guard PPIs re-enabled after the kernel had disabled them
     irq_path_us: float  # mean time in the EL2 interrupt path, entry to ERET
     interval_us: float  # the armed period
     fgt: int  # ID_AA64MMFR0_EL1.FGT seen at EL2 (0: no fine-grained traps)
@@ -553,6 +554,7 @@ class MailboxServer:
             sum(c.counter(layout.MB_CHECKS) for c in armed), sum(c.trips for c in armed),
             sum(c.counter(layout.MB_SGIS) for c in armed),
             sum(c.counter(layout.MB_LR_OVF) for c in armed),
+            sum(c.counter(layout.MB_PPI_FIX) for c in armed),
             ticks * 1e6 / cntfrq / irqs if irqs else 0.0,
             armed[0].counter(layout.MB_GUARD_PERIOD) * 1e6 / cntfrq,
             (self.cpus[0].counter(layout.MB_FEAT) >> 56) & 0xF)
