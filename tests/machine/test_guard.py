@@ -178,3 +178,23 @@ def test_guard_timer_reenabled_after_the_kernel_disabled_it() -> None:
     assert isinstance(h, Pinner)
     assert res.exit == "halt" and len(h.trips) == 1, res.reason
     assert res.guard is not None and res.guard.ppi_fixes >= 1
+
+
+def test_watchdog_halts_a_kernel_that_starves_the_guard() -> None:
+    """EL1 disables the guard timer, masks everything and never traps: the machine is halted."""
+    gicr_sgi = 0x080A_0000 + 0x1_0000
+    res, h = run(f"""
+        mrs x0, vbar_el1
+        hvc #1
+        msr daifset, #0xf
+        ldr x1, ={gicr_sgi:#x}
+        mov w2, #(1 << 26)
+        str w2, [x1, #0x180]            // GICR_ICENABLER0: guard timer off
+        mrs x1, vbar_el1
+        add x1, x1, #0x80
+        msr vbar_el1, x1
+        isb
+    1:  b 1b
+    """, Pinner(), timeout_s=60)
+    assert isinstance(h, Pinner) and not h.trips
+    assert res.exit == "halt" and res.reason.startswith("guard starved: cpu0"), res.reason

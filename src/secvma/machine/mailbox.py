@@ -52,6 +52,8 @@ EC_IABT_LOW = 0x20
 EC_DABT_LOW = 0x24
 
 PSCI_CPU_ON = (0xC4000003, 0x84000003)
+PSCI_CPU_OFF = 0x84000002
+STARVE_S = 5.0  # the guard's watchdog: an armed CPU silent this long (wall) halts the machine
 
 # (op0, op1, CRn, CRm, op2) of the registers the trampoline can write
 SYSREG_BY_ENCODING: dict[tuple[int, int, int, int, int], SysReg] = {
@@ -154,6 +156,8 @@ class MailboxCpu:
         self.pins: dict[SysReg, tuple[int, int, int]] = {}  # guard table: reg -> (mask, value, alt)
         self.guard_period = 0  # counter ticks, 0 while not armed
         self.trips = 0
+        self.watch_seen = -1  # the watchdog's last view of this CPU's EL2 entries, and when
+        self.watch_t = 0.0
 
     @property
     def index(self) -> int:
@@ -230,6 +234,8 @@ class MailboxCpu:
         outside the hypervisor's control).
         """
         fid = self.x(0) & 0xFFFFFFFF
+        if fid == PSCI_CPU_OFF:
+            self.guard_period = 0  # nothing runs there any more: not watched
         if fid in PSCI_CPU_ON:
             target = self.x(1) & 0xFF
             if target < self.server.ncpus:
@@ -244,6 +250,7 @@ class MailboxCpu:
             raise ValueError(f"guard interval {interval_us} µs outside 100 µs .. 10 s")
         freq = int(self.q[(self.off + layout.MB_CNTFRQ) // 8]) or 62_500_000
         self.guard_period = max(1, interval_us * freq // 1_000_000)
+        self.watch_seen = -1
         self.cmds.append((layout.OP_GUARD, self.guard_period, 0))
 
     def pin_sysreg(self, reg: SysReg, value: int, mask: int = MASK64, alt: int | None = None) -> None:
@@ -311,6 +318,7 @@ class MailboxServer:
         self.rt_ticks: list[int] = []
         self._halt: str | None = None
         self._current: MailboxCpu | None = None
+        self.starve_s = STARVE_S
 
     # ---- Platform ----------------------------------------------------------------------
     @property
@@ -509,6 +517,10 @@ class MailboxServer:
                 if self._halt is not None:
                     exit_kind, reason = "halt", self._halt
                     break
+            starved = self._starved(now)
+            if starved is not None:
+                exit_kind, reason = "halt", starved
+                break
             if now > deadline:
                 pcs = qemu.last_pcs()
                 raise GuestTimeout(
@@ -517,6 +529,26 @@ class MailboxServer:
             if spin_s is not None and now - last_trap > spin_s:
                 time.sleep(0.0001)
         return self._finish(console, exit_kind, reason)
+
+    def _starved(self, now: float) -> str | None:
+        """The guard's watchdog: an armed CPU that entered EL2 for nothing in `starve_s`.
+
+        The guard timer brings every armed CPU to EL2 each interval, so a long silence means the
+        kernel disabled the guard's interrupt (limit 1 of docs/el1-registers.md) and stays away
+        from every trap: the machine is halted rather than left unchecked. Wall clock, so the
+        bound is generous (a loaded host may deschedule QEMU for a while).
+        """
+        for c in self.cpus:
+            if not c.guard_period or not c.started:
+                continue
+            seen = c.counter(layout.MB_IRQS) + c.counter(layout.MB_NTR)
+            if seen != c.watch_seen or self.u32[(c.off + layout.MB_STATE) >> 2] != 0:
+                c.watch_seen, c.watch_t = seen, now
+            elif now - c.watch_t > self.starve_s:
+                return (f"guard starved: cpu{c.index} entered EL2 for nothing in {self.starve_s:.0f} s "
+                        f"(guard interval {c.guard_period * 1e6 / (c.counter(layout.MB_CNTFRQ) or 1):.0f} "
+                        "us): its kernel disabled the guard's interrupt")
+        return None
 
     def _finish(self, console: Console, exit_kind: str, reason: str) -> RunResult:
         qemu = self.qemu
