@@ -7,6 +7,24 @@
 // All addresses and offsets come from layout.inc, generated from secvma/machine/layout.py.
 #include "layout.inc"
 
+    .macro SAVE_X2_X30
+    stp     x2, x3, [sp, #MB_X + 16]
+    stp     x4, x5, [sp, #MB_X + 32]
+    stp     x6, x7, [sp, #MB_X + 48]
+    stp     x8, x9, [sp, #MB_X + 64]
+    stp     x10, x11, [sp, #MB_X + 80]
+    stp     x12, x13, [sp, #MB_X + 96]
+    stp     x14, x15, [sp, #MB_X + 112]
+    stp     x16, x17, [sp, #MB_X + 128]
+    stp     x18, x19, [sp, #MB_X + 144]
+    stp     x20, x21, [sp, #MB_X + 160]
+    stp     x22, x23, [sp, #MB_X + 176]
+    stp     x24, x25, [sp, #MB_X + 192]
+    stp     x26, x27, [sp, #MB_X + 208]
+    stp     x28, x29, [sp, #MB_X + 224]
+    str     x30, [sp, #MB_X + 240]
+    .endm
+
     .text
     .globl _start
 _start:
@@ -28,6 +46,20 @@ _start:
     mrs     x1, mpidr_el1
     msr     vmpidr_el2, x1
     str     x1, [sp, #MB_MPIDR]
+    and     x1, x1, #0xff
+    mov     x2, #GICR_STRIDE
+    ldr     x3, =GICR_BASE
+    madd    x1, x1, x2, x3
+    str     x1, [sp, #MB_GICR]
+    mrs     x1, id_aa64mmfr0_el1        // FGT (bits 59:56) for Python to report
+    str     x1, [sp, #MB_FEAT]
+    mrs     x1, id_aa64pfr0_el1
+    ubfx    x1, x1, #24, #4             // GIC system-register interface present?
+    cbz     x1, 1f
+    mov     x1, #0xf                    // ICC_SRE_EL2: SRE, DFB, DIB, Enable (EL1 may use its
+    msr     S3_4_C12_C9_5, x1           // own system-register interface)
+    isb
+1:
     mrs     x1, cntfrq_el0
     str     x1, [sp, #MB_CNTFRQ]
     mov     x1, #0x32ff                 // CPTR_EL2: RES1 bits, no FP/SIMD/SVE trap
@@ -45,6 +77,16 @@ _start:
     str     xzr, [sp, #MB_NTR]
     str     xzr, [sp, #MB_SEQ]
     str     xzr, [sp, #MB_FAST]
+    str     xzr, [sp, #MB_IRQS]
+    str     xzr, [sp, #MB_TICKS]
+    str     xzr, [sp, #MB_GUARD_PERIOD]
+    str     xzr, [sp, #MB_IRQ_TICKS]
+    str     xzr, [sp, #MB_HCR_OR]
+    str     xzr, [sp, #MB_CHECKS]
+    str     xzr, [sp, #MB_IRQQ_N]
+    str     xzr, [sp, #MB_LR_OVF]
+    str     xzr, [sp, #MB_SGIS]
+    str     wzr, [sp, #MB_GUARDTAB + 4] // empty guard table (state 0 ends it)
     // boot frame: x0 = DTB / context id, x1..x30 = 0, EL1h with DAIF masked
     add     x2, sp, #MB_X
     str     x19, [x2], #8
@@ -70,21 +112,7 @@ _start:
 lower_sync:                             // x0, x1 already saved by the vector
     mrs     x0, cntpct_el0
     str     x0, [sp, #MB_TENT]
-    stp     x2, x3, [sp, #MB_X + 16]
-    stp     x4, x5, [sp, #MB_X + 32]
-    stp     x6, x7, [sp, #MB_X + 48]
-    stp     x8, x9, [sp, #MB_X + 64]
-    stp     x10, x11, [sp, #MB_X + 80]
-    stp     x12, x13, [sp, #MB_X + 96]
-    stp     x14, x15, [sp, #MB_X + 112]
-    stp     x16, x17, [sp, #MB_X + 128]
-    stp     x18, x19, [sp, #MB_X + 144]
-    stp     x20, x21, [sp, #MB_X + 160]
-    stp     x22, x23, [sp, #MB_X + 176]
-    stp     x24, x25, [sp, #MB_X + 192]
-    stp     x26, x27, [sp, #MB_X + 208]
-    stp     x28, x29, [sp, #MB_X + 224]
-    str     x30, [sp, #MB_X + 240]
+    SAVE_X2_X30
     mrs     x0, esr_el2
     str     x0, [sp, #MB_ESR]
     mrs     x1, elr_el2
@@ -101,6 +129,9 @@ lower_sync:                             // x0, x1 already saved by the vector
     tbnz    x0, #0, slow_path           // MRS (read): always to Python
     and     x2, x0, #0x1ffffff          // ISS
     and     x2, x2, #~(0x1f << 5)       // key: ISS without Rt
+    ldr     w3, =SGI1R_ISS_KEY          // an IPI while interrupts go through EL2 (IMO)
+    cmp     w2, w3
+    b.eq    sgi_forward
     add     x3, sp, #MB_FASTTAB
 fast_scan:
     ldr     w4, [x3]
@@ -126,6 +157,23 @@ fast_hit:
     str     x4, [sp, #MB_ELR]
     adr     x30, restore_eret           // return address for the MSR table
     b       msr_dispatch
+
+sgi_forward:                            // EL2 sends the SGI EL1 asked for (IMO traps it)
+    ubfx    x5, x0, #5, #5
+    mov     x2, xzr
+    cmp     x5, #31
+    b.eq    1f
+    add     x6, sp, #MB_X
+    ldr     x2, [x6, x5, lsl #3]
+1:  msr     S3_0_C12_C11_5, x2          // ICC_SGI1R_EL1
+    isb
+    ldr     x4, [sp, #MB_SGIS]
+    add     x4, x4, #1
+    str     x4, [sp, #MB_SGIS]
+    ldr     x4, [sp, #MB_ELR]
+    add     x4, x4, #4
+    str     x4, [sp, #MB_ELR]
+    b       restore_eret
 
 slow_path:
     mrs     x0, far_el2
@@ -179,6 +227,8 @@ cmd_loop:
     b.eq    do_inject
     cmp     x0, #OP_HALT
     b.eq    park
+    cmp     x0, #OP_GUARD
+    b.eq    do_guard
     b       cmd_loop                    // unknown op: ignored (Python validates its own)
 
 do_msr:
@@ -220,7 +270,9 @@ msr_table:
     b       msr_done
     msr     vbar_el1, x2        // 13
     b       msr_done
-    .equ MSR_COUNT, 14
+    msr     mdscr_el1, x2       // 14
+    b       msr_done
+    .equ MSR_COUNT, 15
 msr_done:
     isb
     ret
@@ -236,6 +288,8 @@ do_vttbr:
     isb
     b       cmd_loop
 do_hcr:
+    ldr     x3, [sp, #MB_HCR_OR]        // the guard's IMO|FMO survive every HCR write
+    orr     x1, x1, x3
     msr     hcr_el2, x1
     isb
     b       cmd_loop
@@ -290,6 +344,50 @@ do_inject:                              // synchronous exception to EL1: a = ESR
     str     x3, [sp, #MB_SPSR]
     b       cmd_loop
 
+do_guard:                               // a = CNTHP period (ticks): see layout.py
+    str     x1, [sp, #MB_GUARD_PERIOD]
+    mov     x3, #0xff
+    msr     S3_0_C4_C6_0, x3            // ICC_PMR_EL1 (physical): let everything through
+    mrs     x3, S3_0_C12_C12_4          // ICC_CTLR_EL1.EOImode = 1: EOIR drops priority,
+    orr     x3, x3, #2                  // deactivation is the kernel's (HW=1) or ICC_DIR's
+    msr     S3_0_C12_C12_4, x3
+    mov     x3, #1
+    msr     S3_0_C12_C12_7, x3          // ICC_IGRPEN1_EL1
+    ldr     x4, =GICD_BASE              // distributor: affinity routing, group 1 enabled
+    ldr     w3, [x4]
+    mov     w5, #0x12
+    orr     w3, w3, w5
+    str     w3, [x4]
+    ldr     x4, [sp, #MB_GICR]          // this CPU's redistributor: awake
+    ldr     w3, [x4, #0x14]
+    and     w3, w3, #~2
+    str     w3, [x4, #0x14]
+1:  ldr     w3, [x4, #0x14]
+    tbnz    w3, #2, 1b
+    add     x4, x4, #0x10000            // SGI frame: guard timer and maintenance PPIs
+    ldr     w3, [x4, #0x80]             // group 1
+    orr     w3, w3, #((1 << GUARD_PPI) | (1 << MAINT_PPI))
+    str     w3, [x4, #0x80]
+    mov     w3, #0x80
+    strb    w3, [x4, #0x400 + GUARD_PPI]
+    strb    w3, [x4, #0x400 + MAINT_PPI]
+    mov     w3, #((1 << GUARD_PPI) | (1 << MAINT_PPI))
+    str     w3, [x4, #0x100]            // GICR_ISENABLER0
+    mov     x3, #1
+    msr     S3_4_C12_C11_0, x3          // ICH_HCR_EL2.En: virtual CPU interface on
+    msr     cnthp_tval_el2, x1
+    msr     cnthp_ctl_el2, x3           // EL2 timer on, unmasked
+    mrs     x3, cntpct_el0
+    str     x3, [sp, #MB_LAST_TICK]
+    str     xzr, [sp, #MB_PPI_FIX]
+    mov     x3, #HCR_GUARD
+    str     x3, [sp, #MB_HCR_OR]
+    mrs     x4, hcr_el2
+    orr     x4, x4, x3
+    msr     hcr_el2, x4
+    isb
+    b       cmd_loop
+
 cmds_done:
     str     wzr, [sp, #MB_STATE]
     mrs     x0, cntpct_el0
@@ -321,6 +419,241 @@ restore_eret:
     ldr     x30, [sp, #MB_X + 240]
     ldp     x0, x1, [sp, #MB_X]
     eret
+
+// ---- physical interrupt from EL1/EL0 (only while the guard is armed: HCR_EL2.IMO) -------
+lower_irq:                              // x0, x1 already saved by the vector
+    SAVE_X2_X30
+    mrs     x19, cntpct_el0             // entry time, for the cost counter
+    mrs     x1, elr_el2
+    str     x1, [sp, #MB_ELR]
+    mrs     x1, spsr_el2
+    str     x1, [sp, #MB_SPSR]
+    ldr     x1, [sp, #MB_IRQS]
+    add     x1, x1, #1
+    str     x1, [sp, #MB_IRQS]
+    mrs     x0, S3_0_C12_C12_0          // ICC_IAR1_EL1
+    cmp     x0, #1020
+    b.hs    irq_checks                  // spurious
+    msr     S3_0_C12_C12_1, x0          // ICC_EOIR1_EL1: priority drop only (EOImode 1)
+    cmp     x0, #GUARD_PPI
+    b.eq    irq_tick
+    cmp     x0, #MAINT_PPI
+    b.eq    irq_maint
+    cmp     x0, #16
+    b.hs    1f
+    msr     S3_0_C12_C11_1, x0          // SGI: deactivate now, EL1 gets a purely virtual one
+1:  mov     x1, x0
+    bl      inject_irq
+    b       irq_checks
+irq_tick:
+    msr     S3_0_C12_C11_1, x0          // ICC_DIR_EL1
+    str     x19, [sp, #MB_LAST_TICK]
+    ldr     x1, [sp, #MB_GUARD_PERIOD]
+    msr     cnthp_tval_el2, x1
+    ldr     x1, [sp, #MB_TICKS]
+    add     x1, x1, #1
+    str     x1, [sp, #MB_TICKS]
+    b       irq_checks
+irq_maint:
+    msr     S3_0_C12_C11_1, x0
+irq_checks:
+    bl      drain_irqq
+    ldr     x1, [sp, #MB_LAST_TICK]     // no tick for two periods: the kernel may have disabled
+    ldr     x2, [sp, #MB_GUARD_PERIOD]  // the guard's PPIs in its redistributor; enable again
+    sub     x1, x19, x1
+    cmp     x1, x2, lsl #1
+    b.lo    1f
+    ldr     x1, [sp, #MB_GICR]
+    add     x1, x1, #0x10000
+    mov     w2, #((1 << GUARD_PPI) | (1 << MAINT_PPI))
+    ldr     w3, [x1, #0x80]             // group 1 again
+    orr     w3, w3, w2
+    str     w3, [x1, #0x80]
+    mov     w3, #0x80                   // priority above the physical PMR again
+    strb    w3, [x1, #0x400 + GUARD_PPI]
+    strb    w3, [x1, #0x400 + MAINT_PPI]
+    str     w2, [x1, #0x100]            // GICR_ISENABLER0
+    str     x19, [sp, #MB_LAST_TICK]
+    ldr     x1, [sp, #MB_PPI_FIX]
+    add     x1, x1, #1
+    str     x1, [sp, #MB_PPI_FIX]
+1:
+    ldr     x1, [sp, #MB_CHECKS]
+    add     x1, x1, #1
+    str     x1, [sp, #MB_CHECKS]
+    add     x20, sp, #MB_GUARDTAB
+    mov     x21, xzr
+guard_loop:                             // each entry: (reg & mask) == value, else to Python
+    ldr     w1, [x20, #4]
+    cbz     w1, irq_done
+    ldr     w1, [x20]
+    bl      mrs_dispatch
+    str     x2, [x20, #32]              // seen
+    ldr     x3, [x20, #8]
+    and     x3, x2, x3
+    ldp     x4, x5, [x20, #16]          // value, alt
+    cmp     x3, x4
+    ccmp    x3, x5, #4, ne              // equal to value, or else to alt
+    b.ne    guard_trip
+    add     x20, x20, #GUARD_ENTRY_SIZE
+    add     x21, x21, #1
+    cmp     x21, #GUARD_MAX
+    b.lo    guard_loop
+irq_done:
+    mrs     x0, cntpct_el0
+    sub     x0, x0, x19
+    ldr     x1, [sp, #MB_IRQ_TICKS]
+    add     x1, x1, x0
+    str     x1, [sp, #MB_IRQ_TICKS]
+    b       restore_eret
+guard_trip:                             // Python decides (restore or halt) before EL1 runs
+    str     x21, [sp, #MB_GUARD_HIT]
+    str     x19, [sp, #MB_TENT]
+    str     xzr, [sp, #MB_ESR]
+    str     xzr, [sp, #MB_FAR]
+    str     xzr, [sp, #MB_HPFAR]
+    bl      save_el1
+    mov     w0, #KIND_GUARD
+    str     w0, [sp, #MB_KIND]
+    b       post_wait
+
+inject_irq:                             // x1 = INTID -> a list register (or the queue)
+    mov     x9, x30
+    mrs     x2, S3_4_C12_C11_1          // ICH_VTR_EL2.ListRegs + 1 = number of LRs
+    and     x2, x2, #0x1f
+    add     x2, x2, #1
+    mov     x3, xzr
+1:  cmp     x3, x2                      // already in an LR: make it pending there
+    b.hs    3f
+    bl      lr_read
+    lsr     x5, x4, #62
+    cbz     x5, 2f
+    and     x6, x4, #0xffffffff
+    cmp     x6, x1
+    b.ne    2f
+    orr     x4, x4, #(1 << 62)
+    bl      lr_write
+    mov     x30, x9
+    ret
+2:  add     x3, x3, #1
+    b       1b
+3:  mrs     x5, S3_4_C12_C11_5          // ICH_ELRSR_EL2: bit n set = LR n free
+    cbz     x5, 5f
+    rbit    x5, x5
+    clz     x3, x5
+    mov     x4, x1                      // vINTID, group 1, pending, priority
+    orr     x4, x4, #(1 << 60)
+    orr     x4, x4, #(1 << 62)
+    mov     x6, #GIC_PRIO
+    orr     x4, x4, x6, lsl #48
+    cmp     x1, #16
+    b.lo    4f
+    orr     x4, x4, #(1 << 61)          // HW: the kernel's deactivation reaches the physical
+    orr     x4, x4, x1, lsl #32         // pINTID
+4:  bl      lr_write
+    mov     x30, x9
+    ret
+5:  ldr     x5, [sp, #MB_IRQQ_N]
+    cmp     x5, #IRQQ_MAX
+    b.hs    6f
+    add     x6, sp, #MB_IRQQ
+    str     w1, [x6, x5, lsl #2]
+    add     x5, x5, #1
+    str     x5, [sp, #MB_IRQQ_N]
+    mov     x30, x9
+    ret
+6:  ldr     x5, [sp, #MB_LR_OVF]        // lost: deactivate so it is not stuck active
+    add     x5, x5, #1
+    str     x5, [sp, #MB_LR_OVF]
+    msr     S3_0_C12_C11_1, x1
+    mov     x30, x9
+    ret
+
+drain_irqq:                             // queued interrupts into free LRs; UIE while any wait
+    mov     x10, x30
+1:  ldr     x7, [sp, #MB_IRQQ_N]
+    cbz     x7, 2f
+    mrs     x5, S3_4_C12_C11_5
+    cbz     x5, 3f
+    sub     x7, x7, #1
+    str     x7, [sp, #MB_IRQQ_N]
+    add     x6, sp, #MB_IRQQ
+    ldr     w1, [x6, x7, lsl #2]
+    bl      inject_irq
+    b       1b
+2:  mov     x1, #1                      // ICH_HCR_EL2: En
+    b       4f
+3:  mov     x1, #3                      // En | UIE (maintenance interrupt when LRs drain)
+4:  msr     S3_4_C12_C11_0, x1
+    mov     x30, x10
+    ret
+
+lr_read:                                // x3 = n -> x4 = ICH_LR<n>_EL2
+    adr     x5, 1f
+    add     x5, x5, x3, lsl #3
+    br      x5
+1:
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    mrs     x4, S3_4_C12_C12_\n
+    ret
+    .endr
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    mrs     x4, S3_4_C12_C13_\n
+    ret
+    .endr
+lr_write:                               // ICH_LR<x3>_EL2 := x4
+    adr     x5, 1f
+    add     x5, x5, x3, lsl #3
+    br      x5
+1:
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    msr     S3_4_C12_C12_\n, x4
+    ret
+    .endr
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    msr     S3_4_C12_C13_\n, x4
+    ret
+    .endr
+
+mrs_dispatch:                           // x1 = SysReg index -> x2 = value (0 if unknown)
+    cmp     x1, #MSR_COUNT
+    b.hs    1f
+    adr     x3, mrs_table
+    add     x3, x3, x1, lsl #3
+    br      x3
+1:  mov     x2, xzr
+    ret
+mrs_table:                              // same order as msr_table
+    mrs     x2, sctlr_el1
+    ret
+    mrs     x2, ttbr0_el1
+    ret
+    mrs     x2, ttbr1_el1
+    ret
+    mrs     x2, tcr_el1
+    ret
+    mrs     x2, mair_el1
+    ret
+    mrs     x2, amair_el1
+    ret
+    mrs     x2, contextidr_el1
+    ret
+    mrs     x2, esr_el1
+    ret
+    mrs     x2, far_el1
+    ret
+    mrs     x2, afsr0_el1
+    ret
+    mrs     x2, afsr1_el1
+    ret
+    mrs     x2, elr_el1
+    ret
+    mrs     x2, spsr_el1
+    ret
+    mrs     x2, vbar_el1
+    ret
+    mrs     x2, mdscr_el1
+    ret
 
 save_el1:                               // EL1 context for Python's walks and decoding
     mrs     x0, sctlr_el1
@@ -382,7 +715,9 @@ vectors:
     .balign 0x80                        // 0x400: lower EL, AArch64, synchronous
     stp     x0, x1, [sp, #MB_X]
     b       lower_sync
-    VEC_UNEXP 0x480
+    .balign 0x80                        // 0x480: lower EL, AArch64, IRQ (guard armed)
+    stp     x0, x1, [sp, #MB_X]
+    b       lower_irq
     VEC_UNEXP 0x500
     VEC_UNEXP 0x580
     VEC_UNEXP 0x600                     // lower EL, AArch32

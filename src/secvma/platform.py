@@ -47,6 +47,7 @@ class SysReg(enum.IntEnum):
     ELR_EL1 = 11
     SPSR_EL1 = 12
     VBAR_EL1 = 13
+    MDSCR_EL1 = 14
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -131,7 +132,24 @@ class Unexpected:
     far: int
 
 
-Event = CpuStart | Hvc | Smc | Stage2Abort | SysregTrap | OtherTrap | Unexpected
+@dataclass(slots=True)
+class GuardTrip:
+    """An interrupt exit found a pinned EL1 register off its value (`Vcpu.pin_sysreg`).
+
+    The machine checks pinned registers itself on every interrupt that reaches EL2 (at least
+    once per guard interval, `Vcpu.arm_guard`) and reports only a mismatch: `value` is what the
+    register holds, `pinned`/`alt`/`mask` what it was pinned to. The kernel has not run since; unless
+    the hypervisor writes the register (or halts), it resumes with the forged value.
+    """
+
+    reg: SysReg
+    value: int
+    pinned: int
+    mask: int
+    alt: int
+
+
+Event = CpuStart | Hvc | Smc | Stage2Abort | SysregTrap | OtherTrap | Unexpected | GuardTrip
 
 
 # --- what the hypervisor sees ---------------------------------------------------------------
@@ -188,6 +206,25 @@ class Vcpu(Protocol):
 
     def smc_passthrough(self) -> None:
         """Forward a trapped SMC (PSCI) to the firmware and resume after it."""
+        ...
+
+    def arm_guard(self, interval_us: int) -> None:
+        """Take control of this CPU at least every `interval_us`, whatever EL1 does.
+
+        Every physical interrupt then enters EL2 first and reaches the kernel as a virtual
+        one, and an EL2 timer fires each interval; on each such entry the machine compares the
+        pinned registers (`pin_sysreg`) and raises `GuardTrip` on a mismatch. Stays armed
+        until the CPU restarts (a new `CpuStart`).
+        """
+        ...
+
+    def pin_sysreg(self, reg: SysReg, value: int, mask: int = (1 << 64) - 1,
+                   alt: int | None = None) -> None:
+        """Have the guard check `reg & mask` in {value, alt} on this CPU (replaces a pin)."""
+        ...
+
+    def unpin_sysreg(self, reg: SysReg) -> None:
+        """Stop checking `reg` on this CPU."""
         ...
 
 

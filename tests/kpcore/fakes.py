@@ -17,6 +17,7 @@ from secvma.kpcore import KPCore, make_policy
 from secvma.platform import (
     CpuStart,
     Event,
+    GuardTrip,
     GuestMemoryError,
     Hvc,
     Hypervisor,
@@ -155,6 +156,8 @@ class FakeVcpu:
     skips: int = 0
     smcs: int = 0
     writes: list[tuple[SysReg, int]] = field(default_factory=list)
+    guard_us: int | None = None  # armed interrupt guard (arm_guard)
+    pins: dict[SysReg, tuple[int, int, int]] = field(default_factory=dict)  # reg -> (mask, value, alt)
 
     def x(self, n: int) -> int:
         if not 0 <= n <= 31:
@@ -191,6 +194,23 @@ class FakeVcpu:
     def smc_passthrough(self) -> None:
         self.smcs += 1
         self.skip()
+
+    def arm_guard(self, interval_us: int) -> None:
+        self.guard_us = interval_us
+
+    def pin_sysreg(self, reg: SysReg, value: int, mask: int = MASK64, alt: int | None = None) -> None:
+        self.pins[reg] = (mask, value & mask, (value if alt is None else alt) & mask)
+
+    def unpin_sysreg(self, reg: SysReg) -> None:
+        self.pins.pop(reg, None)
+
+    def guard_check(self) -> GuardTrip | None:
+        """What the machine's guard would report at an interrupt exit now (first mismatch)."""
+        for reg, (mask, value, alt) in self.pins.items():
+            seen = self.sysregs.get(reg, 0)
+            if seen & mask not in (value, alt):
+                return GuardTrip(reg, seen, value, mask, alt)
+        return None
 
     @property
     def tvm(self) -> bool:

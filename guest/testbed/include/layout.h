@@ -42,7 +42,7 @@
 
 #define UART_PA   0x09000000ULL
 #define GICD_PA   0x08000000ULL
-#define GICC_PA   0x08010000ULL
+#define GICR_PA   0x080a0000ULL
 #define TIMER_PPI 30
 #define HZ        500
 

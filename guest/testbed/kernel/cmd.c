@@ -96,7 +96,7 @@ static void run_command(struct secvma_cmd *c)
 		c->ret[0] = probed(c, px_call, a[0], a[1], 0);
 		break;
 	case CMD_MSR:
-		if (a[0] > 13) {
+		if (a[0] > 14) {
 			c->status = ST_BADARG;
 			break;
 		}

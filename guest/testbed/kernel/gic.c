@@ -1,15 +1,27 @@
-/* GICv2 (virt: distributor 0x0800_0000, CPU interface 0x0801_0000) and the EL1 physical timer. */
+/*
+ * GICv3 (virt, gic-version=3: distributor 0x0800_0000, redistributors from 0x080a_0000, CPU
+ * interface through ICC_* system registers) and the EL1 physical timer. The same code runs on
+ * the physical CPU interface (no hypervisor guard) and on the virtual one a hypervisor gives
+ * with HCR_EL2.IMO (ICC_* accesses then reach ICV_*).
+ */
 #include "kernel.h"
 
-#define GICD_CTLR       0x000
-#define GICD_ISENABLER  0x100
-#define GICD_IPRIORITYR 0x400
-#define GICC_CTLR       0x000
-#define GICC_PMR        0x004
-#define GICC_IAR        0x00c
-#define GICC_EOIR       0x010
+#define GICD_CTLR        0x0000
+#define GICD_CTLR_ARE    (1U << 4)
+#define GICD_CTLR_G1     (1U << 1)
+#define GICR_WAKER       0x0014
+#define GICR_SGI         0x10000          /* SGI/PPI frame of a redistributor */
+#define GICR_IGROUPR0    0x0080
+#define GICR_ISENABLER0  0x0100
+#define GICR_IPRIORITYR  0x0400
 
-static volatile u8 *gicd, *gicc;
+#define ICC_SRE_EL1      "S3_0_C12_C12_5"
+#define ICC_PMR_EL1      "S3_0_C4_C6_0"
+#define ICC_IGRPEN1_EL1  "S3_0_C12_C12_7"
+#define ICC_IAR1_EL1     "S3_0_C12_C12_0"
+#define ICC_EOIR1_EL1    "S3_0_C12_C12_1"
+
+static volatile u8 *gicd, *gicr;
 volatile u64 jiffies;
 static u64 tick_ticks;
 
@@ -17,17 +29,31 @@ static u64 tick_ticks;
 
 void gic_init(void)
 {
+	u64 v;
+
 	gicd = ioremap(GICD_PA, 0x10000);
-	gicc = ioremap(GICC_PA, 0x2000);
-	W32(gicd, GICD_CTLR) = 1;
-	W32(gicd, GICD_IPRIORITYR + (TIMER_PPI & ~3)) = 0xa0a0a0a0;
-	W32(gicd, GICD_ISENABLER) = 1U << TIMER_PPI;
-	W32(gicc, GICC_PMR) = 0xf0;
-	W32(gicc, GICC_CTLR) = 1;
+	gicr = ioremap(GICR_PA, 0x20000);     /* CPU 0's redistributor (the testbed is UP) */
+	W32(gicd, GICD_CTLR) = GICD_CTLR_ARE | GICD_CTLR_G1;
+	W32(gicr, GICR_WAKER) &= ~2U;         /* ProcessorSleep off */
+	while (W32(gicr, GICR_WAKER) & 4U)    /* ChildrenAsleep */
+		;
+	W32(gicr, GICR_SGI + GICR_IGROUPR0) |= 1U << TIMER_PPI;
+	*(volatile u8 *)(gicr + GICR_SGI + GICR_IPRIORITYR + TIMER_PPI) = 0xa0;
+	W32(gicr, GICR_SGI + GICR_ISENABLER0) = 1U << TIMER_PPI;
+	asm volatile("mrs %0, " ICC_SRE_EL1 : "=r"(v));
+	asm volatile("msr " ICC_SRE_EL1 ", %0; isb" :: "r"(v | 1));
+	asm volatile("msr " ICC_PMR_EL1 ", %0" :: "r"(0xf0UL));
+	asm volatile("msr " ICC_IGRPEN1_EL1 ", %0; isb" :: "r"(1UL));
 }
 
-u32 gic_ack(void) { return W32(gicc, GICC_IAR); }
-void gic_eoi(u32 irq) { W32(gicc, GICC_EOIR) = irq; }
+u32 gic_ack(void)
+{
+	u64 v;
+	asm volatile("mrs %0, " ICC_IAR1_EL1 : "=r"(v));
+	return (u32)v;
+}
+
+void gic_eoi(u32 irq) { asm volatile("msr " ICC_EOIR1_EL1 ", %0; isb" :: "r"((u64)irq)); }
 
 void timer_init(void)
 {

@@ -85,7 +85,7 @@ px_call:
 	/* system registers by secvma.platform.SysReg index: x0 = index, x1 = value */
 	.globl	pm_msr
 pm_msr:
-	cmp	x0, #13
+	cmp	x0, #14
 	b.hi	9f
 	adr	x9, 1f
 	add	x9, x9, x0, lsl #3
@@ -117,6 +117,8 @@ pm_msr:
 	msr	spsr_el1, x1
 	b	8f
 	msr	vbar_el1, x1
+	b	8f
+	msr	mdscr_el1, x1
 	b	8f
 8:	isb
 	mov	x0, #0
@@ -158,7 +160,7 @@ pm_mrs:
 	ret
 	mrs	x0, vbar_el1
 	ret
-	mov	x0, #0
+	mrs	x0, mdscr_el1
 	ret
 	mov	x0, #0
 	ret

@@ -11,6 +11,7 @@ attacks SECvma's C design stops, which gaps of docs/kpcore-spec.md §11 it leave
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -227,6 +228,49 @@ def _pin_attack(reg: SysReg, flip: int) -> Callable[[TestbedSession], Evidence]:
         return Evidence(Verdict.BLOCKED, f"{reg.name} still {now:#x}")
     run.__doc__ = f"Flip bits {flip:#x} of {reg.name} with a plain MSR."
     return run
+
+
+MDSCR_KDE = 1 << 13
+BAD_FIQ_PANIC = "bad mode: unexpected exception kind 2"
+GUARD_WAIT_S = 0.1  # > the guard interval (10 ms) and many timer ticks (2 ms)
+
+
+def vbar_forge(s: TestbedSession) -> Evidence:
+    """Point VBAR_EL1 one entry off (VBAR is not trapped by TVM) and wait for an interrupt.
+
+    The forged base is the kernel's vectors + 0x80, so an IRQ taken at EL1 (offset 0x280)
+    lands in the FIQ entry (vectors + 0x300), whose handler panics with a recognisable
+    message (and, its own faults taken through the forged table too, never gets further): that
+    message is the evidence the forged vector was used. Without the guard the register is seen
+    by the hypervisor only at the next trap, which the idle kernel never takes first.
+    """
+    real = s.mrs(SysReg.VBAR_EL1).value
+    forged = real + 0x80
+    s.msr(SysReg.VBAR_EL1, forged)
+    time.sleep(GUARD_WAIT_S)
+    if not s.answers_within(5.0):
+        if BAD_FIQ_PANIC in s.console_text():
+            return Evidence(Verdict.SUCCEEDED, f"VBAR_EL1 {real:#x} -> {forged:#x}: the next IRQ "
+                                               "entered the forged vector (FIQ slot: kernel panic)")
+        raise RuntimeError("the kernel stopped answering without the forged vector's mark")
+    now = s.mrs(SysReg.VBAR_EL1).value
+    if now == forged:
+        return Evidence(Verdict.SUCCEEDED, f"VBAR_EL1 still forged ({now:#x}) after interrupts")
+    if BAD_FIQ_PANIC in s.console_text():
+        return Evidence(Verdict.SUCCEEDED, "the forged vector ran (FIQ slot), VBAR restored later")
+    return Evidence(Verdict.BLOCKED, f"VBAR_EL1 back at {now:#x} (forged {forged:#x}); interrupts "
+                                     "kept entering the real vectors")
+
+
+def mdscr_kde(s: TestbedSession) -> Evidence:
+    """Set MDSCR_EL1.KDE (debug exceptions at EL1; no TVM trap covers MDSCR_EL1)."""
+    before = s.mrs(SysReg.MDSCR_EL1).value
+    s.msr(SysReg.MDSCR_EL1, before | MDSCR_KDE)
+    time.sleep(GUARD_WAIT_S)  # the kernel idles through timer interrupts and a guard interval
+    now = s.mrs(SysReg.MDSCR_EL1).value
+    if now & MDSCR_KDE:
+        return Evidence(Verdict.SUCCEEDED, f"MDSCR_EL1 {before:#x} -> {now:#x} (KDE set)")
+    return Evidence(Verdict.BLOCKED, f"MDSCR_EL1.KDE cleared again ({now:#x})")
 
 
 def direct_ttbr0(s: TestbedSession) -> Evidence:
@@ -650,4 +694,9 @@ ATTACKS: list[Attack] = [
            write_module_rodata, GAP, gap="15 (MOD_ro writable)"),
     Attack("hvc33-double-register", "register a user root twice, release once, switch to it",
            double_registered_root, BLOCKED),
+    # EL1 registers no TVM trap covers (docs/el1-registers.md, issue 15)
+    Attack("vbar-forge", "move VBAR_EL1 (untrapped) so the next interrupt runs a forged vector",
+           vbar_forge, GAP, gap="-- (VBAR_EL1 is not trapped: issue 15)"),
+    Attack("mdscr-kde", "enable debug exceptions at EL1 (MDSCR_EL1.KDE, untrapped)", mdscr_kde,
+           GAP, gap="-- (MDSCR_EL1 is not trapped: issue 15)"),
 ]

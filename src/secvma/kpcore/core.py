@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from secvma.arch.el2 import HCR_TVM
 from secvma.hvabi import HVC_ENOSYS, HVC_INVALID
-from secvma.kpcore import invariants
+from secvma.kpcore import guard, invariants
 from secvma.kpcore.faults import handle_abort, inject_refusal
 from secvma.kpcore.hypercalls import HCR_HOST, handle_hvc, neg
 from secvma.kpcore.modkeys import ModuleKeys
@@ -41,6 +41,7 @@ from secvma.kpcore.sysregs import handle_sysreg
 from secvma.platform import (
     CpuStart,
     Event,
+    GuardTrip,
     Hvc,
     OtherTrap,
     Platform,
@@ -76,6 +77,7 @@ class KPCore:
         self.internal_errors: list[InternalError] = []
         self.hvc_counts: dict[int, int] = {}
         self._traps = 0
+        self._vbar_pinned: set[int] = set()  # CPUs whose guard checks the pinned VBAR_EL1
 
     # --- public surface -----------------------------------------------------------------
 
@@ -118,7 +120,8 @@ class KPCore:
         st.events[type(event).__name__] += 1
         try:
             self._dispatch(st, platform, cpu, event)
-            self._check_vbar(st, cpu)
+            if not isinstance(event, GuardTrip):  # a trip was judged by kpcore.guard already
+                self._check_vbar(st, cpu)
             st.s2.flush(platform, cpu)
         except Exception as exc:  # a model bug: record, stop the machine, never propagate
             log.exception("kpcore internal error on %r", event)
@@ -143,6 +146,13 @@ class KPCore:
                 c.ttbr0 = c.ttbr1 = 0
                 hcr |= HCR_TVM
             cpu.set_stage2(st.s2.vttbr(), VTCR_4G, hcr)
+            self._vbar_pinned.discard(cpu.index)
+            if not self.policy.quirks.unguarded_el1_regs:
+                guard.arm(cpu)
+        elif isinstance(ev, GuardTrip):
+            restore = st.vbar if ev.reg is SysReg.VBAR_EL1 and st.vbar else None
+            guard.trip(st.refusals, plat, cpu, ev, policy=self.policy.name,
+                       action=self.policy.guard_action, restore_to=restore)
         elif isinstance(ev, Smc):
             cpu.smc_passthrough()
         elif isinstance(ev, Hvc):
@@ -232,7 +242,11 @@ class KPCore:
             boot = st.boot
             if boot.text_va <= vbar < boot.text_va + (boot.etext - boot.text):
                 st.vbar = vbar
-            return
+            else:
+                return
+        if not self.policy.quirks.unguarded_el1_regs and cpu.index not in self._vbar_pinned:
+            cpu.pin_sysreg(SysReg.VBAR_EL1, st.vbar)  # from now on checked at every interrupt
+            self._vbar_pinned.add(cpu.index)
         if vbar != st.vbar:
             st.refusals.append(Refusal("vbar", Errno.EPERM, "VBAR_EL1 moved off the pinned "
                                        "vector table; restored", Outcome.REFUSED, cpu.index,

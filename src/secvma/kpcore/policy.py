@@ -32,6 +32,9 @@ flag at the one place where the two behaviours differ; there is no fork.
                                    refunded by HVC 31 (spec §7.5)
     mod_bounds_unchecked      7   n > 100 / name > 99 bytes overflow   refused (EINVAL)
                                    EL2 buffers: panic
+    unguarded_el1_regs       --    VBAR_EL1/MDSCR_EL1 (no TVM trap)     interrupt guard: checked
+                                   seen only at the next trap, which    at every interrupt exit,
+                                   a forged vector may never take       at least every 10 ms
 
 (`--` rows are faithful C behaviour, not bugs, that `hardened` still tightens or simplifies.)
 """
@@ -42,6 +45,7 @@ from dataclasses import dataclass, fields, replace
 
 POLICY_NAMES = ("secvma2024", "hardened")
 S2_MODES = ("huge", "4k")
+GUARD_ACTIONS = ("restore", "halt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ class Quirks:
     mod_unchecked_pointers: bool = False
     mod_ro_writable: bool = False
     mod_bounds_unchecked: bool = False
+    unguarded_el1_regs: bool = False
 
     @classmethod
     def all_on(cls) -> Quirks:
@@ -89,12 +94,16 @@ class Policy:
     s2: str = "huge"
     check_invariants: bool = False
     xnx: bool = True
+    guard_action: str = "restore"
+    """What a forged untrapped register (kpcore.guard) costs the kernel: "restore" it or "halt"."""
 
     def __post_init__(self) -> None:
         if self.name not in POLICY_NAMES:
             raise ValueError(f"unknown policy {self.name!r}; choose one of {POLICY_NAMES}")
         if self.s2 not in S2_MODES:
             raise ValueError(f"unknown stage-2 mode {self.s2!r}; choose one of {S2_MODES}")
+        if self.guard_action not in GUARD_ACTIONS:
+            raise ValueError(f"unknown guard action {self.guard_action!r}; one of {GUARD_ACTIONS}")
 
     @property
     def hardened(self) -> bool:

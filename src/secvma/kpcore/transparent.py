@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from secvma.arch.descriptors import OA_MASK, PXN, PXNTABLE, DescKind, level_size
 from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
 from secvma.arch.walk import AccessType, Perm, Visit, VisitCtx, WalkAction, s2_perms, walk
-from secvma.kpcore import kpt
+from secvma.kpcore import guard, kpt
 from secvma.kpcore.faults import inject_refusal
 from secvma.kpcore.fetch import s1_translate
 from secvma.kpcore.hostmem import commit_claim, set_class
@@ -57,6 +57,7 @@ from secvma.outside import OutsideMapGuard
 from secvma.platform import (
     CpuStart,
     Event,
+    GuardTrip,
     GuestMemoryError,
     Hvc,
     OtherTrap,
@@ -169,6 +170,7 @@ class TransparentKPCore:
         self.outside = OutsideMapGuard()
         self.text_log: list[tuple[int, int, int]] = []
         self.text_locked = False
+        self.vbars = guard.VbarLearner()  # issue 15: VBAR_EL1 checked by the interrupt guard
 
     # --- public surface -----------------------------------------------------------------
 
@@ -242,6 +244,9 @@ class TransparentKPCore:
         self.stats["trap." + type(event).__name__] += 1
         try:
             self._dispatch(st, platform, cpu, event)
+            if self.cpus.get(cpu.index, TCpu()).locked:
+                self.vbars.watch(st.refusals, platform, cpu, self._vbar_in_text(platform, cpu),
+                                 policy="transparent")
             st.s2.flush(platform, cpu)
         except Exception as exc:  # a model bug: record, stop the machine, never propagate
             log.exception("transparent kpcore internal error on %r", event)
@@ -257,6 +262,11 @@ class TransparentKPCore:
             fast = getattr(cpu, "set_fast_path", None)
             if fast is not None:
                 fast(FAST_PATH)
+            self.vbars.restart(cpu)
+            guard.arm(cpu)
+        elif isinstance(ev, GuardTrip):
+            self.vbars.on_trip(st.refusals, plat, cpu, ev, self._vbar_in_text(plat, cpu),
+                               policy="transparent")
         elif isinstance(ev, Smc):
             cpu.smc_passthrough()
         elif isinstance(ev, Hvc):
@@ -270,6 +280,18 @@ class TransparentKPCore:
                 Errno.EINVAL, "trap-class", "unexpected exception class", esr=ev.esr))
         elif isinstance(ev, Unexpected):
             plat.halt(f"transparent kpcore: unexpected EL2 exception {ev!r}")
+
+    def _vbar_in_text(self, plat: Platform, cpu: Vcpu) -> Callable[[int], bool]:
+        """Whether a VBAR_EL1 value is fetched (stage 1, this CPU) from kernel text.
+
+        Kernel text is known only once swapper was walked (`--protect-tables`); until then any
+        EL1-executable page counts (weaker: the kernel's own stage 1 decides).
+        """
+        def in_text(va: int) -> bool:
+            text = self.learned.text
+            hit = s1_translate(plat, cpu, va, AccessType.FETCH)
+            return hit is not None and (text is None or text[0] <= hit[0] < text[1])
+        return in_text
 
     def _guard(self, st: KState, plat: Platform, cpu: Vcpu, ev: Event,
                fn: Callable[[], None]) -> None:

@@ -58,16 +58,36 @@ MB_MAIR = 0x0A0
 MB_VBAR = 0x0A8
 MB_SP_EL0 = 0x0B0
 MB_SP_EL1 = 0x0B8
+# interrupt guard (see "interrupt guard" below); counters written by EL2, read by Python
+MB_IRQS = 0x0C0  # physical interrupts taken at EL2
+MB_TICKS = 0x0C8  # guard timer (CNTHP) expiries
+MB_GUARD_PERIOD = 0x0D0  # CNTHP period in counter ticks (0: guard not armed)
+MB_GUARD_HIT = 0x0D8  # index of the guard-table entry that did not match (KIND_GUARD)
+MB_IRQ_TICKS = 0x0E0  # counter ticks spent in the EL2 interrupt path (entry to ERET)
+MB_HCR_OR = 0x0E8  # bits OR-ed into every HCR_EL2 write (IMO|FMO while the guard is armed)
+MB_FEAT = 0x0F0  # ID_AA64MMFR0_EL1 read at EL2 at start (FGT = bits 59:56)
+MB_CHECKS = 0x0F8  # guard-table checks run
 MB_X = 0x100  # x0..x30
 MB_CMDS = 0x200  # commands: {op, a, b, pad} u64 each; op 0 ends the list
 CMD_SIZE = 32
 MAX_CMDS = 64
 MB_FASTTAB = 0xA00  # fast-path table (see FAST_*), up to MB_FASTTAB_END
-MB_FASTTAB_END = 0x1000
+MB_FASTTAB_END = 0xD80
+MB_IRQQ = 0xD80  # interrupts waiting for a free list register: IRQQ_MAX u32 INTIDs
+IRQQ_MAX = 16
+MB_IRQQ_N = 0xDC0  # how many are queued
+MB_LR_OVF = 0xDC8  # interrupts lost because the queue was full too
+MB_SGIS = 0xDD0  # ICC_SGI1R_EL1 writes (IPIs) sent by EL2 for EL1
+MB_GICR = 0xDD8  # this CPU's redistributor (RD frame) physical address
+MB_LAST_TICK = 0xDE0  # CNTPCT at the last guard timer tick (a late tick re-enables its PPI)
+MB_PPI_FIX = 0xDE8  # times the guard's PPIs were re-enabled because ticks stopped coming
+MB_GUARDTAB = 0xE00  # guard table (see GUARD_*), up to MB_GUARDTAB_END
+MB_GUARDTAB_END = 0x1000
 
 KIND_HELLO = 1
 KIND_TRAP = 2
 KIND_UNEXPECTED = 3
+KIND_GUARD = 4  # an interrupt exit found a guarded EL1 register off its pinned value
 
 STATE_IDLE = 0
 STATE_REQUEST = 1
@@ -86,6 +106,7 @@ OP_SMC = 8  # SMC #0 with the frame's x0..x3, result into frame x0..x3
 OP_IC_IALLU = 9  # IC IALLUIS: code written by Python becomes visible to fetch
 OP_INJECT = 10  # ESR_EL1 := a, FAR_EL1 := b, exception entry to VBAR_EL1
 OP_HALT = 11  # park this CPU forever (WFI loop) after a fatal hypervisor decision
+OP_GUARD = 12  # arm the interrupt guard: a = CNTHP period in counter ticks (see below)
 
 # ---- fast path: MSR traps answered in EL2 without Python --------------------------------
 # Table of {iss_key u32, action u32, value u64}: a trapped MSR whose ISS (with Rt masked out)
@@ -94,6 +115,28 @@ OP_HALT = 11  # park this CPU forever (WFI loop) after a fatal hypervisor decisi
 FAST_ENTRY_SIZE = 16
 FAST_MAX = (MB_FASTTAB_END - MB_FASTTAB) // FAST_ENTRY_SIZE - 1
 FAST_ALLOW = 1
+
+# ---- interrupt guard: EL2 takes control at a bounded interval, whatever EL1 does ----------
+# OP_GUARD sets HCR_EL2.IMO|FMO (kept in every later HCR write through MB_HCR_OR), enables the
+# GICv3 virtual CPU interface (ICH_HCR_EL2.En) and the EL2 physical timer (CNTHP, PPI
+# GUARD_PPI) with the given period. Every physical interrupt then enters EL2: the trampoline
+# acknowledges it, hands it to EL1 as a virtual interrupt through a list register (HW=1, so
+# the kernel's EOI deactivates the physical one; SGIs HW=0), re-arms the timer, and compares
+# each guarded register with the table below. Only a mismatch goes to Python (KIND_GUARD).
+# Table of {reg u32 (SysReg index), state u32, mask u64, value u64, alt u64, seen u64}: an
+# entry with state GUARD_ON matches when (reg & mask) is value or alt; state 0 ends the table.
+GUARD_ENTRY_SIZE = 40
+GUARD_MAX = (MB_GUARDTAB_END - MB_GUARDTAB) // GUARD_ENTRY_SIZE - 1
+GUARD_ON = 1
+SGI1R_ISS_KEY = (3 << 20) | (5 << 17) | (12 << 10) | (11 << 1)  # MSR ICC_SGI1R_EL1, Rt masked
+GUARD_PPI = 26  # virt board: EL2 physical timer (CNTHP) PPI 10
+MAINT_PPI = 25  # GICv3 maintenance interrupt (list-register underflow)
+HCR_GUARD = 0x18  # HCR_EL2.IMO | FMO
+GIC_PRIO = 0xA0  # priority of the virtual interrupts (Linux's and the testbed's default)
+GIC_VERSION = 3  # the board's GIC: v3 has the virtual CPU interface (list registers) used here
+GICD_BASE = 0x0800_0000
+GICR_BASE = 0x080A_0000  # virt, gic-version=3: one 128 KB redistributor per CPU
+GICR_STRIDE = 0x2_0000
 
 # SPSR for entering EL1h with DAIF masked
 SPSR_EL1H_MASKED = 0x3C5

@@ -30,6 +30,7 @@ from secvma.machine.qemu import QemuProcess
 from secvma.platform import (
     CpuStart,
     Event,
+    GuardTrip,
     GuestMemoryError,
     Hvc,
     Hypervisor,
@@ -51,6 +52,8 @@ EC_IABT_LOW = 0x20
 EC_DABT_LOW = 0x24
 
 PSCI_CPU_ON = (0xC4000003, 0x84000003)
+PSCI_CPU_OFF = 0x84000002
+STARVE_S = 5.0  # the guard's watchdog: an armed CPU silent this long (wall) halts the machine
 
 # (op0, op1, CRn, CRm, op2) of the registers the trampoline can write
 SYSREG_BY_ENCODING: dict[tuple[int, int, int, int, int], SysReg] = {
@@ -68,6 +71,7 @@ SYSREG_BY_ENCODING: dict[tuple[int, int, int, int, int], SysReg] = {
     (3, 0, 4, 0, 1): SysReg.ELR_EL1,
     (3, 0, 4, 0, 0): SysReg.SPSR_EL1,
     (3, 0, 12, 0, 0): SysReg.VBAR_EL1,
+    (2, 0, 0, 2, 2): SysReg.MDSCR_EL1,
 }
 ENCODING_BY_SYSREG = {v: k for k, v in SYSREG_BY_ENCODING.items()}
 
@@ -88,6 +92,23 @@ def sysreg_iss_key(reg: SysReg) -> int:
 
 
 @dataclass
+class GuardStats:
+    """What the interrupt guard did in a run (summed over CPUs; see layout "interrupt guard")."""
+
+    armed_cpus: int
+    irqs: int  # physical interrupts taken at EL2
+    ticks: int  # guard timer expiries
+    checks: int  # guard-table checks (one per interrupt exit)
+    trips: int  # mismatches reported to the hypervisor
+    sgis: int  # IPIs sent by EL2 for EL1
+    lr_overflow: int  # interrupts lost because no list register and no queue slot was free
+    ppi_fixes: int  # guard PPIs re-enabled after the kernel had disabled them
+    irq_path_us: float  # mean time in the EL2 interrupt path, entry to ERET
+    interval_us: float  # the armed period
+    fgt: int  # ID_AA64MMFR0_EL1.FGT seen at EL2 (0: no fine-grained traps)
+
+
+@dataclass
 class RunResult:
     """How a run ended and what it cost."""
 
@@ -102,6 +123,7 @@ class RunResult:
     roundtrip_us: list[float] = field(default_factory=list)
     first_seen: dict[str, float] = field(default_factory=dict)
     cntfrq: int = 0
+    guard: GuardStats | None = None
 
     def roundtrip_stats(self) -> dict[str, float]:
         """Median, p99 and count of the trap round trips measured by the trampoline (µs)."""
@@ -131,6 +153,11 @@ class MailboxCpu:
         self.pending_entry: int | None = None
         self.last_rt_valid = False
         self.started = False
+        self.pins: dict[SysReg, tuple[int, int, int]] = {}  # guard table: reg -> (mask, value, alt)
+        self.guard_period = 0  # counter ticks, 0 while not armed
+        self.trips = 0
+        self.watch_seen = -1  # the watchdog's last view of this CPU's EL2 entries, and when
+        self.watch_t = 0.0
 
     @property
     def index(self) -> int:
@@ -207,6 +234,8 @@ class MailboxCpu:
         outside the hypervisor's control).
         """
         fid = self.x(0) & 0xFFFFFFFF
+        if fid == PSCI_CPU_OFF:
+            self.guard_period = 0  # nothing runs there any more: not watched
         if fid in PSCI_CPU_ON:
             target = self.x(1) & 0xFF
             if target < self.server.ncpus:
@@ -214,6 +243,49 @@ class MailboxCpu:
                 self.set_x(2, layout.TRAMPOLINE_BASE)
         self.skip()
         self.cmds.append((layout.OP_SMC, 0, 0))
+
+    # ---- interrupt guard ---------------------------------------------------------------
+    def arm_guard(self, interval_us: int) -> None:
+        if not 100 <= interval_us <= 10_000_000:
+            raise ValueError(f"guard interval {interval_us} µs outside 100 µs .. 10 s")
+        freq = int(self.q[(self.off + layout.MB_CNTFRQ) // 8]) or 62_500_000
+        self.guard_period = max(1, interval_us * freq // 1_000_000)
+        self.watch_seen = -1
+        self.cmds.append((layout.OP_GUARD, self.guard_period, 0))
+
+    def pin_sysreg(self, reg: SysReg, value: int, mask: int = MASK64, alt: int | None = None) -> None:
+        mask &= MASK64
+        self.pins[SysReg(reg)] = (mask, value & mask, (value if alt is None else alt) & mask)
+        self._write_pins()
+
+    def unpin_sysreg(self, reg: SysReg) -> None:
+        if self.pins.pop(reg, None) is not None:
+            self._write_pins()
+
+    def _write_pins(self) -> None:
+        """Rewrite this CPU's guard table (the CPU is stopped here, so no torn entry is seen)."""
+        if len(self.pins) > layout.GUARD_MAX:
+            raise ValueError(f"at most {layout.GUARD_MAX} pinned registers")
+        mm, base = self.server.mm, self.off + layout.MB_GUARDTAB
+        for i, (reg, (mask, value, alt)) in enumerate(self.pins.items()):
+            struct.pack_into("<IIQQQQ", mm, base + i * layout.GUARD_ENTRY_SIZE, int(reg), layout.GUARD_ON,
+                             mask, value, alt, 0)
+        struct.pack_into("<IIQQQQ", mm, base + len(self.pins) * layout.GUARD_ENTRY_SIZE, 0, 0, 0, 0, 0, 0)
+
+    def guard_trip(self) -> GuardTrip:
+        """The mismatch the trampoline reported (KIND_GUARD)."""
+        hit = int(self.q[(self.off + layout.MB_GUARD_HIT) // 8])
+        if not 0 <= hit < len(self.pins):
+            raise ProtocolError(f"cpu{self.index}: guard hit {hit} outside its {len(self.pins)} pins",
+                                last_pc=self.elr)
+        reg, mask, value, alt, seen = struct.unpack_from(
+            "<I4xQQQQ", self.server.mm, self.off + layout.MB_GUARDTAB + hit * layout.GUARD_ENTRY_SIZE)
+        self.trips += 1
+        return GuardTrip(SysReg(reg), seen, value, mask, alt)
+
+    def counter(self, field_off: int) -> int:
+        """A u64 counter of this CPU's mailbox (layout.MB_IRQS, MB_TICKS, ...)."""
+        return int(self.q[(self.off + field_off) // 8])
 
     def set_fast_path(self, regs: list[SysReg]) -> None:
         """Let the trampoline perform MSRs to `regs` itself, without a round trip to Python."""
@@ -246,6 +318,7 @@ class MailboxServer:
         self.rt_ticks: list[int] = []
         self._halt: str | None = None
         self._current: MailboxCpu | None = None
+        self.starve_s = STARVE_S
 
     # ---- Platform ----------------------------------------------------------------------
     @property
@@ -349,7 +422,11 @@ class MailboxServer:
                 cpu.set_elr(self.kernel_entry)
             cpu.started = True
             cpu.last_rt_valid = False
+            cpu.pins.clear()  # the trampoline emptied the guard table and disarmed the guard
+            cpu.guard_period = 0
             return CpuStart(cpu.elr, cpu.x(0))
+        if kind == layout.KIND_GUARD:
+            return cpu.guard_trip()
         if kind == layout.KIND_UNEXPECTED:
             vec = int(q[(off + layout.MB_VEC) >> 3])
             return Unexpected(vec, cpu.esr, int(q[(off + layout.MB_FAR) >> 3]))
@@ -440,6 +517,10 @@ class MailboxServer:
                 if self._halt is not None:
                     exit_kind, reason = "halt", self._halt
                     break
+            starved = self._starved(now)
+            if starved is not None:
+                exit_kind, reason = "halt", starved
+                break
             if now > deadline:
                 pcs = qemu.last_pcs()
                 raise GuestTimeout(
@@ -449,12 +530,33 @@ class MailboxServer:
                 time.sleep(0.0001)
         return self._finish(console, exit_kind, reason)
 
+    def _starved(self, now: float) -> str | None:
+        """The guard's watchdog: an armed CPU that entered EL2 for nothing in `starve_s`.
+
+        The guard timer brings every armed CPU to EL2 each interval, so a long silence means the
+        kernel disabled the guard's interrupt (limit 1 of docs/el1-registers.md) and stays away
+        from every trap: the machine is halted rather than left unchecked. Wall clock, so the
+        bound is generous (a loaded host may deschedule QEMU for a while).
+        """
+        for c in self.cpus:
+            if not c.guard_period or not c.started:
+                continue
+            seen = c.counter(layout.MB_IRQS) + c.counter(layout.MB_NTR)
+            if seen != c.watch_seen or self.u32[(c.off + layout.MB_STATE) >> 2] != 0:
+                c.watch_seen, c.watch_t = seen, now
+            elif now - c.watch_t > self.starve_s:
+                return (f"guard starved: cpu{c.index} entered EL2 for nothing in {self.starve_s:.0f} s "
+                        f"(guard interval {c.guard_period * 1e6 / (c.counter(layout.MB_CNTFRQ) or 1):.0f} "
+                        "us): its kernel disabled the guard's interrupt")
+        return None
+
     def _finish(self, console: Console, exit_kind: str, reason: str) -> RunResult:
         qemu = self.qemu
         wall = time.perf_counter() - qemu.t_start
         cntfrq = int(self.q[(self.cpus[0].off + layout.MB_CNTFRQ) >> 3]) or 62_500_000
         fast = sum(int(self.q[(c.off + layout.MB_FAST) >> 3]) for c in self.cpus)
         ntr = sum(int(self.q[(c.off + layout.MB_NTR) >> 3]) for c in self.cpus)
+        guard = self.guard_stats(cntfrq)
         if exit_kind != "poweroff":
             self.release()
             qemu.stop()
@@ -470,7 +572,24 @@ class MailboxServer:
         return RunResult(exit_kind, reason, wall, console.text,
                          qemu.proc.returncode if qemu.proc else None, dict(self.traps), fast, ntr, rt,
                          {k.decode(errors="replace"): v for k, v in console.first_seen.items()},
-                         cntfrq)
+                         cntfrq, guard)
+
+    def guard_stats(self, cntfrq: int) -> GuardStats | None:
+        """The interrupt guard's counters, or None when no CPU armed it."""
+        armed = [c for c in self.cpus if c.counter(layout.MB_GUARD_PERIOD)]
+        if not armed:
+            return None
+        irqs = sum(c.counter(layout.MB_IRQS) for c in armed)
+        ticks = sum(c.counter(layout.MB_IRQ_TICKS) for c in armed)
+        return GuardStats(
+            len(armed), irqs, sum(c.counter(layout.MB_TICKS) for c in armed),
+            sum(c.counter(layout.MB_CHECKS) for c in armed), sum(c.trips for c in armed),
+            sum(c.counter(layout.MB_SGIS) for c in armed),
+            sum(c.counter(layout.MB_LR_OVF) for c in armed),
+            sum(c.counter(layout.MB_PPI_FIX) for c in armed),
+            ticks * 1e6 / cntfrq / irqs if irqs else 0.0,
+            armed[0].counter(layout.MB_GUARD_PERIOD) * 1e6 / cntfrq,
+            (self.cpus[0].counter(layout.MB_FEAT) >> 56) & 0xF)
 
     def release(self) -> None:
         """Drop the views on guest RAM so the mapping can be closed."""

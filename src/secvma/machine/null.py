@@ -3,7 +3,9 @@
 Stage 2 is an identity map of all RAM outside the hypervisor region (2 MiB blocks, normal
 memory, read/write/execute) and of the device space below RAM (one 1 GiB device block); every
 hypercall is answered with 0 (success); PSCI calls go to the firmware; trapped register
-writes (only with `trap_sysregs=True`, for measurements) are carried out unchanged.
+writes (only with `trap_sysregs=True`, for measurements) are carried out unchanged. With
+`guard_us` the interrupt guard is armed (interrupts through EL2, nothing pinned): the machine's
+mechanism without a policy, for tests and measurements.
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ def build_identity_stage2(platform: Platform, pool_base: int = layout.S2_POOL_BA
 class NullHypervisor:
     """A hypervisor that allows everything (identity stage 2, HVC -> 0, PSCI passed through)."""
 
-    def __init__(self, trap_sysregs: bool = False):
+    def __init__(self, trap_sysregs: bool = False, guard_us: int | None = None):
         self.trap_sysregs = trap_sysregs
+        self.guard_us = guard_us  # arm the interrupt guard (no pins): the mechanism alone
         self.root: int | None = None
         self.events: Counter[str] = Counter()
         self.hvc_log: list[tuple[int, tuple[int, ...]]] = []
@@ -112,5 +115,7 @@ class NullHypervisor:
             if self.root is None:
                 self.root = build_identity_stage2(platform)
             cpu.set_stage2(self.root | (VMID << 48), VTCR_4G, self.hcr)
+            if self.guard_us is not None:
+                cpu.arm_guard(self.guard_us)
         else:
             platform.halt(f"NullHypervisor: unhandled {event!r} at {cpu.elr:#x}")

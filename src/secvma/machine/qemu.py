@@ -126,14 +126,16 @@ class QemuProcess:
                "-serial", f"file:{self.log_path}",
                "-monitor", f"unix:{self.monitor_path},server,nowait"]
         if c.plain:
-            cmd += ["-machine", "virt,highmem=off", "-kernel", str(c.kernel), "-append", c.append]
+            cmd += ["-machine", f"virt,highmem=off,gic-version={layout.GIC_VERSION}",
+                    "-kernel", str(c.kernel), "-append", c.append]
             if c.initrd:
                 cmd += ["-initrd", str(c.initrd)]
             return cmd
         tramp = build_trampoline()
         dtb = make_dtb(build_dir() / "dtb", c.ncpus, self.ram_size, c.cpu, self.workdir / "board.dtb",
                        c.dtb_seed)
-        cmd += ["-machine", "virt,virtualization=on,highmem=off,memory-backend=ram",
+        board = f"virt,virtualization=on,highmem=off,gic-version={layout.GIC_VERSION},memory-backend=ram"
+        cmd += ["-machine", board,
                 "-object", f"memory-backend-file,id=ram,size={mib}M,mem-path={self.ram_path},share=on",
                 "-kernel", str(tramp.path), "-dtb", str(dtb), "-append", c.append,
                 "-device", f"loader,file={c.kernel},addr={c.kernel_addr:#x},force-raw=on"]

@@ -483,6 +483,24 @@ class TestbedSession(Primitives):
             raise MachineStopped(f"machine failed: {self.error}")
         return self._driver.submit(command).wait(self.command_timeout_s)
 
+    def answers_within(self, timeout_s: float) -> bool:
+        """True if the kernel completes a NOP within `timeout_s` (False: it stopped answering)."""
+        try:
+            self._driver.submit(Command(Op.NOP)).wait(timeout_s)
+        except (TimeoutError, MachineStopped):
+            return False
+        return True
+
+    def console_text(self) -> str:
+        """The guest console so far (live while the machine runs, else the finished run's)."""
+        server = self._server
+        if server is not None:
+            try:
+                return server.qemu.log_path.read_bytes().decode(errors="replace")
+            except OSError:
+                pass
+        return self.run_result.console if self.run_result is not None else ""
+
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._thread is None:

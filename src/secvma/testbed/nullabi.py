@@ -28,8 +28,8 @@ class TestbedNullHypervisor(NullHypervisor):
 
     __test__ = False  # not a pytest class, despite the name
 
-    def __init__(self) -> None:
-        super().__init__(trap_sysregs=False)
+    def __init__(self, guard_us: int | None = None) -> None:
+        super().__init__(trap_sysregs=False, guard_us=guard_us)
         self.boot_info: BootInfo | None = None
         self.hvc_counts: dict[int, int] = {}
         self.refusals: list[str] = []
