@@ -90,3 +90,41 @@ def test_a_broken_invariant_after_a_blocked_attack_is_a_mismatch_under_hardened(
     ev, ok = judge(a, "hardened", seen, _Hv(), ["INV-KPT-RO: EL1_PTE page 0x42400 writable"])
     assert not ok and "INV-KPT-RO" in ev.detail
     assert judge(a, "hardened", seen, _Hv(), [])[1]
+
+
+def test_an_effect_that_stops_the_kernel_stays_succeeded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The invariant check after an attack must not turn a panic the attack caused (the machine
+    gone) into a halt: vbar-forge under secvma2024 was reported 'halted, no refusal explains it'."""
+    from secvma.attacks import suite
+    from secvma.testbed.commands import MachineStopped
+
+    class Session:
+        platform = None
+
+        def __init__(self, *a: object, **k: object) -> None:
+            pass
+
+        def __enter__(self) -> Session:
+            return self
+
+        def __exit__(self, *a: object) -> None:
+            return None
+
+    class Hv:
+        st = object()
+        refusals: list[object] = []
+        internal_errors: list[object] = []
+
+        def check_invariants(self, platform: object, full: bool) -> list[str]:
+            raise MachineStopped("the machine is not running")
+
+    monkeypatch.setattr(suite, "TestbedSession", Session)
+    monkeypatch.setattr(suite, "make_hypervisor", lambda p, s2: Hv())
+    won = Attack("x", "effect then panic", lambda s: Evidence(Verdict.SUCCEEDED, "panicked"),
+                 {"secvma2024": frozenset({Verdict.SUCCEEDED})})
+    out = suite.run_attack(won, "secvma2024")
+    assert out.verdict is Verdict.SUCCEEDED and out.matches
+    lost = Attack("y", "no effect", lambda s: Evidence(Verdict.BLOCKED, "refused"),
+                  {"secvma2024": frozenset({Verdict.BLOCKED})})
+    out = suite.run_attack(lost, "secvma2024")
+    assert out.verdict is Verdict.HALTED and not out.matches
