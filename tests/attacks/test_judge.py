@@ -111,9 +111,10 @@ def test_an_effect_that_stops_the_kernel_stays_succeeded(monkeypatch: pytest.Mon
             return None
 
     class Hv:
-        st = object()
-        refusals: list[object] = []
-        internal_errors: list[object] = []
+        def __init__(self) -> None:
+            self.st = object()
+            self.refusals: list[object] = []
+            self.internal_errors: list[object] = []
 
         def check_invariants(self, platform: object, full: bool) -> list[str]:
             raise MachineStopped("the machine is not running")
