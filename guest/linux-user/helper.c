@@ -73,7 +73,7 @@ static uint64_t now_ns(void)
 }
 
 /* ---- fork/exec storm ------------------------------------------------------------------- */
-#define FORK_ROUNDS 60
+#define FORK_ROUNDS 25
 #define FORK_WIDTH 4
 
 static int wl_forkexec(void)
@@ -185,9 +185,9 @@ static int wl_mmap(void)
 
 /* ---- pipes: hackbench-like groups and a ping-pong -------------------------------------- */
 #define PIPE_GROUPS 4
-#define PIPE_MSGS 400
+#define PIPE_MSGS 200
 #define PIPE_MSG_LEN 100
-#define PINGS 400
+#define PINGS 200
 
 static int read_full(int fd, void *buf, size_t n)
 {

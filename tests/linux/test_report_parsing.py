@@ -8,7 +8,7 @@ from secvma.linux.session import parse_workloads
 
 CONSOLE = """[    1.1] Run /init as init process
 SECVMA-INIT: hello from userspace
-SECVMA-WL pipe 1 269700000 4 groups x 400 msgs = 160000 bytes verified; 400 ping-pongs
+SECVMA-WL pipe 1 269700000 4 groups x 200 msgs = 80000 bytes verified; 400 ping-pongs
 SECVMA-WL threads 0 1000 counters 79999 (atomic) 80000 (mutex), expected 80000
 """
 
@@ -16,7 +16,7 @@ SECVMA-WL threads 0 1000 counters 79999 (atomic) 80000 (mutex), expected 80000
 def test_workload_lines_parsed_and_missing_one_fails() -> None:
     got = parse_workloads(CONSOLE, ("pipe", "threads", "fileio"), "machine halted")
     assert got["pipe"].ok and got["pipe"].seconds == 0.2697
-    assert "160000 bytes" in got["pipe"].detail
+    assert "80000 bytes" in got["pipe"].detail
     assert not got["threads"].ok and "79999" in got["threads"].detail
     assert not got["fileio"].ok and got["fileio"].seconds is None
     assert "machine halted" in got["fileio"].detail

@@ -180,7 +180,7 @@ def parse_workloads(console: str, wanted: tuple[str, ...], why_missing: str) -> 
 
 def run_linux_workloads(policy: str, s2: str = "huge", smp: int = 1,
                         workloads: tuple[str, ...] = ("all",), *, check_invariants: bool = False,
-                        timeout_s: float = 600.0, echo: bool = False) -> LinuxRunReport:
+                        timeout_s: float = 900.0, echo: bool = False) -> LinuxRunReport:
     """Boot Debian under `policy`, run the named workloads (or all), report each one's result."""
     names = WORKLOADS if "all" in workloads else tuple(dict.fromkeys(workloads))
     unknown = [n for n in names if n not in WORKLOADS]
