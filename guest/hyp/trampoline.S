@@ -373,6 +373,14 @@ do_guard:                               // a = CNTHP period (ticks): see layout.
     strb    w3, [x4, #0x400 + MAINT_PPI]
     mov     w3, #((1 << GUARD_PPI) | (1 << MAINT_PPI))
     str     w3, [x4, #0x100]            // GICR_ISENABLER0
+    mrs     x3, S3_4_C12_C11_1          // ICH_VTR_EL2.ListRegs + 1 LRs: cache their mask
+    and     x3, x3, #0x1f
+    add     x3, x3, #1
+    mov     x5, #1
+    lsl     x5, x5, x3
+    sub     x5, x5, #1
+    str     x5, [sp, #MB_NLR_MASK]
+    str     xzr, [sp, #MB_IRQQ_N]
     mov     x3, #1
     msr     S3_4_C12_C11_0, x3          // ICH_HCR_EL2.En: virtual CPU interface on
     msr     cnthp_tval_el2, x1
@@ -446,10 +454,11 @@ lower_irq:                              // x0, x1 already saved by the vector
     bl      inject_irq
     b       irq_checks
 irq_tick:
+    ldr     x1, [sp, #MB_GUARD_PERIOD]  // re-arm first (drops the level), then deactivate
+    msr     cnthp_tval_el2, x1
+    isb
     msr     S3_0_C12_C11_1, x0          // ICC_DIR_EL1
     str     x19, [sp, #MB_LAST_TICK]
-    ldr     x1, [sp, #MB_GUARD_PERIOD]
-    msr     cnthp_tval_el2, x1
     ldr     x1, [sp, #MB_TICKS]
     add     x1, x1, #1
     str     x1, [sp, #MB_TICKS]
@@ -518,26 +527,25 @@ guard_trip:                             // Python decides (restore or halt) befo
     b       post_wait
 
 inject_irq:                             // x1 = INTID -> a list register (or the queue)
-    mov     x9, x30
-    mrs     x2, S3_4_C12_C11_1          // ICH_VTR_EL2.ListRegs + 1 = number of LRs
-    and     x2, x2, #0x1f
-    add     x2, x2, #1
-    mov     x3, xzr
-1:  cmp     x3, x2                      // already in an LR: make it pending there
-    b.hs    3f
+    mov     x9, x30                     // (every GIC register access costs QEMU a lock: few)
+    mrs     x7, S3_4_C12_C11_5          // ICH_ELRSR_EL2: bit n set = LR n free
+    ldr     x2, [sp, #MB_NLR_MASK]
+    bic     x8, x2, x7                  // LRs in use
+1:  cbz     x8, 3f                      // already in a used LR: make it pending there
+    rbit    x5, x8
+    clz     x3, x5
+    mov     x6, #1
+    lsl     x6, x6, x3
+    bic     x8, x8, x6
     bl      lr_read
-    lsr     x5, x4, #62
-    cbz     x5, 2f
     and     x6, x4, #0xffffffff
     cmp     x6, x1
-    b.ne    2f
+    b.ne    1b
     orr     x4, x4, #(1 << 62)
     bl      lr_write
     mov     x30, x9
     ret
-2:  add     x3, x3, #1
-    b       1b
-3:  mrs     x5, S3_4_C12_C11_5          // ICH_ELRSR_EL2: bit n set = LR n free
+3:  and     x5, x7, x2
     cbz     x5, 5f
     rbit    x5, x5
     clz     x3, x5
@@ -570,7 +578,10 @@ inject_irq:                             // x1 = INTID -> a list register (or the
     ret
 
 drain_irqq:                             // queued interrupts into free LRs; UIE while any wait
-    mov     x10, x30
+    ldr     x7, [sp, #MB_IRQQ_N]        // empty (the usual case): ICH_HCR is already just En
+    cbnz    x7, 0f
+    ret
+0:  mov     x10, x30
 1:  ldr     x7, [sp, #MB_IRQQ_N]
     cbz     x7, 2f
     mrs     x5, S3_4_C12_C11_5

@@ -22,6 +22,7 @@ def test_mailbox_regions_are_disjoint_and_fit_the_page() -> None:
         (L.MB_GICR, L.MB_GICR + 8),
         (L.MB_LAST_TICK, L.MB_LAST_TICK + 8),
         (L.MB_PPI_FIX, L.MB_PPI_FIX + 8),
+        (L.MB_NLR_MASK, L.MB_NLR_MASK + 8),
         (L.MB_GUARDTAB, L.MB_GUARDTAB_END),
     ]
     for (_, end), (start, _) in itertools.pairwise(regions):

@@ -81,6 +81,7 @@ MB_SGIS = 0xDD0  # ICC_SGI1R_EL1 writes (IPIs) sent by EL2 for EL1
 MB_GICR = 0xDD8  # this CPU's redistributor (RD frame) physical address
 MB_LAST_TICK = 0xDE0  # CNTPCT at the last guard timer tick (a late tick re-enables its PPI)
 MB_PPI_FIX = 0xDE8  # times the guard's PPIs were re-enabled because ticks stopped coming
+MB_NLR_MASK = 0xDF0  # (1 << number of list registers) - 1, read once from ICH_VTR_EL2
 MB_GUARDTAB = 0xE00  # guard table (see GUARD_*), up to MB_GUARDTAB_END
 MB_GUARDTAB_END = 0x1000
 

@@ -53,7 +53,7 @@ EC_DABT_LOW = 0x24
 
 PSCI_CPU_ON = (0xC4000003, 0x84000003)
 PSCI_CPU_OFF = 0x84000002
-STARVE_S = 5.0  # the guard's watchdog: an armed CPU silent this long (wall) halts the machine
+STARVE_S = 20.0  # the guard's watchdog: an armed CPU silent this long (wall) halts the machine
 
 # (op0, op1, CRn, CRm, op2) of the registers the trampoline can write
 SYSREG_BY_ENCODING: dict[tuple[int, int, int, int, int], SysReg] = {
