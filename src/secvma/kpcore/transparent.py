@@ -761,7 +761,10 @@ class TransparentKPCore:
             self.tlinks[pfn] += delta
             if delta < 0 and self.tlinks[pfn] <= 0:
                 del self.tlinks[pfn]
-                self._release_table(st, plat, pfn)
+                if st.pages.usage_of(pfn).is_kpt:
+                    self._release_table(st, plat, pfn)
+                else:  # kpt released it already: no PTE leaf referenced it either
+                    self.stats["tables_released"] += 1
         if any((new & PXN) and not (slots[s][1] & PXN) for s, new in plan.slots.items()):
             self.stats["pxn_fixups"] += 1
 
