@@ -8,8 +8,8 @@ from fakes import ATTR_NORMAL, PTE_PAGE, PXN, TCR, UXN, FakePlatform, FakeVcpu
 from secvma.arch.el2 import VTCR_4G
 from secvma.arch.esr import DataAbort
 from secvma.arch.walk import AccessType, Fault, translate_stage2
-from secvma.kpcore.faults import ESR_UNKNOWN
 from secvma.kpcore.descs import PXNTABLE
+from secvma.kpcore.faults import ESR_UNKNOWN
 from secvma.kpcore.pages import Usage
 from secvma.kpcore.stage2 import PermKind
 from secvma.kpcore.textsites import PatchSites, encode_b

@@ -28,7 +28,7 @@ from secvma.kpcore.descs import PXN, PXNTABLE, Shape, out_pa, shape
 from secvma.kpcore.invariants import Violation
 from secvma.kpcore.pages import KPT_BY_LEVEL, Usage
 from secvma.kpcore.stage2 import kind_of
-from secvma.kpcore.textsites import patch_kind
+from secvma.kpcore.textsites import patch_kind, relocated
 from secvma.platform import PhysAddr, Platform
 
 if TYPE_CHECKING:
@@ -162,7 +162,9 @@ def _check_text(hv: TransparentKPCore, plat: Platform, out: list[Violation]) -> 
             if live[k:k + 4] != orig[k:k + 4]:
                 word = int.from_bytes(live[k:k + 4], "little")
                 was = int.from_bytes(orig[k:k + 4], "little")
-                if patch_kind(sites, off + k, was, word) is None:
+                slot = (pfn << 12) + (k & ~7)
+                if patch_kind(sites, off + k, was, word) is None and not relocated(
+                        sites, off + k, plat.read(PhysAddr(slot), 8)):
                     out.append(Violation("T-TEXT", f"text word {(pfn << 12) + k:#x} = "
                                                    f"{word:#x} is no declared patch"))
 
