@@ -38,7 +38,7 @@ def _trap(hv: TransparentKPCore, plat: FakePlatform, cpu: FakeVcpu, enc: tuple[i
     return cpu.elr == 0xFFFF_8000_0801_0004 and len(cpu.injected) == n
 
 
-IMAGE_SIZE = 0x2000
+IMAGE_SIZE = 0x3000  # text, .rodata.text (trampoline), init text
 TRAMP_TEXT = TEXT_PA + 0x1000  # image page 1: .rodata.text (the KPTI trampoline)
 TRAMP_PUD, TRAMP_PMD, TRAMP_PTE = 0x4311_0000, 0x4311_1000, 0x4311_2000
 USER_ROOT, USER_PUD = 0x4420_0000, 0x4421_0000
@@ -56,7 +56,8 @@ def _image() -> bytes:
 
 
 def _sites() -> PatchSites:
-    return PatchSites(image_size=IMAGE_SIZE, text=[(0, 0x1000)], ftrace={FTRACE_OFF},
+    return PatchSites(image_size=IMAGE_SIZE, text=[(0, 0x1000), (0x2000, 0x3000)],
+                      ftrace={FTRACE_OFF},
                       jump={JUMP_OFF: JUMP_TARGET}, alt={ALT_OFF: {0xD503233F}})
 
 
@@ -322,6 +323,21 @@ def test_invariants_hold_then_catch_a_writable_text_page() -> None:
     st.s2.split_to_page(TEXT_PA)
     st.s2.set_leaf(TEXT_PA, 3, PermKind.RW)
     assert [v.inv for v in check(hv, plat)] == ["T-CODE-RO"]
+
+
+def test_init_text_released_when_unmapped_after_early_arming() -> None:
+    """Arming before free_initmem: init text is text until its leaf goes, then RAM again."""
+    hv, plat, cpu = booted(protect=True)
+    init_pa = TEXT_PA + 0x2000
+    plat.write_u64(PhysAddr(PTE + 16), init_pa | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    assert hv.state.pages.usage_of(init_pa >> 12) is Usage.EL1_KCODE
+    _store(hv, plat, cpu, PTE + 24, init_pa | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)  # alias
+    assert [r.rule for r in hv.refusals] == ["init-text"]
+    _store(hv, plat, cpu, PTE + 16, 0)  # free_initmem unmaps it
+    assert hv.state.pages.usage_of(init_pa >> 12) is Usage.NONE
+    assert hv.stats["init_text_released"] == 1
 
 
 def test_hostile_values_never_raise() -> None:

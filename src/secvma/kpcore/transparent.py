@@ -227,6 +227,7 @@ class TransparentKPCore:
         self.roots = Roots()
         self.text_log: list[tuple[int, int, int]] = []
         self.kaslr = 0  # VA displacement of the kernel image from its link address
+        self.init_text: set[int] = set()  # KCODE pfns of init text still mapped at arming
 
     # --- public surface -----------------------------------------------------------------
 
@@ -620,9 +621,45 @@ class TransparentKPCore:
                     if st.pages.usage_of(p >> 12) is Usage.NONE:
                         set_class(st, p >> 12, Usage.EL1_RODATA)
         self._check_boot_patches(st, plat, cpu)
+        self._note_init_text(st)
         st.s2.pending_flush.add(-1)
         self.armed = True
         self.stats["armed"] = 1
+
+    def _note_init_text(self, st: KState) -> None:
+        """Init text still mapped at arming (a helper ran before free_initmem): its pages go
+        back to the kernel, one by one, when their executable leaf is unmapped."""
+        sites, rng = self.sites, self.learned.image
+        if sites is None or rng is None or len(sites.text) < 2:
+            return
+        lo, hi = sites.text[1]
+        for pfn in st.pages.pages_of(Usage.EL1_KCODE):
+            if lo <= (pfn << 12) - rng[0] < hi:
+                self.init_text.add(pfn)
+
+    def _init_text_changes(self, level: int, slots: dict[int, tuple[int, int]],
+                           plan: kpt.Plan) -> list[int]:
+        """Init-text pages whose leaf the store removes; refuses a new executable alias."""
+        gone: list[int] = []
+        for slot, (old, _new) in slots.items():
+            new = plan.slots.get(slot, old)
+            sn = shape(new, level, any_nonzero=False)
+            if sn is Shape.LEAF and not new & PXN and self._maps_init_text(new, level, sn):
+                so = shape(old, level, any_nonzero=False)
+                if so is not Shape.LEAF or out_pa(old, level, so) != out_pa(new, level, sn):
+                    raise HypRefusal(Errno.EPERM, "init-text", "no new executable mapping of "
+                                     "init text", slot=slot, value=new)
+            so = shape(old, level, any_nonzero=False)
+            if so is Shape.LEAF and self._maps_init_text(old, level, so) and (
+                    sn is not Shape.LEAF or out_pa(old, level, so) != out_pa(new, level, sn)):
+                base = out_pa(old, level, so) >> 12
+                gone += [p for p in range(base, base + level_size(level) // PAGE)
+                         if p in self.init_text]
+        return gone
+
+    def _maps_init_text(self, desc: int, level: int, sh: Shape) -> bool:
+        base = out_pa(desc, level, sh) >> 12
+        return any(p in self.init_text for p in range(base, base + level_size(level) // PAGE))
 
     def _check_boot_patches(self, st: KState, plat: Platform, cpu: Vcpu) -> None:
         """Every word of kernel text that differs from the Image must be a declared patch;
@@ -754,7 +791,12 @@ class TransparentKPCore:
             self.stats["tables_claimed"] += 1
             return
         links = self._link_changes(level, slots, plan)
+        freed = self._init_text_changes(level, slots, plan) if self.init_text else []
         kpt.commit_plan(st, plat, store, plan)
+        for pfn in freed:  # free_initmem: the page is ordinary kernel memory again
+            self.init_text.discard(pfn)
+            self._release_page(st, pfn)
+            self.stats["init_text_released"] += 1
         kpt.finish_insn(cpu, store)
         self.stats["table_stores"] += 1
         for pfn, delta in links:
