@@ -44,13 +44,14 @@ policy does. `handle()` never raises: a model bug is recorded in `internal_error
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from secvma.arch.descriptors import AP_RO, OA_MASK, PXN, PXNTABLE, DescKind, level_size
+from secvma.arch.descriptors import AP_RO, OA_MASK, PXN, PXNTABLE, level_size
 from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
-from secvma.arch.walk import AccessType, Perm, Visit, VisitCtx, WalkAction, s2_perms, walk
+from secvma.arch.walk import AccessType, Perm, s2_perms
 from secvma.kpcore import kpt
 from secvma.kpcore.descs import Shape, out_pa, shape
 from secvma.kpcore.faults import inject_refusal
@@ -163,34 +164,8 @@ class _Walk:
         self.leaf_refs: list[int] = []  # L3 leaf targets
         self.exec_leaves: list[tuple[int, int, int, int, int]] = []  # (va, pa, size, desc, slot)
         self.ro_leaves: list[tuple[int, int]] = []  # (pa, size) read-only, PXN
-        self.nx: list[tuple[int, int]] = []  # VA ranges under a PXNTable table
         self.leaves = 0
         self.refused: list[str] = []
-
-    def visit(self, ctx: VisitCtx) -> WalkAction:
-        if ctx.kind is DescKind.TABLE:
-            child = ctx.old & OA_MASK
-            if not self.st.is_host_ram(child):
-                self.refused.append(f"table link to non-host {child:#x} at {ctx.slot_pa:#x}")
-                return WalkAction.SKIP
-            self.tables.append((child, ctx.level + 1))
-            self.links.append(child >> 12)
-            if ctx.old & PXNTABLE:
-                self.nx.append((ctx.addr, ctx.addr + level_size(ctx.level)))
-            return WalkAction.CONTINUE
-        self.leaves += 1
-        if self.leaves > MAX_WALK_LEAVES:
-            self.refused.append("walk too large")
-            return WalkAction.STOP
-        size = level_size(ctx.level)
-        pa = ctx.old & OA_MASK & ~(size - 1)
-        if ctx.level == 3:
-            self.leaf_refs.append(pa >> 12)
-        if not ctx.old & PXN and not any(lo <= ctx.addr < hi for lo, hi in self.nx):
-            self.exec_leaves.append((ctx.addr, pa, size, ctx.old, ctx.slot_pa))
-        elif ctx.old & AP_RO:
-            self.ro_leaves.append((pa, size))
-        return WalkAction.CONTINUE
 
 
 class _Retry(Exception):
@@ -549,14 +524,56 @@ class TransparentKPCore:
                 return
 
     def _walk(self, st: KState, plat: Platform, cpu: Vcpu, root: int, *, ttbr0: bool) -> _Walk:
+        """Every table and leaf under `root` (one page read per table: the linear map alone
+        has ~260 000 leaves, so this does not go through the generic visitor walk)."""
         tcr = cpu.read_sysreg(SysReg.TCR_EL1)
         tsz = (tcr >> (0 if ttbr0 else 16)) & 0x3F or 16
         ia_bits = 64 - tsz
         start_level = max(0, 4 - (ia_bits - 12 + 8) // 9)
         w = _Walk(st)
-        lo = 0 if ttbr0 else (1 << 64) - (1 << ia_bits)
-        walk(self._reader(plat), PhysAddr(root), lo, 1 << ia_bits, w.visit,
-             visit=Visit.LEAF | Visit.TABLE_PRE, start_level=start_level, ia_bits=ia_bits)
+        lo = 0 if ttbr0 else ((1 << 64) - (1 << ia_bits))
+        todo = [(root, start_level, lo, False)]
+        seen = {root}
+        while todo:
+            table, level, va_base, nx = todo.pop()
+            try:
+                raw = plat.read(PhysAddr(table), PAGE)
+            except (GuestMemoryError, ValueError):
+                continue
+            entries = array("Q")
+            entries.frombytes(raw)
+            shift = 12 + 9 * (3 - level)
+            size = 1 << shift
+            for i, e in enumerate(entries):
+                if not e:
+                    continue
+                low = e & 3
+                va = va_base + (i << shift)
+                if level < 3 and low == 3:
+                    child = e & OA_MASK
+                    if not st.is_host_ram(child):
+                        w.refused.append(f"table link to non-host {child:#x} at "
+                                         f"{table + 8 * i:#x}")
+                        continue
+                    w.links.append(child >> 12)
+                    if child not in seen:
+                        seen.add(child)
+                        w.tables.append((child, level + 1))
+                        todo.append((child, level + 1, va, nx or bool(e & PXNTABLE)))
+                    continue
+                if not (low == 3 if level == 3 else low == 1 and level in (1, 2)):
+                    continue  # invalid: the MMU ignores it
+                w.leaves += 1
+                if w.leaves > MAX_WALK_LEAVES:
+                    w.refused.append("walk too large")
+                    return w
+                pa = e & OA_MASK & ~(size - 1)
+                if level == 3:
+                    w.leaf_refs.append(pa >> 12)
+                if not e & PXN and not nx:
+                    w.exec_leaves.append((va, pa, size, e, table + 8 * i))
+                elif e & AP_RO:
+                    w.ro_leaves.append((pa, size))
         return w
 
     def _protect_table(self, st: KState, pa: int, level: int) -> int:
@@ -596,8 +613,11 @@ class TransparentKPCore:
             for pfn in w.links:
                 self.tlinks[pfn] += 1
                 ref_inc(st.pages, pfn)
-            for pfn in w.leaf_refs:
-                ref_inc(st.pages, pfn)
+            for pfn, n in Counter(w.leaf_refs).items():  # bulk ref_inc (linear map: ~260k)
+                i = st.pages.index(pfn)
+                if i is not None:
+                    st.pages.subcount[i] += n
+                    st.pages.dirty.add(pfn)
         text_lo, text_hi = TOP_VA, 0
         for _root, w in walks:
             for _va, pa, size, desc, slot in w.exec_leaves:
@@ -678,7 +698,8 @@ class TransparentKPCore:
             orig = image[off:off + PAGE]
             if live == orig:
                 continue
-            for k in range(0, PAGE, 4):
+            for k in (k for c in range(0, PAGE, 64) if live[c:c + 64] != orig[c:c + 64]
+                      for k in range(c, c + 64, 4)):
                 if live[k:k + 4] == orig[k:k + 4]:
                     continue
                 word = int.from_bytes(live[k:k + 4], "little")
