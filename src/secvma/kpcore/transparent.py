@@ -44,6 +44,7 @@ policy does. `handle()` never raises: a model bug is recorded in `internal_error
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections import Counter
 from collections.abc import Callable
@@ -197,6 +198,7 @@ class TransparentKPCore:
         self.outside = OutsideMapGuard()
         self.armed = False
         self.arm_passes = 0
+        self.arm_seconds = 0.0
         self.tlinks: Counter[int] = Counter()  # pfn -> table links to it from kernel tables
         self.patches = Patches()
         self.roots = Roots()
@@ -260,6 +262,7 @@ class TransparentKPCore:
             "tramp_pg_dir": hx(ln.tramp), "idmap_pg_dir": hx(ln.idmap),
             "image": None if ln.image is None else [hx(ln.image[0]), hx(ln.image[1])],
             "armed": self.armed, "arm_passes": self.arm_passes,
+            "arm_seconds": round(self.arm_seconds, 3),
             "patch_sites": None if self.sites is None else self.sites.counts(),
             "boot_patches": dict(self.patches.boot), "runtime_patches": dict(self.patches.runtime),
             "text_poke_va": hx(self.patches.poke_va),
@@ -486,8 +489,15 @@ class TransparentKPCore:
 
     def _arm(self, st: KState, plat: Platform, cpu: Vcpu) -> None:
         """Protect every table reachable from the roots; retry until nothing new is found."""
-        ln = self.learned
         self.arm_passes += 1
+        t0 = time.perf_counter()
+        try:
+            self._arm_pass(st, plat, cpu)
+        finally:
+            self.arm_seconds += time.perf_counter() - t0
+
+    def _arm_pass(self, st: KState, plat: Platform, cpu: Vcpu) -> None:
+        ln = self.learned
         if not st.installed:
             st.installed = True  # stage-2 kinds by class from now on (hostmem.desired_kind)
             st.s2.reset()  # RAM refilled lazily with each page's kind (blocks or 4 KB)
