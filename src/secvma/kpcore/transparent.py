@@ -199,6 +199,8 @@ class TransparentKPCore:
         self.armed = False
         self.arm_passes = 0
         self.arm_seconds = 0.0
+        self.armed_at = 0.0
+        self.first_trap_at = 0.0
         self.tlinks: Counter[int] = Counter()  # pfn -> table links to it from kernel tables
         self.patches = Patches()
         self.roots = Roots()
@@ -281,6 +283,8 @@ class TransparentKPCore:
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
         st = self.attach(platform)
+        if not self.first_trap_at:
+            self.first_trap_at = time.perf_counter()
         self.stats["trap." + type(event).__name__] += 1
         try:
             self._dispatch(st, platform, cpu, event)
@@ -655,6 +659,7 @@ class TransparentKPCore:
         st.s2.pending_flush.add(-1)
         self.armed = True
         self.stats["armed"] = 1
+        self.armed_at = time.perf_counter()
 
     def _note_init_text(self, st: KState) -> None:
         """Init text still mapped at arming (a helper ran before free_initmem): its pages go
