@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from secvma.arch.descriptors import AP_RO, OA_MASK, PXN, PXNTABLE, level_size
-from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
+from secvma.arch.el2 import HCR_API, HCR_APK, HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
 from secvma.arch.walk import AccessType, Perm, s2_perms
 from secvma.kpcore import kpt
 from secvma.kpcore.descs import Shape, out_pa, shape
@@ -81,7 +81,8 @@ from secvma.platform import (
     Vcpu,
 )
 
-HCR_TRANSPARENT = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | HCR_TVM
+HCR_TRANSPARENT = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | HCR_TVM | HCR_API | HCR_APK
+"""API/APK: the kernel's pointer authentication runs untrapped where the CPU has it (-cpu max)."""
 TTBR_BADDR = 0x0000_FFFF_FFFF_FFFE
 SMCCC_NOT_SUPPORTED = (1 << 64) - 1
 SCTLR_M = 1
