@@ -12,7 +12,7 @@ from secvma.kpcore.descs import PXNTABLE
 from secvma.kpcore.faults import ESR_UNKNOWN
 from secvma.kpcore.pages import Usage
 from secvma.kpcore.stage2 import PermKind
-from secvma.kpcore.textsites import PatchSites, encode_b
+from secvma.kpcore.textsites import PatchSites, branch_target, cb_word_ok, encode_b, retarget
 from secvma.kpcore.tinvariants import check
 from secvma.kpcore.transparent import TransparentKPCore
 from secvma.platform import CpuStart, PhysAddr, Stage2Abort, SysReg, SysregTrap
@@ -199,6 +199,19 @@ def test_arming_protects_tables_text_rodata_and_counts() -> None:
     assert hv.arm_passes == 2  # the second walk found nothing new
 
 
+def test_arming_walks_again_when_a_table_appears_meanwhile() -> None:
+    """SMP: a table linked by another CPU between two walks is found and protected first."""
+    hv, plat, cpu = booted(protect=True)
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert not _trap(hv, plat, cpu, TTBR0_ENC, SysReg.TTBR0_EL1, USER_ROOT)  # pass 1: retry
+    late = 0x4330_0000
+    plat.write_u64(PhysAddr(PMD + 8 * 66), late | 3)  # landed before the TLBI took effect
+    assert not _trap(hv, plat, cpu, TTBR0_ENC, SysReg.TTBR0_EL1, USER_ROOT)  # pass 2: new
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    assert hv.arm_passes == 3 and hv.armed and not hv.refusals
+    assert hv.state.pages.usage_of(late >> 12) is Usage.EL1_PTE
+
+
 def test_kpti_trampoline_quirk() -> None:
     """tramp_pg_dir's executable read-only leaf into the image is kernel text, not PXN'd."""
     hv, plat, _cpu = armed()
@@ -338,6 +351,19 @@ def test_init_text_released_when_unmapped_after_early_arming() -> None:
     _store(hv, plat, cpu, PTE + 16, 0)  # free_initmem unmaps it
     assert hv.state.pages.usage_of(init_pa >> 12) is Usage.NONE
     assert hv.stats["init_text_released"] == 1
+
+
+def test_alternative_words_are_retargeted_like_the_kernel_does() -> None:
+    """A B/BL or ADRP copied from the replacement section keeps its absolute target."""
+    b = encode_b(0x1000, 0x5000)
+    assert b is not None
+    assert branch_target(retarget(b, 0x1000, 0x3000), 0x3000) == 0x5000
+    adrp = 0x9000_0000 | (1 << 29)  # ADRP x0, +1 page (at 0x1000: page 0x2000)
+    moved = retarget(adrp, 0x1000, 0x3000)
+    imm = ((moved >> 5) & 0x7FFFF) << 2 | (moved >> 29) & 3
+    assert 0x3000 + (imm - (1 << 21) if imm >> 20 else imm) * 0x1000 == 0x2000
+    assert cb_word_ok(0xD280011E) and cb_word_ok(NOP) and not cb_word_ok(0xF9400000)
+    assert not cb_word_ok(0x9000_0000) and not cb_word_ok(0x1400_0001)
 
 
 def test_hostile_values_never_raise() -> None:

@@ -77,7 +77,7 @@ def encode_b(pc: int, target: int, *, link: bool = False) -> int | None:
     return (0x9400_0000 if link else 0x1400_0000) | (delta & 0x3FF_FFFF)
 
 
-def _retarget(insn: int, src: int, dst: int) -> int:
+def retarget(insn: int, src: int, dst: int) -> int:
     """The replacement word `insn` (at `src`) as it reads when copied to `dst`.
 
     Mirrors what the kernel's alternative patcher does to PC-relative words: immediate
@@ -223,7 +223,7 @@ def _alt(img: bytes, sites: PatchSites, lo: int, hi: int) -> tuple[dict[int, set
             if k < alen:
                 w = _word(img, repl + k)
                 if w is not None:
-                    words.add(_retarget(w, repl + k, orig + k))
+                    words.add(retarget(w, repl + k, orig + k))
             else:
                 words.add(NOP)  # a shorter replacement is padded with NOPs
     return allowed, cb
