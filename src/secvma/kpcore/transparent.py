@@ -57,7 +57,7 @@ from secvma.kpcore import kpt
 from secvma.kpcore.descs import Shape, out_pa, shape
 from secvma.kpcore.faults import inject_refusal
 from secvma.kpcore.fetch import s1_translate
-from secvma.kpcore.hostmem import commit_claim, map_page_host, set_class
+from secvma.kpcore.hostmem import commit_claim, desired_kind, map_page_host, set_class
 from secvma.kpcore.pages import KPT_BY_LEVEL, Owner, Usage, ref_dec_and_test, ref_inc
 from secvma.kpcore.policy import policy_named
 from secvma.kpcore.refusal import Errno, HypRefusal, Outcome, Refusal, log
@@ -657,10 +657,36 @@ class TransparentKPCore:
                         set_class(st, p >> 12, Usage.EL1_RODATA)
         self._check_boot_patches(st, plat, cpu)
         self._note_init_text(st)
+        self._premap(st, plat)
         st.s2.pending_flush.add(-1)
         self.armed = True
         self.stats["armed"] = 1
         self.armed_at = time.perf_counter()
+
+    def _premap(self, st: KState, plat: Platform) -> None:
+        """--s2 huge: map RAM now (blocks of one class, 4 KB pages in mixed blocks) rather
+        than on ~500 stage-2 faults right after arming."""
+        if st.policy.s2 != "huge":
+            return
+        step = level_size(2)
+        lo = -(-plat.ram_base // step) * step
+        for base in range(lo, min(plat.ram_base + plat.ram_size, 1 << 32) - step + 1, step):
+            hit = st.s2.leaf(base)
+            if hit is not None and hit[1] < 3:
+                continue
+            i = st.pages.index(base >> 12)
+            if i is None or st.pages.owner.count(Owner.HOST, i, i + 512) != 512:
+                continue
+            if not st.s2.has_table_below(base, 2) \
+                    and st.pages.range_uniform(base >> 12, 512) is not None:
+                map_page_host(st, base)
+            else:
+                st.s2.check_available(1, rule="s2-premap")
+                for pa in range(base, base + step, PAGE):
+                    kind = desired_kind(st, pa >> 12)
+                    if kind is not None and st.s2.leaf(pa) is None:
+                        st.s2.map_leaf(pa, 3, kind)
+            self.stats["s2_premapped"] += 1
 
     def _note_init_text(self, st: KState) -> None:
         """Init text still mapped at arming (a helper ran before free_initmem): its pages go
@@ -757,7 +783,7 @@ class TransparentKPCore:
         hit = st.s2.leaf(ipa) if 0 <= ipa < 1 << 32 else None
         if hit is None:
             if 0 <= ipa < 1 << 32 and map_page_host(st, ipa) == "mapped":
-                self.stats["s2_filled"] += 1
+                self.stats["s2_filled" if self.armed else "s2_filled_arming"] += 1
                 return
             self.outside.abort(plat, cpu, ev)
             return
