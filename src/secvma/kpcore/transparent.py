@@ -13,9 +13,10 @@ about to run /init) every kernel table is found from the roots and write-protect
 state is validated as a whole: the boot's ~46 000 text patches are checked against the Image's
 declared patch sites (`textsites`; a word no site allows is put back, a refusal), executable
 leaves are kernel text or get PXN, rodata and text become read-only at stage 2 (with
-`--s2 huge` stage 2 is rebuilt at once, 4 KB pages only where a 2 MiB block mixes classes). Arming repeats its walk (the TTBR0 MSR is retried, PC
-unchanged) until a walk finds no table it had not protected yet, so a CPU that is writing a
-table while another arms is caught by stage 2 before the state is validated (SMP).
+`--s2 huge` stage 2 is rebuilt at once, 4 KB pages only where a 2 MiB block mixes classes).
+Arming repeats its walk (the TTBR0 MSR is retried, PC unchanged) until a walk finds no table
+it had not protected yet, so a CPU that is writing a table while another arms is caught by
+stage 2 before the state is validated (SMP).
 
     event                    rule (transparent)
     CpuStart                 stage 2: devices + RAM in 2 MiB blocks (hypervisor unmapped),
