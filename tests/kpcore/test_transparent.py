@@ -450,3 +450,25 @@ def test_debian_registers_only_without_table_protection(debian: object) -> None:
     assert res.exit == "poweroff", res.console[-2000:]
     assert not hv.refusals and not hv.internal_errors and not hv.armed
     assert hv.stats["ttbr1_checked"] > 0
+
+
+@pytest.mark.qemu
+@pytest.mark.debian
+@pytest.mark.slow
+@pytest.mark.parametrize("smp", [1, 2])
+def test_debian_fork_and_context_switches_use_validated_roots(debian: object, smp: int) -> None:
+    """/init forks and yields (SECVMA_YIELDS): each mm's root is validated before it is
+    loaded, switches between validated roots are checked, no refusal."""
+    from secvma.machine.initramfs import INIT_BANNER, build_initramfs
+    from secvma.machine.qemu import MachineConfig
+    from secvma.machine.runner import boot
+
+    image = debian.kernel_image  # type: ignore[attr-defined]
+    hv = TransparentKPCore(image=image.read_bytes())
+    res = boot(MachineConfig(kernel=image, initrd=build_initramfs(), ncpus=smp, timeout_s=240,
+                             append="console=ttyAMA0 panic=-1 SECVMA_YIELDS=500"),
+               hv, watch=(INIT_BANNER,))
+    assert res.exit == "poweroff", res.console[-2000:]
+    assert "sched_yield ns/switch" in res.console
+    assert not hv.refusals and not hv.internal_errors, hv.summary()
+    assert hv.roots.accepted >= 2 and hv.stats["ttbr0_checked"] > 0
