@@ -229,6 +229,8 @@ cmd_loop:
     b.eq    park
     cmp     x0, #OP_GUARD
     b.eq    do_guard
+    cmp     x0, #OP_STR32
+    b.eq    do_str32
     b       cmd_loop                    // unknown op: ignored (Python validates its own)
 
 do_msr:
@@ -316,6 +318,9 @@ do_smc:                                 // the guest's (possibly rewritten) PSCI
     smc     #0
     stp     x0, x1, [sp, #MB_X]
     stp     x2, x3, [sp, #MB_X + 16]
+    b       cmd_loop
+do_str32:                               // a = PA (4-aligned), b = word; EL2 runs MMU-off, so
+    str     w2, [x1]                    // the store goes through QEMU's code-write tracking
     b       cmd_loop
 do_ic:
     dsb     ish

@@ -272,6 +272,14 @@ class Platform(Protocol):
         """Make code written by the hypervisor into guest RAM visible to instruction fetch."""
         ...
 
+    def write_code(self, cpu: Vcpu, pa: PhysAddr, data: bytes) -> None:
+        """Write instruction bytes so that every CPU fetches them (text patching).
+
+        A plain `write` into guest RAM bypasses an emulator's tracking of translated code
+        (qemu-platform.md issue 6); this store is carried out by `cpu` at EL2 before it resumes.
+        """
+        ...
+
     def halt(self, reason: str) -> None:
         """Stop the machine: the run ends with `reason` as a hypervisor halt."""
         ...

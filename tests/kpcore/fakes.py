@@ -137,6 +137,10 @@ class FakePlatform:
     def flush_code(self, cpu: object, pa: PhysAddr, size: int) -> None:
         self.code_flushes += 1
 
+    def write_code(self, cpu: object, pa: PhysAddr, data: bytes) -> None:
+        self.write(pa, data)
+        self.code_flushes += 1
+
     def halt(self, reason: str) -> None:
         self.halted = reason
 

@@ -8,8 +8,12 @@ from fakes import ATTR_NORMAL, PTE_PAGE, PXN, TCR, UXN, FakePlatform, FakeVcpu
 from secvma.arch.el2 import VTCR_4G
 from secvma.arch.esr import DataAbort
 from secvma.arch.walk import AccessType, Fault, translate_stage2
+from secvma.kpcore.descs import PXNTABLE
 from secvma.kpcore.faults import ESR_UNKNOWN
 from secvma.kpcore.pages import Usage
+from secvma.kpcore.stage2 import PermKind
+from secvma.kpcore.textsites import PatchSites, branch_target, cb_word_ok, encode_b, retarget
+from secvma.kpcore.tinvariants import check
 from secvma.kpcore.transparent import TransparentKPCore
 from secvma.platform import CpuStart, PhysAddr, Stage2Abort, SysReg, SysregTrap
 
@@ -34,18 +38,49 @@ def _trap(hv: TransparentKPCore, plat: FakePlatform, cpu: FakeVcpu, enc: tuple[i
     return cpu.elr == 0xFFFF_8000_0801_0004 and len(cpu.injected) == n
 
 
+IMAGE_SIZE = 0x3000  # text, .rodata.text (trampoline), init text
+TRAMP_TEXT = TEXT_PA + 0x1000  # image page 1: .rodata.text (the KPTI trampoline)
+TRAMP_PUD, TRAMP_PMD, TRAMP_PTE = 0x4311_0000, 0x4311_1000, 0x4311_2000
+USER_ROOT, USER_PUD = 0x4420_0000, 0x4421_0000
+POKE_VA = 0xFFFF_7DFF_FE5F_D000  # a fixmap address (the text-poke slot in these tests)
+NOP, MOV_X9_X30 = 0xD503201F, 0xAA1E03E9
+FTRACE_OFF, JUMP_OFF, JUMP_TARGET, ALT_OFF = 0x100, 0x200, 0x300, 0x400
+AP_RO = 1 << 7
+TTBR0_ENC = (3, 0, 2, 0, 0)
+
+
+def _image() -> bytes:
+    img = bytearray(NOP.to_bytes(4, "little") * (IMAGE_SIZE // 4))
+    img[0:64] = b"secvma test image header " + bytes(39)
+    return bytes(img)
+
+
+def _sites() -> PatchSites:
+    return PatchSites(image_size=IMAGE_SIZE, text=[(0, 0x1000), (0x2000, 0x3000)],
+                      ftrace={FTRACE_OFF},
+                      jump={JUMP_OFF: JUMP_TARGET}, alt={ALT_OFF: {0xD503233F}})
+
+
 def _kernel(plat: FakePlatform) -> None:
-    """swapper -> PUD -> PMD -> PTE; PTE[0] maps TEXT_PA executable (kernel text)."""
+    """swapper -> PUD -> PMD -> PTE; PTE[0] maps TEXT_PA executable (kernel text); tramp_pg_dir
+    maps the trampoline page of the image executable."""
+    plat.write(PhysAddr(TEXT_PA), _image())
     plat.write_u64(PhysAddr(SWAPPER + 8 * 256), PUD | 3)
     plat.write_u64(PhysAddr(PUD), PMD | 3)
     plat.write_u64(PhysAddr(PMD + 8 * 64), PTE | 3)
-    plat.write_u64(PhysAddr(PTE), TEXT_PA | ATTR_NORMAL | PTE_PAGE | UXN)
+    plat.write_u64(PhysAddr(PTE), TEXT_PA | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)
     plat.write_u64(PhysAddr(PTE + 8), DATA_PA | ATTR_NORMAL | PTE_PAGE | UXN | PXN)
+    tramp = RESERVED - 0x1000
+    plat.write_u64(PhysAddr(tramp + 8 * 300), TRAMP_PUD | 3)
+    plat.write_u64(PhysAddr(TRAMP_PUD), TRAMP_PMD | 3)
+    plat.write_u64(PhysAddr(TRAMP_PMD), TRAMP_PTE | 3)
+    plat.write_u64(PhysAddr(TRAMP_PTE), TRAMP_TEXT | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)
 
 
 def booted(protect: bool) -> tuple[TransparentKPCore, FakePlatform, FakeVcpu]:
     """reserved_pg_dir, init_pg_dir, swapper_pg_dir (= reserved + 4 KB) loaded in order."""
-    hv, plat, cpu = TransparentKPCore(protect_tables=protect), FakePlatform(), FakeVcpu()
+    hv = TransparentKPCore(protect_tables=protect, image=_image(), sites=_sites())
+    plat, cpu = FakePlatform(), FakeVcpu()
     _kernel(plat)
     hv.handle(plat, cpu, CpuStart(0x4020_0000, 0))
     cpu.sysregs[SysReg.TCR_EL1] = TCR
@@ -53,6 +88,26 @@ def booted(protect: bool) -> tuple[TransparentKPCore, FakePlatform, FakeVcpu]:
     for base in (RESERVED, INIT_PG, SWAPPER):
         assert _trap(hv, plat, cpu, TTBR1_ENC, SysReg.TTBR1_EL1, base)
     assert hv.learned.swapper == SWAPPER
+    return hv, plat, cpu
+
+
+def _load_ttbr0(hv: TransparentKPCore, plat: FakePlatform, cpu: FakeVcpu, base: int) -> bool:
+    """MSR TTBR0 as the kernel retries it (PC unchanged while the hypervisor protects)."""
+    n = len(cpu.injected)
+    for _ in range(8):
+        if _trap(hv, plat, cpu, TTBR0_ENC, SysReg.TTBR0_EL1, base):
+            return True
+        if len(cpu.injected) > n:
+            return False
+    raise AssertionError("TTBR0 write retried forever")
+
+
+def armed() -> tuple[TransparentKPCore, FakePlatform, FakeVcpu]:
+    """Booted, then the first user root loaded: every protection in force."""
+    hv, plat, cpu = booted(protect=True)
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    assert hv.armed and not hv.refusals
     return hv, plat, cpu
 
 
@@ -98,50 +153,100 @@ def _s2_writable(hv: TransparentKPCore, plat: FakePlatform, pa: int) -> bool:
     return not isinstance(res, Fault)
 
 
-def _store(hv: TransparentKPCore, plat: FakePlatform, cpu: FakeVcpu, pa: int, value: int) -> None:
-    esr = DataAbort(lower_el=True, il=True, isv=True, sas=3, sse=False, srt=2, sf=True,
-                    ar=False, vncr=False, fnv=False, ea=False, cm=False, s1ptw=False, wnr=True,
-                    dfsc=0x0F).encode()
+def _fill(hv: TransparentKPCore, plat: FakePlatform, cpu: FakeVcpu, pa: int) -> None:
+    """Let the lazy stage-2 fill map `pa` (what the CPU's first access would do)."""
+    if hv.state.s2.leaf(pa) is None:
+        hv.handle(plat, cpu, Stage2Abort(0, 0, PhysAddr(pa), False, False, False, False))
+
+
+def _store(hv: TransparentKPCore, plat: FakePlatform, cpu: FakeVcpu, pa: int, value: int,
+           *, va_page: int = 0xFFFF_0000_0000_0000, size: int = 8) -> None:
+    esr = DataAbort(lower_el=True, il=True, isv=True, sas={1: 0, 2: 1, 4: 2, 8: 3}[size],
+                    sse=False, srt=2, sf=True, ar=False, vncr=False, fnv=False, ea=False,
+                    cm=False, s1ptw=False, wnr=True, dfsc=0x0F).encode()
     cpu.regs[2] = value
     cpu.elr = 0xFFFF_8000_0801_0000
-    hv.handle(plat, cpu, Stage2Abort(esr, 0xFFFF_0000_0000_0000 | (pa & 0xFFF), PhysAddr(pa),
+    _fill(hv, plat, cpu, pa)
+    hv.handle(plat, cpu, Stage2Abort(esr, va_page | (pa & 0xFFF), PhysAddr(pa),
                                      False, True, False, False))
 
 
-def test_tables_learned_and_write_protected() -> None:
+def test_boot_phase_protects_nothing_but_registers() -> None:
     hv, plat, _cpu = booted(protect=True)
+    assert not hv.armed and hv.state.pages.usage_of(SWAPPER >> 12) is Usage.NONE
+    assert _s2_writable(hv, plat, PTE) and _s2_writable(hv, plat, TEXT_PA)
+
+
+def test_arming_protects_tables_text_rodata_and_counts() -> None:
+    hv, plat, cpu = armed()
     st = hv.state
     assert st.pages.usage_of(SWAPPER >> 12) is Usage.EL1_PGD
     assert [st.pages.usage_of(p >> 12) for p in (PUD, PMD, PTE)] == \
         [Usage.EL1_PUD, Usage.EL1_PMD, Usage.EL1_PTE]
     assert st.pages.usage_of(TEXT_PA >> 12) is Usage.EL1_KCODE
     assert st.pages.usage_of(DATA_PA >> 12) is Usage.NONE
-    for pa in (SWAPPER, PUD, PMD, PTE, RESERVED):
+    for pa in (SWAPPER, PUD, PMD, PTE, RESERVED, TEXT_PA, USER_ROOT):
+        _fill(hv, plat, cpu, pa)
         assert not _s2_writable(hv, plat, pa), hex(pa)
+    _fill(hv, plat, cpu, DATA_PA)
     assert _s2_writable(hv, plat, DATA_PA)
-    hv.lock_text(st)
-    assert not _s2_writable(hv, plat, TEXT_PA)
+    prot = hv.protection_summary()
+    assert prot["table_pages"] == {"0": 4, "1": 2, "2": 2, "3": 2}
+    assert prot["kernel_code_pages"] == 2 and prot["user_roots_live"] == 1
+    assert set(prot) == {"table_pages", "kernel_code_pages", "text_patches_accepted",
+                         "text_patches_refused", "user_roots_live", "user_roots_released",
+                         "modules_authenticated", "modules_refused"}
+    assert hv.arm_passes == 2  # the second walk found nothing new
+
+
+def test_arming_walks_again_when_a_table_appears_meanwhile() -> None:
+    """SMP: a table linked by another CPU between two walks is found and protected first."""
+    hv, plat, cpu = booted(protect=True)
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert not _trap(hv, plat, cpu, TTBR0_ENC, SysReg.TTBR0_EL1, USER_ROOT)  # pass 1: retry
+    late = 0x4330_0000
+    plat.write_u64(PhysAddr(PMD + 8 * 66), late | 3)  # landed before the TLBI took effect
+    assert not _trap(hv, plat, cpu, TTBR0_ENC, SysReg.TTBR0_EL1, USER_ROOT)  # pass 2: new
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    assert hv.arm_passes == 3 and hv.armed and not hv.refusals
+    assert hv.state.pages.usage_of(late >> 12) is Usage.EL1_PTE
+
+
+def test_kpti_trampoline_quirk() -> None:
+    """tramp_pg_dir's executable read-only leaf into the image is kernel text, not PXN'd."""
+    hv, plat, _cpu = armed()
+    assert hv.state.pages.usage_of(TRAMP_TEXT >> 12) is Usage.EL1_KCODE
+    assert not plat.read_u64(PhysAddr(TRAMP_PTE)) & PXN
+    assert hv.state.pages.usage_of((RESERVED - 0x1000) >> 12) is Usage.EL1_PGD
+
+
+def test_executable_leaf_outside_text_gets_pxn_at_arming() -> None:
+    hv, plat, cpu = booted(protect=True)
+    plat.write_u64(PhysAddr(PTE + 16), DATA_PA | ATTR_NORMAL | PTE_PAGE | UXN)  # PXN clear
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    assert plat.read_u64(PhysAddr(PTE + 16)) & PXN and hv.stats["arm_pxn_fixups"] == 1
 
 
 def test_pxn_forced_on_executable_leaf_to_non_text() -> None:
-    hv, plat, cpu = booted(protect=True)
+    hv, plat, cpu = armed()
     cpu.skips = 0
     _store(hv, plat, cpu, PTE + 16, DATA_PA | ATTR_NORMAL | PTE_PAGE | UXN)  # PXN clear
     assert plat.read_u64(PhysAddr(PTE + 16)) & PXN
-    _store(hv, plat, cpu, PTE + 24, TEXT_PA | ATTR_NORMAL | PTE_PAGE | UXN)  # text: kept
+    _store(hv, plat, cpu, PTE + 24, TEXT_PA | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)  # text
     assert not plat.read_u64(PhysAddr(PTE + 24)) & PXN
     assert cpu.skips == 2 and not hv.refusals and hv.stats["pxn_fixups"] == 1
 
 
 def test_reserved_pg_dir_stays_empty() -> None:
-    hv, plat, cpu = booted(protect=True)
+    hv, plat, cpu = armed()
     _store(hv, plat, cpu, RESERVED, PUD | 3)
     assert plat.read_u64(PhysAddr(RESERVED)) == 0
     assert [r.rule for r in hv.refusals] == ["reserved-pgd"]
 
 
-def test_new_table_claimed_before_link() -> None:
-    hv, plat, cpu = booted(protect=True)
+def test_new_table_claimed_before_link_and_released_at_unlink() -> None:
+    hv, plat, cpu = armed()
     cpu.skips = 0
     new_pte = 0x4320_0000
     _store(hv, plat, cpu, PMD + 8 * 65, new_pte | 3)
@@ -150,76 +255,220 @@ def test_new_table_claimed_before_link() -> None:
     _store(hv, plat, cpu, PMD + 8 * 65, new_pte | 3)
     assert plat.read_u64(PhysAddr(PMD + 8 * 65)) == new_pte | 3
     assert not _s2_writable(hv, plat, new_pte)
+    _store(hv, plat, cpu, PMD + 8 * 65, 0)  # unlinked: the kernel frees it next
+    assert hv.state.pages.usage_of(new_pte >> 12) is Usage.NONE
+    _fill(hv, plat, cpu, new_pte)
+    assert _s2_writable(hv, plat, new_pte) and hv.stats["tables_released"] == 1
+
+
+def test_boot_text_patches_validated_at_arming() -> None:
+    hv, plat, cpu = booted(protect=True)
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    plat.write(PhysAddr(TEXT_PA + FTRACE_OFF), MOV_X9_X30.to_bytes(4, "little"))  # allowed
+    plat.write(PhysAddr(TEXT_PA + 0x800), (0xD65F03C0).to_bytes(4, "little"))  # no site
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    assert hv.patches.accepted == 1 and hv.patches.refused == 1
+    assert [r.rule for r in hv.refusals] == ["text-patch"]
+    assert plat.read(PhysAddr(TEXT_PA + 0x800), 4) == NOP.to_bytes(4, "little")  # restored
+
+
+def test_runtime_text_patch_at_declared_sites_only() -> None:
+    hv, plat, cpu = armed()
+    b_target = encode_b(JUMP_OFF, JUMP_TARGET)
+    assert b_target is not None
+    _store(hv, plat, cpu, TEXT_PA + JUMP_OFF, b_target, va_page=POKE_VA, size=4)  # jump label
+    assert plat.read(PhysAddr(TEXT_PA + JUMP_OFF), 4) == b_target.to_bytes(4, "little")
+    _store(hv, plat, cpu, TEXT_PA + ALT_OFF, 0xD503233F, va_page=POKE_VA, size=4)  # alt
+    wrong = encode_b(JUMP_OFF, JUMP_TARGET + 4)
+    assert wrong is not None
+    _store(hv, plat, cpu, TEXT_PA + JUMP_OFF, wrong, va_page=POKE_VA, size=4)  # wrong target
+    _store(hv, plat, cpu, TEXT_PA + 0x800, NOP, va_page=POKE_VA, size=4)  # no site
+    assert [r.rule for r in hv.refusals] == ["text-patch", "text-patch"]
+    assert hv.patches.runtime == {"jump": 1, "alt": 1} and hv.patches.refused == 2
+    assert plat.read(PhysAddr(TEXT_PA + JUMP_OFF), 4) == b_target.to_bytes(4, "little")
+
+
+def test_text_poke_alias_quirk() -> None:
+    """Text is written only through one alias (the text-poke fixmap slot) after arming."""
+    hv, plat, cpu = armed()
+    _store(hv, plat, cpu, PTE + 8 * 100, TEXT_PA | ATTR_NORMAL | PTE_PAGE | UXN | PXN)  # RW
+    assert hv.patches.poke_slot == PTE + 8 * 100 and not hv.refusals
+    _store(hv, plat, cpu, PTE + 8 * 101, TEXT_PA | ATTR_NORMAL | PTE_PAGE | UXN | PXN)
+    assert [r.rule for r in hv.refusals] == ["text-alias"]
+    assert plat.read_u64(PhysAddr(PTE + 8 * 101)) == 0
+    _store(hv, plat, cpu, TEXT_PA + FTRACE_OFF, NOP, va_page=POKE_VA, size=4)
+    _store(hv, plat, cpu, TEXT_PA + FTRACE_OFF, NOP, va_page=POKE_VA + 0x1000, size=4)
+    assert [r.rule for r in hv.refusals] == ["text-alias", "text-alias"]
+
+
+def test_user_root_validated_and_write_protected() -> None:
+    hv, plat, cpu = armed()
+    assert USER_ROOT in hv.roots.valid
+    assert hv.state.pages.usage_of(USER_ROOT >> 12) is Usage.EL0_PGD
+    _store(hv, plat, cpu, USER_ROOT + 8, (USER_PUD + 0x1000) | 3)  # PXNTable forced
+    assert plat.read_u64(PhysAddr(USER_ROOT + 8)) & PXNTABLE
+    bad = 0x4430_0000
+    plat.write_u64(PhysAddr(bad), USER_PUD | 3)  # no PXNTable: EL1 could run user memory
+    assert not _load_ttbr0(hv, plat, cpu, bad)
+    assert [r.rule for r in hv.refusals] == ["user-root"]
+    assert hv.state.pages.usage_of(bad >> 12) is Usage.NONE and bad not in hv.roots.valid
+
+
+def test_root_release_quirk() -> None:
+    """A freed root is released when the kernel reuses it, never while a CPU has it loaded."""
+    hv, plat, cpu = armed()
+    _store(hv, plat, cpu, USER_ROOT + 16, 0x1234_5678)  # loaded on cpu0: refused
+    assert [r.rule for r in hv.refusals] == ["user-pgd"]
+    other = 0x4440_0000
+    assert _load_ttbr0(hv, plat, cpu, other)  # cpu0 moves to another (empty) root
+    cpu.skips = 0
+    _store(hv, plat, cpu, USER_ROOT + 16, 0x1234_5678)  # now the page is reused as data
+    assert hv.state.pages.usage_of(USER_ROOT >> 12) is Usage.NONE and cpu.skips == 0
+    assert hv.roots.released == 1 and USER_ROOT not in hv.roots.valid
+    assert hv.protection_summary()["user_roots_released"] == 1
+
+
+def test_invariants_hold_then_catch_a_writable_text_page() -> None:
+    hv, plat, cpu = armed()
+    _fill(hv, plat, cpu, TEXT_PA)
+    assert check(hv, plat, full=True) == []
+    st = hv.state
+    st.s2.split_to_page(TEXT_PA)
+    st.s2.set_leaf(TEXT_PA, 3, PermKind.RW)
+    assert [v.inv for v in check(hv, plat)] == ["T-CODE-RO"]
+
+
+def test_init_text_released_when_unmapped_after_early_arming() -> None:
+    """Arming before free_initmem: init text is text until its leaf goes, then RAM again."""
+    hv, plat, cpu = booted(protect=True)
+    init_pa = TEXT_PA + 0x2000
+    plat.write_u64(PhysAddr(PTE + 16), init_pa | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    assert hv.state.pages.usage_of(init_pa >> 12) is Usage.EL1_KCODE
+    _store(hv, plat, cpu, PTE + 24, init_pa | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)  # alias
+    assert [r.rule for r in hv.refusals] == ["init-text"]
+    _store(hv, plat, cpu, PTE + 16, 0)  # free_initmem unmaps it
+    assert hv.state.pages.usage_of(init_pa >> 12) is Usage.NONE
+    assert hv.stats["init_text_released"] == 1
+
+
+def test_alternative_words_are_retargeted_like_the_kernel_does() -> None:
+    """A B/BL or ADRP copied from the replacement section keeps its absolute target."""
+    b = encode_b(0x1000, 0x5000)
+    assert b is not None
+    assert branch_target(retarget(b, 0x1000, 0x3000), 0x3000) == 0x5000
+    adrp = 0x9000_0000 | (1 << 29)  # ADRP x0, +1 page (at 0x1000: page 0x2000)
+    moved = retarget(adrp, 0x1000, 0x3000)
+    imm = ((moved >> 5) & 0x7FFFF) << 2 | (moved >> 29) & 3
+    assert 0x3000 + (imm - (1 << 21) if imm >> 20 else imm) * 0x1000 == 0x2000
+    assert cb_word_ok(0xD280011E) and cb_word_ok(NOP) and not cb_word_ok(0xF9400000)
+    assert not cb_word_ok(0x9000_0000) and not cb_word_ok(0x1400_0001)
 
 
 def test_hostile_values_never_raise() -> None:
-    hv, plat, cpu = booted(protect=True)
+    hv, plat, cpu = armed()
     for value in (0, (1 << 64) - 1, 0xFFFF_FFFF_F003, 0x4010_0003):
         _store(hv, plat, cpu, PMD + 8 * 70, value)
+        _store(hv, plat, cpu, USER_ROOT + 8 * 70, value)
+        _store(hv, plat, cpu, TEXT_PA + 0x40, value, va_page=POKE_VA)
         _trap(hv, plat, cpu, TTBR1_ENC, SysReg.TTBR1_EL1, value)
+        _trap(hv, plat, cpu, TTBR0_ENC, SysReg.TTBR0_EL1, value)
     assert not hv.internal_errors and plat.halted is None
 
 
 # --- the Debian kernel on QEMU ------------------------------------------------------------------
 
 
+@pytest.mark.debian
+def test_patch_sites_learned_from_the_debian_image(debian: object) -> None:
+    """The Image declares ~44k ftrace sites, ~7.5k jump labels and the alternatives."""
+    from secvma.kpcore.textsites import MOV_X9_X30, learn_sites, patch_kind
+
+    img = debian.kernel_image.read_bytes()  # type: ignore[attr-defined]
+    sites = learn_sites(img)
+    counts = sites.counts()
+    assert counts["ftrace"] > 40_000 and counts["jump"] > 5_000 and counts["alt_words"] > 10_000
+    site = min(sites.ftrace)
+    assert patch_kind(sites, site, NOP, MOV_X9_X30) == "ftrace"
+    assert patch_kind(sites, site, NOP, 0xD65F03C0) is None  # RET at an ftrace site
+    code, target = next(iter(sites.jump.items()))
+    assert patch_kind(sites, code, None, encode_b(code, target) or 0) == "jump"
+    assert patch_kind(sites, code, None, encode_b(code, target + 4) or 0) is None
+
+
 @pytest.mark.qemu
 @pytest.mark.debian
 @pytest.mark.slow
-@pytest.mark.parametrize("smp", [1, 2])
-def test_debian_boots_under_transparent(debian: object, smp: int) -> None:
-    """Roots learned and checked, registers pinned, zero refusals, /init runs, power-off."""
+@pytest.mark.parametrize(("smp", "s2"), [(1, "huge"), (2, "huge"), (1, "4k"), (2, "4k")])
+def test_debian_boots_protected_under_transparent(debian: object, smp: int, s2: str) -> None:
+    """Default protection: /init runs with zero refusals, tables/text/roots protected."""
     from secvma.machine.initramfs import INIT_BANNER, build_initramfs
     from secvma.machine.qemu import MachineConfig
     from secvma.machine.runner import boot
 
-    hv = TransparentKPCore()
-    res = boot(MachineConfig(kernel=debian.kernel_image, initrd=build_initramfs(),  # type: ignore[attr-defined]
-                             ncpus=smp, timeout_s=120), hv, watch=(INIT_BANNER,))
-    assert res.exit == "poweroff", res.console[-2000:]
-    assert INIT_BANNER.decode() in res.first_seen
-    assert not hv.refusals and not hv.internal_errors, hv.summary()
-    ln = hv.learned
-    assert ln.reserved is not None and ln.swapper == ln.reserved + 0x1000
-    assert ln.tramp == ln.reserved - 0x1000  # KPTI
-    assert hv.stats["ttbr1_checked"] > 0
-    assert hv.stats["cpus_locked"] == smp
+    image = debian.kernel_image  # type: ignore[attr-defined]
+    hv = TransparentKPCore(s2=s2, image=image.read_bytes(), check_invariants=True)
+    full: list[str] = []
+
+    def at_init(console: object) -> bool:
+        """At the init banner (guest RAM still mapped): the full invariant check."""
+        if INIT_BANNER not in console.first_seen:  # type: ignore[attr-defined]
+            return False
+        full.extend(str(v) for v in check(hv, hv.state.s2.mem, full=True))  # type: ignore[arg-type]
+        return True
+
+    res = boot(MachineConfig(kernel=image, initrd=build_initramfs(), ncpus=smp, timeout_s=240),
+               hv, watch=(INIT_BANNER,), until=at_init)
+    assert res.exit == "until", res.console[-2000:]
+    summary = hv.summary()
+    assert not hv.refusals and not hv.internal_errors, summary
+    assert not hv.invariant_violations and full == [], (hv.invariant_violations, full)
+    prot = hv.protection_summary()
+    tables = prot["table_pages"]
+    assert isinstance(tables, dict) and tables["3"] >= 100 and tables["0"] >= 3
+    assert isinstance(prot["kernel_code_pages"], int) and prot["kernel_code_pages"] >= 1000
+    assert isinstance(prot["text_patches_accepted"], int) and \
+        prot["text_patches_accepted"] > 40_000
+    assert prot["text_patches_refused"] == 0 and prot["user_roots_live"] >= 1
+    assert hv.learned.tramp == hv.learned.reserved - 0x1000  # type: ignore[operator]
+    assert hv.stats["cpus_locked"] == smp and hv.armed
 
 
 @pytest.mark.qemu
 @pytest.mark.debian
 @pytest.mark.slow
-def test_debian_kernel_tables_protected_through_boot(debian: object) -> None:
-    """With table protection the kernel boots to `Run /init` with its tables read-only."""
-    from secvma.machine.initramfs import build_initramfs
+def test_debian_registers_only_without_table_protection(debian: object) -> None:
+    """--no-protect-tables: roots learned and checked, registers pinned, power-off."""
+    from secvma.machine.initramfs import INIT_BANNER, build_initramfs
     from secvma.machine.qemu import MachineConfig
     from secvma.machine.runner import boot
 
-    hv = TransparentKPCore(protect_tables=True)
-    checked: dict[str, list[int]] = {}
-
-    def at_init(console: object) -> bool:
-        """At `Run /init` (guest RAM still mapped): which protected pages are writable."""
-        if b"Run /init" not in console.first_seen:  # type: ignore[attr-defined]
-            return False
-        st = hv.state
-        pgd = st.pages.pages_of(Usage.EL1_PGD)
-        pte = st.pages.pages_of(Usage.EL1_PTE)
-        text = st.pages.pages_of(Usage.EL1_KCODE)
-        checked["pgd"], checked["pte"], checked["text"] = pgd, pte, text
-        checked["writable"] = [p for p in [*pgd, *pte, *text[::16]]
-                               if _s2_writable(hv, st.s2.mem, p << 12)]  # type: ignore[arg-type]
-        return True
-
+    hv = TransparentKPCore(protect_tables=False)
     res = boot(MachineConfig(kernel=debian.kernel_image, initrd=build_initramfs(),  # type: ignore[attr-defined]
-                             ncpus=1, timeout_s=120), hv, watch=(b"Run /init",), until=at_init)
-    assert res.exit == "until", res.console[-2000:]
+                             ncpus=1, timeout_s=120), hv, watch=(INIT_BANNER,))
+    assert res.exit == "poweroff", res.console[-2000:]
+    assert not hv.refusals and not hv.internal_errors and not hv.armed
+    assert hv.stats["ttbr1_checked"] > 0
+
+
+@pytest.mark.qemu
+@pytest.mark.debian
+@pytest.mark.slow
+@pytest.mark.parametrize("smp", [1, 2])
+def test_debian_fork_and_context_switches_use_validated_roots(debian: object, smp: int) -> None:
+    """/init forks and yields (SECVMA_YIELDS): each mm's root is validated before it is
+    loaded, switches between validated roots are checked, no refusal."""
+    from secvma.machine.initramfs import INIT_BANNER, build_initramfs
+    from secvma.machine.qemu import MachineConfig
+    from secvma.machine.runner import boot
+
+    image = debian.kernel_image  # type: ignore[attr-defined]
+    hv = TransparentKPCore(image=image.read_bytes())
+    res = boot(MachineConfig(kernel=image, initrd=build_initramfs(), ncpus=smp, timeout_s=240,
+                             append="console=ttyAMA0 panic=-1 SECVMA_YIELDS=500"),
+               hv, watch=(INIT_BANNER,))
+    assert res.exit == "poweroff", res.console[-2000:]
+    assert "sched_yield ns/switch" in res.console
     assert not hv.refusals and not hv.internal_errors, hv.summary()
-    assert hv.learned.swapper is not None and hv.learned.swapper >> 12 in checked["pgd"]
-    assert len(checked["pte"]) >= 100 and len(checked["text"]) >= 1000
-    assert checked["writable"] == []
-    assert hv.stats["table_stores"] > 0 and hv.stats["tables_claimed"] > 0
-    # the stock kernel asks for EL1-executable mappings of pages that are not kernel text
-    # while it boots (7 on 6.1.0-50); each gets PXN forced on instead of being refused, and the
-    # boot still reaches /init
-    assert hv.text_locked and hv.stats["pxn_fixups"] > 0
+    assert hv.roots.accepted >= 2 and hv.stats["ttbr0_checked"] > 0

@@ -134,3 +134,38 @@ def test_read_sysreg_sees_guest_changes_after_a_hypervisor_write() -> None:
         hvc #0xAA
     """ + POWEROFF, Probe())
     assert seen == [0x4200_1000, 0x4200_2000]
+
+
+class _Patcher(Recorder):
+    """On HVC #0x77 rewrites the instruction at x1 to `mov x0, #2` through `write_code`."""
+
+    def handle(self, platform, cpu, event):  # type: ignore[no-untyped-def]
+        from secvma.platform import Hvc, PhysAddr
+
+        if isinstance(event, Hvc) and event.imm == 0x77:
+            platform.write_code(cpu, PhysAddr(event.x[1]), (0xD2800040).to_bytes(4, "little"))
+        super().handle(platform, cpu, event)
+
+
+def test_write_code_is_seen_by_already_translated_code() -> None:
+    """Text the hypervisor rewrites (a validated kernel patch) runs as rewritten, although
+    QEMU had translated the old instruction: the store is done by the CPU at EL2 (a plain
+    `Platform.write` into RAM leaves the stale translation running: (1, 1), tried)."""
+    _res, h = run("""
+        adr x5, patchme
+        blr x5              // translated: returns 1
+        mov x6, x0
+        mov x1, x5
+        hvc #0x77           // the hypervisor patches patchme
+        adr x5, patchme
+        blr x5              // must return 2
+        mov x1, x6
+        mov x2, x0
+        mov x0, #1
+        hvc #0xAA
+    """ + POWEROFF + """
+    patchme:
+        mov x0, #1
+        ret
+    """, _Patcher())
+    assert h.reports and h.reports[0][1:3] == (1, 2)

@@ -72,16 +72,22 @@ def build(as_json: bool) -> None:
 @click.option("--policy", type=click.Choice(["none", "transparent"]), default="none",
               show_default=True,
               help="none: NullHypervisor; transparent: KPCore's rules for an unmodified kernel.")
-@click.option("--protect-tables", is_flag=True,
-              help="transparent: also write-protect and emulate kernel page tables and text "
-                   "(experimental: boots to /init, then hangs).")
+@click.option("--protect-tables/--no-protect-tables", default=True, show_default=True,
+              help="transparent: protect kernel tables, text, rodata and user roots (off: "
+                   "only the TTBR1 and pinned-register rules).")
+@click.option("--s2", "s2_mode", type=click.Choice(["huge", "4k"]), default="huge",
+              show_default=True, help="transparent: stage-2 blocks where a block is one class, "
+                                      "or 4 KB pages only.")
+@click.option("--check-invariants", is_flag=True,
+              help="transparent: check the protection invariants after every trap once armed.")
 @click.option("--json", "as_json", is_flag=True)
 def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, append: str,
              plain: bool, quiet: bool, timeout: float, policy: str, protect_tables: bool,
-             as_json: bool) -> None:
+             s2_mode: str, check_invariants: bool, as_json: bool) -> None:
     """Boot a kernel at EL1 under the NullHypervisor or the transparent KPCore policy.
 
-    Exit status 0 when the guest powers off, 1 when the machine is halted instead."""
+    Exit status 0 when the guest powers off, 1 when the machine is halted instead or the
+    transparent policy hit an internal error or a broken invariant."""
     from secvma.kpcore.transparent import TransparentKPCore
     from secvma.machine.initramfs import INIT_BANNER, build_initramfs
     from secvma.machine.null import NullHypervisor
@@ -100,7 +106,9 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
         initrd = initrd or build_initramfs()
     if plain and policy != "none":
         fail("--plain runs no hypervisor; it cannot be combined with --policy")
-    transparent = TransparentKPCore(protect_tables=protect_tables) \
+    transparent = TransparentKPCore(protect_tables=protect_tables, s2=s2_mode,
+                                    image=kernel.read_bytes() if kernel.is_file() else None,
+                                    check_invariants=check_invariants) \
         if policy == "transparent" else None
     hv: Hypervisor | None = None if plain else transparent or NullHypervisor()
     try:
@@ -118,8 +126,12 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
                "policy": policy}
     if transparent is not None:
         summary["transparent"] = transparent.summary()
+    broken = transparent is not None and bool(transparent.internal_errors
+                                               or transparent.invariant_violations)
     if as_json:
         emit_json(summary)
+        if broken:
+            raise SystemExit(1)
         _exit_unless_powered_off(res.exit, res.reason)
         return
     if transparent is not None:
@@ -129,9 +141,9 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
         assert isinstance(stats, dict)
         summary["roots"] = (f"reserved {tsum['reserved_pg_dir']} swapper {tsum['swapper_pg_dir']}"
                             f" tramp {tsum['tramp_pg_dir']}")
-        summary["table_pages"] = tsum.get("table_pages")
+        summary["protection"] = tsum.get("protection")
+        summary["boot_patches"] = tsum.get("boot_patches")
         summary["emulated_table_stores"] = stats.get("table_stores", 0)
-        summary["text_patches"] = stats.get("text_patches", 0)
         refusals = tsum.get("refusals", [])
         assert isinstance(refusals, list)
         summary["refusals"] = len(refusals)
@@ -143,6 +155,10 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
     for k, v in summary.items():
         t.add_row(k, str(v))
     console.print(t)
+    if broken:
+        assert transparent is not None
+        fail("transparent KPCore hit internal errors or broken invariants: "
+             f"{transparent.internal_errors[:3]} {transparent.invariant_violations[:3]}")
     _exit_unless_powered_off(res.exit, res.reason)
 
 

@@ -1,58 +1,71 @@
 """Transparent mode: KPCore's policy for an *unmodified* kernel (Debian arm64 Linux 6.1).
 
 A stock kernel makes no SECvma hypercalls, so the roots, table pages and kernel text are
-learned from traps instead of HVC 6 (docs/ARCHITECTURE.md "transparent mode",
-docs/qemu-platform.md §3.4, §4 issues 9-11). The same page-usage table (`pages.PageTable`),
+learned from traps instead of HVC 6 (ARCHITECTURE.md "transparent mode",
+qemu-platform.md §3.4, §4 issues 9-11). The same page-usage table (`pages.PageTable`),
 stage-2 manager (`stage2.Stage2`) and hardened table-store rules (`kpt.plan_kpt_slot`) as
 the testbed policy are used; only the discovery and the register rules differ.
 
+Two phases. *Boot* (trusted, as SECvma's own HVC 6 trusts the kernel until it installs): the
+roots are learned from the TTBR1 sequence and TTBR1/SCTLR/TCR/MAIR are enforced from then on.
+*Armed*: at the first TTBR0 load of a user root (the kernel has freed its init memory and is
+about to run /init) every kernel table is found from the roots and write-protected, and the
+state is validated as a whole: the boot's ~46 000 text patches are checked against the Image's
+declared patch sites (`textsites`; a word no site allows is put back, a refusal), executable
+leaves are kernel text or get PXN, rodata and text become read-only at stage 2 (with
+`--s2 huge` stage 2 is rebuilt at once, 4 KB pages only where a 2 MiB block mixes classes).
+Arming repeats its walk (the TTBR0 MSR is retried, PC unchanged) until a walk finds no table
+it had not protected yet, so a CPU that is writing a table while another arms is caught by
+stage 2 before the state is validated (SMP).
+
     event                    rule (transparent)
-    CpuStart                 identity stage 2 (hypervisor region unmapped), HCR TVM|TSC;
-                             CONTEXTIDR_EL1/FAR_EL1 MSRs done by the trampoline (fast path)
-    TTBR1_EL1 before swapper learn: the first base is reserved_pg_dir; swapper_pg_dir is
-                             reserved + 4 KB (6.1 linker layout; else the third distinct
-                             base). At swapper's first load: walk it, protect every table
-                             page (EL1_PGD..PTE, stage-2 RO), text = the lowest executable
-                             run of the kernel image mapping (EL1_KCODE, stage-2 RO+X),
-                             reserved_pg_dir kept empty (RO), tramp_pg_dir (reserved - 4 KB,
-                             KPTI) claimed as a root while still empty
+    CpuStart                 stage 2: devices + RAM in 2 MiB blocks (hypervisor unmapped),
+                             HCR TVM|TSC; CONTEXTIDR_EL1/FAR_EL1 on the trampoline fast path
+    TTBR1_EL1 before swapper learn: reserved_pg_dir first, swapper = reserved + 4 KB,
+                             tramp_pg_dir = reserved - 4 KB, idmap_pg_dir = reserved - 8 KB
              after           only a learned root (ASID and CnP bits free)   else refused
-    SCTLR/TCR/MAIR_EL1       free until the CPU runs on swapper with its MMU on; then
-                             pinned to that value (same value fine)          else refused
-    TTBR0, AMAIR, ESR, FAR,  allowed (user roots are not discoverable without HVC 33)
-    AFSR0/1, CONTEXTIDR
-    store to a table page    kpt hardened rules: every touched slot validated; new tables
-                             claimed before the link is written (must be empty); a leaf
-                             that is EL1-executable and does not map kernel text gets PXN
-    store to kernel text     emulated (instruction patching: alternatives, jump labels),
-                             counted in `text_patches`; no content validation (limitation)
-    other stage-2 faults     outside the map: abort injected; write to other RO: refused
+    SCTLR/TCR/MAIR_EL1       pinned once the CPU runs on swapper with its MMU on
+    TTBR0_EL1                boot: free. First user root: arm. Armed: reserved/idmap, a
+                             validated user root, or a candidate: write-protected (retry),
+                             then validated (every valid entry a table descriptor with
+                             PXNTable to an ordinary page)                  else refused
+    store to a kernel table  kpt hardened rules per slot; new tables claimed (must be empty);
+                             PXN unless the leaf maps kernel text; a writable leaf to kernel
+                             text only at the text-poke slot; unlinked tables released
+    store to a user root     a valid user-PGD entry (PXNTable forced); anything else into a
+                             root no CPU has loaded: the kernel freed it, released, retried
+    store to kernel text     each word at a declared patch site with an allowed word, through
+                             the text-poke alias; written by the trapping CPU at EL2
+    other stage-2 faults     lazy fill (blocks of one class, or 4 KB); outside RAM: abort;
+                             write to other read-only memory: refused
     HVC                      x0 = -1 (SMCCC NOT_SUPPORTED): a stock kernel has no SECvma ABI
-    other trap               undefined instruction (EC 0) injected, refusal logged
 
 A refusal is logged (`refusals`, with its rule) and delivered to EL1 as kpcore's hardened
-policy does (data abort with a permission FSC, or EC 0 for an MSR). `handle()` never raises:
-a model bug is recorded in `internal_errors` and halts the machine.
+policy does. `handle()` never raises: a model bug is recorded in `internal_errors` and halts.
 """
 
 from __future__ import annotations
 
+import time
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from secvma.arch.descriptors import OA_MASK, PXN, PXNTABLE, DescKind, level_size
-from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
-from secvma.arch.walk import AccessType, Perm, Visit, VisitCtx, WalkAction, s2_perms, walk
+from secvma.arch.descriptors import AP_RO, OA_MASK, PXN, PXNTABLE, level_size
+from secvma.arch.el2 import HCR_API, HCR_APK, HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
+from secvma.arch.walk import AccessType, Perm, s2_perms
 from secvma.kpcore import guard, kpt
+from secvma.kpcore.descs import Shape, out_pa, shape
 from secvma.kpcore.faults import inject_refusal
 from secvma.kpcore.fetch import s1_translate
-from secvma.kpcore.hostmem import commit_claim, set_class
-from secvma.kpcore.pages import KPT_BY_LEVEL, Owner, Usage, commit_classify, pa_of, ref_inc
+from secvma.kpcore.hostmem import commit_claim, desired_kind, map_page_host, set_class
+from secvma.kpcore.pages import KPT_BY_LEVEL, Owner, Usage, ref_dec_and_test, ref_inc
 from secvma.kpcore.policy import policy_named
 from secvma.kpcore.refusal import Errno, HypRefusal, Outcome, Refusal, log
 from secvma.kpcore.stage2 import VTCR_4G, PermKind
 from secvma.kpcore.state import KState
+from secvma.kpcore.textsites import KIMAGE_VADDR, PatchSites, patch_kind, relocated
 from secvma.outside import OutsideMapGuard
 from secvma.platform import (
     CpuStart,
@@ -71,46 +84,73 @@ from secvma.platform import (
     Vcpu,
 )
 
-HCR_TRANSPARENT = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | HCR_TVM
+HCR_TRANSPARENT = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | HCR_TVM | HCR_API | HCR_APK
+"""API/APK: the kernel's pointer authentication runs untrapped where the CPU has it (-cpu max)."""
 TTBR_BADDR = 0x0000_FFFF_FFFF_FFFE
 SMCCC_NOT_SUPPORTED = (1 << 64) - 1
 SCTLR_M = 1
 PAGE = 0x1000
 PINNED_REGS = (SysReg.SCTLR_EL1, SysReg.TCR_EL1, SysReg.MAIR_EL1)
-ALLOWED_REGS = (SysReg.TTBR0_EL1, SysReg.AMAIR_EL1, SysReg.CONTEXTIDR_EL1, SysReg.ESR_EL1,
+ALLOWED_REGS = (SysReg.AMAIR_EL1, SysReg.CONTEXTIDR_EL1, SysReg.ESR_EL1,
                 SysReg.FAR_EL1, SysReg.AFSR0_EL1, SysReg.AFSR1_EL1)
 FAST_PATH = [SysReg.CONTEXTIDR_EL1, SysReg.FAR_EL1]
 MAX_WALK_LEAVES = 4 << 20
-"""A learn walk that visits more leaves than this is a hostile table tree: stop learning."""
+"""A walk that visits more leaves than this is a hostile table tree: stop."""
 MAX_TEXT_STORE = 8
 """Largest single access emulated into kernel text (an instruction patch is 4 bytes)."""
+MAX_ARM_PASSES = 16
+TOP_VA = (1 << 64) - 1
 
 
 @dataclass
 class TCpu:
-    """Per-vCPU register view for the pinning rule."""
+    """Per-vCPU register view: pinning, and the roots the CPU has loaded."""
 
     on_swapper: bool = False
     mmu_on: bool = False
     locked: bool = False
     pinned: dict[SysReg, int] = field(default_factory=dict)
+    ttbr0: int = 0  # base last loaded (0: none yet)
 
 
 @dataclass
 class Learned:
-    """What the TTBR1 sequence and the swapper walk taught the hypervisor."""
+    """What the TTBR1 sequence taught the hypervisor (6.1 layout: idmap, tramp, reserved,
+    swapper are consecutive pages)."""
 
     bases: list[int] = field(default_factory=list)  # distinct TTBR1 bases, in order (first 8)
     reserved: int | None = None
     swapper: int | None = None
     tramp: int | None = None
-    roots: set[int] = field(default_factory=set)
+    idmap: int | None = None
+    roots: set[int] = field(default_factory=set)  # TTBR1 roots
+    ttbr0_kernel: set[int] = field(default_factory=set)  # reserved, idmap
     empty_roots: set[int] = field(default_factory=set)  # must stay all-zero (reserved_pg_dir)
-    text: tuple[int, int] | None = None  # kernel text [lo, hi) PA
-    text_va: int = 0
-    init_text: list[tuple[int, int]] = field(default_factory=list)  # other exec runs (PA)
+    image: tuple[int, int] | None = None  # kernel image [lo, hi) PA
+    text: tuple[int, int] | None = None  # lowest/highest kernel text PA
     tables: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0, 2: 0, 3: 0})
-    leaves_counted: int = 0
+
+
+@dataclass
+class Patches:
+    """Text patch accounting: validated words, by kind and by phase."""
+
+    accepted: int = 0
+    refused: int = 0
+    boot: Counter[str] = field(default_factory=Counter)  # kind -> words found patched at arming
+    runtime: Counter[str] = field(default_factory=Counter)  # kind -> words patched after
+    poke_va: int | None = None  # the text-poke fixmap VA (first runtime patch pins it)
+    poke_slot: int | None = None  # its PTE slot (PA)
+
+
+@dataclass
+class Roots:
+    """User roots (TTBR0): validated, write-protected pages a CPU may load."""
+
+    valid: set[int] = field(default_factory=set)
+    pending: set[int] = field(default_factory=set)  # write-protected, awaiting validation
+    accepted: int = 0
+    released: int = 0
 
 
 @dataclass(slots=True)
@@ -120,57 +160,58 @@ class InternalError:
 
 
 class _Walk:
-    """Visitor state of the learn walk over one root."""
+    """Visitor state of a walk over one kernel root."""
 
-    def __init__(self, st: KState, plat: Platform) -> None:
+    def __init__(self, st: KState) -> None:
         self.st = st
-        self.plat = plat
         self.tables: list[tuple[int, int]] = []  # (pa, level)
-        self.links: list[int] = []  # pfns to ref_inc (table links and L3 leaf targets)
-        self.exec_leaves: list[tuple[int, int, int]] = []  # (va, pa, size)
-        self.nx: list[tuple[int, int]] = []  # VA ranges under a PXNTable table
+        self.links: list[int] = []  # table pfns linked (one per link)
+        self.leaf_refs: list[int] = []  # L3 leaf targets
+        self.exec_leaves: list[tuple[int, int, int, int, int]] = []  # (va, pa, size, desc, slot)
+        self.ro_leaves: list[tuple[int, int]] = []  # (pa, size) read-only, PXN
         self.leaves = 0
         self.refused: list[str] = []
 
-    def visit(self, ctx: VisitCtx) -> WalkAction:
-        if ctx.kind is DescKind.TABLE:
-            child = ctx.old & OA_MASK
-            if not self.st.is_host_ram(child):
-                self.refused.append(f"table link to non-host {child:#x} at {ctx.slot_pa:#x}")
-                return WalkAction.SKIP
-            self.tables.append((child, ctx.level + 1))
-            self.links.append(child >> 12)
-            if ctx.old & PXNTABLE:
-                self.nx.append((ctx.addr, ctx.addr + level_size(ctx.level)))
-            return WalkAction.CONTINUE
-        self.leaves += 1
-        if self.leaves > MAX_WALK_LEAVES:
-            self.refused.append("walk too large")
-            return WalkAction.STOP
-        size = level_size(ctx.level)
-        pa = ctx.old & OA_MASK & ~(size - 1)
-        if ctx.level == 3:
-            self.links.append(pa >> 12)
-        if not ctx.old & PXN and not any(lo <= ctx.addr < hi for lo, hi in self.nx):
-            self.exec_leaves.append((ctx.addr, pa, size))
-        return WalkAction.CONTINUE
+
+class _Retry(Exception):
+    """Leave the PC alone: the trapping instruction runs again after this trap's commands."""
 
 
 class TransparentKPCore:
-    """KPCore's protections for an unmodified kernel (`secvma.platform.Hypervisor`)."""
+    """KPCore's protections for an unmodified kernel (`secvma.platform.Hypervisor`).
 
-    def __init__(self, *, protect_tables: bool = False) -> None:
+    `image` is the kernel Image the machine boots (bytes, read before it runs): its declared
+    patch sites and pristine text. Without it no text patch can be validated (all refused).
+    `protect_tables=False` keeps only the register rules (the boot phase forever).
+    """
+
+    def __init__(self, *, protect_tables: bool = True, s2: str = "huge",
+                 image: bytes | None = None, sites: PatchSites | None = None,
+                 check_invariants: bool = False) -> None:
         self.protect_tables = protect_tables
-        self.policy = policy_named("hardened")
+        self.policy = policy_named("hardened", s2=s2)
+        self.image = image
+        self.sites = sites if sites is not None else _sites_of(image)
+        self.check_invariants = check_invariants
         self.st: KState | None = None
         self.learned = Learned()
         self.cpus: dict[int, TCpu] = {}
         self.stats: Counter[str] = Counter()
         self.internal_errors: list[InternalError] = []
+        self.invariant_violations: list[str] = []
         self.outside = OutsideMapGuard()
+        self.armed = False
+        self.arm_passes = 0
+        self.arm_seconds = 0.0
+        self.armed_at = 0.0
+        self.first_trap_at = 0.0
+        self.tlinks: Counter[int] = Counter()  # pfn -> table links to it from kernel tables
+        self.patches = Patches()
+        self.roots = Roots()
         self.text_log: list[tuple[int, int, int]] = []
-        self.text_locked = False
         self.vbars = guard.VbarLearner()  # issue 15: VBAR_EL1 checked by the interrupt guard
+        self.kaslr = 0  # VA displacement of the kernel image from its link address
+        self.init_text: set[int] = set()  # KCODE pfns of init text still mapped at arming
 
     # --- public surface -----------------------------------------------------------------
 
@@ -198,49 +239,53 @@ class TransparentKPCore:
             self.st = st
         return self.st
 
+    def protection_summary(self) -> dict[str, object]:
+        """What is protected now (the `protection` JSON key of `secvma run --guest linux`)."""
+        st = self.st
+        tables = {u.name: 0 if st is None else len(st.pages.pages_of(u)) for u in KPT_BY_LEVEL}
+        kcode = 0 if st is None else len(st.pages.pages_of(Usage.EL1_KCODE))
+        return {"table_pages": tables, "kernel_code_pages": kcode,
+                "text_patches_accepted": self.patches.accepted,
+                "text_patches_refused": self.patches.refused,
+                "user_roots_live": len(self.roots.valid),
+                "user_roots_released": self.roots.released,
+                "modules_authenticated": 0, "modules_refused": 0}
+
     def summary(self) -> dict[str, object]:
         """JSON-able counters: what was learned, protected, emulated and refused."""
         ln = self.learned
         st = self.st
+
+        def hx(v: int | None) -> str | None:
+            return None if v is None else f"{v:#x}"
+
         out: dict[str, object] = {
             "ttbr1_bases": [f"{b:#x}" for b in ln.bases],
-            "swapper_pg_dir": None if ln.swapper is None else f"{ln.swapper:#x}",
-            "reserved_pg_dir": None if ln.reserved is None else f"{ln.reserved:#x}",
-            "tramp_pg_dir": None if ln.tramp is None else f"{ln.tramp:#x}",
-            "text": None if ln.text is None else [f"{ln.text[0]:#x}", f"{ln.text[1]:#x}"],
-            "init_text_runs": len(ln.init_text),
+            "swapper_pg_dir": hx(ln.swapper), "reserved_pg_dir": hx(ln.reserved),
+            "tramp_pg_dir": hx(ln.tramp), "idmap_pg_dir": hx(ln.idmap),
+            "image": None if ln.image is None else [hx(ln.image[0]), hx(ln.image[1])],
+            "armed": self.armed, "arm_passes": self.arm_passes,
+            "arm_seconds": round(self.arm_seconds, 3),
+            "patch_sites": None if self.sites is None else self.sites.counts(),
+            "boot_patches": dict(self.patches.boot), "runtime_patches": dict(self.patches.runtime),
+            "text_poke_va": hx(self.patches.poke_va),
+            "protection": self.protection_summary(),
             "stats": dict(sorted(self.stats.items())),
             "refusals": [r.as_dict() for r in self.refusals],
             "internal_errors": [f"{e.event}: {e.error}" for e in self.internal_errors],
+            "invariant_violations": list(self.invariant_violations),
         }
         if st is not None:
             out["table_pages"] = {u.name: len(st.pages.pages_of(u)) for u in KPT_BY_LEVEL}
             out["kcode_pages"] = len(st.pages.pages_of(Usage.EL1_KCODE))
+            out["rodata_pages"] = len(st.pages.pages_of(Usage.EL1_RODATA))
             out["stage2"] = st.s2.histogram()
         return out
 
-    def protection_summary(self) -> dict[str, object]:
-        """What is protected and validated now (the `protection` of `secvma run --guest linux`).
-
-        Keys are a command contract (issue 10): table pages by level, kernel-code pages, text
-        patches accepted/refused, user roots live/released, modules authenticated/refused.
-        """
-        st = self.st
-        refused = [r.rule for r in self.refusals]
-        return {
-            "table_pages": {u.name: 0 if st is None else len(st.pages.pages_of(u))
-                            for u in KPT_BY_LEVEL},
-            "kernel_code_pages": 0 if st is None else len(st.pages.pages_of(Usage.EL1_KCODE)),
-            "text_patches_accepted": self.stats.get("text_patches", 0),
-            "text_patches_refused": sum(r == "text-store" for r in refused),
-            "user_roots_live": 0,
-            "user_roots_released": 0,
-            "modules_authenticated": 0,
-            "modules_refused": 0,
-        }
-
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
         st = self.attach(platform)
+        if not self.first_trap_at:
+            self.first_trap_at = time.perf_counter()
         self.stats["trap." + type(event).__name__] += 1
         try:
             self._dispatch(st, platform, cpu, event)
@@ -248,6 +293,12 @@ class TransparentKPCore:
                 self.vbars.watch(st.refusals, platform, cpu, self._vbar_in_text(platform, cpu),
                                  policy="transparent")
             st.s2.flush(platform, cpu)
+            if self.check_invariants and self.armed:
+                from secvma.kpcore.tinvariants import check
+
+                for v in check(self, platform, full=False):
+                    if len(self.invariant_violations) < 1000:
+                        self.invariant_violations.append(str(v))
         except Exception as exc:  # a model bug: record, stop the machine, never propagate
             log.exception("transparent kpcore internal error on %r", event)
             self.internal_errors.append(InternalError(repr(event), repr(exc)))
@@ -284,7 +335,7 @@ class TransparentKPCore:
     def _vbar_in_text(self, plat: Platform, cpu: Vcpu) -> Callable[[int], bool]:
         """Whether a VBAR_EL1 value is fetched (stage 1, this CPU) from kernel text.
 
-        Kernel text is known only once swapper was walked (`--protect-tables`); until then any
+        Kernel text is known once swapper was walked (learned from the boot); until then any
         EL1-executable page counts (weaker: the kernel's own stage 1 decides).
         """
         def in_text(va: int) -> bool:
@@ -297,6 +348,8 @@ class TransparentKPCore:
                fn: Callable[[], None]) -> None:
         try:
             fn()
+        except _Retry:
+            self.stats["retried"] += 1
         except HypRefusal as err:
             self._refused(st, plat, cpu, ev, err)
 
@@ -319,7 +372,10 @@ class TransparentKPCore:
         c = self.cpus.setdefault(cpu.index, TCpu())
         value = ev.value
         if reg is SysReg.TTBR1_EL1:
-            self._ttbr1(st, plat, cpu, c, value)
+            self._ttbr1(st, cpu, c, value)
+        elif reg is SysReg.TTBR0_EL1:
+            self._ttbr0(st, plat, cpu, value)
+            c.ttbr0 = value & TTBR_BADDR
         elif reg in PINNED_REGS:
             if c.locked:
                 pinned = c.pinned.get(reg, value)
@@ -347,7 +403,7 @@ class TransparentKPCore:
             c.pinned[SysReg.SCTLR_EL1] = sctlr
         self.stats["cpus_locked"] += 1
 
-    def _ttbr1(self, st: KState, plat: Platform, cpu: Vcpu, c: TCpu, value: int) -> None:
+    def _ttbr1(self, st: KState, cpu: Vcpu, c: TCpu, value: int) -> None:
         ln = self.learned
         base = value & TTBR_BADDR
         if ln.swapper is None:
@@ -357,7 +413,7 @@ class TransparentKPCore:
                 ln.reserved = base
             elif (base == ln.reserved + PAGE or (len(ln.bases) >= 3 and base == ln.bases[2])) \
                     and st.is_host_ram(base):
-                self._learn(st, plat, cpu, base)
+                self._learn_roots(st, base)
         elif base not in ln.roots:
             raise HypRefusal(Errno.EPERM, "ttbr1-root", "TTBR1 base is not a learned kernel root",
                              value=value, swapper=ln.swapper)
@@ -367,86 +423,368 @@ class TransparentKPCore:
         if c.on_swapper and not c.mmu_on:
             c.mmu_on = bool(cpu.read_sysreg(SysReg.SCTLR_EL1) & SCTLR_M)
 
-    # --- learning -----------------------------------------------------------------------
-
-    def _learn(self, st: KState, plat: Platform, cpu: Vcpu, swapper: int) -> None:
-        """swapper_pg_dir is being loaded: learn the roots (and protect tables and text)."""
+    def _learn_roots(self, st: KState, swapper: int) -> None:
+        """swapper_pg_dir is being loaded: name the kernel's roots (6.1 image layout)."""
         ln = self.learned
-        ln.swapper = swapper
-        ln.roots = {swapper}
         assert ln.reserved is not None
-        if not self.protect_tables:
-            for pa in (ln.reserved, ln.reserved - PAGE):  # reserved_pg_dir, tramp_pg_dir
-                if pa != swapper and st.is_host_ram(pa) and not any(plat.read(PhysAddr(pa), PAGE)):
-                    ln.roots.add(pa)
-                    if pa == ln.reserved:
-                        ln.empty_roots.add(pa)
-                    else:
-                        ln.tramp = pa
-            return
-        st.installed = True  # stage-2 kinds by class from now on (hostmem.desired_kind)
-        tcr = cpu.read_sysreg(SysReg.TCR_EL1)
-        t1sz = (tcr >> 16) & 0x3F or 16
-        ia_bits = 64 - t1sz
-        start_level = max(0, 4 - (ia_bits - 12 + 8) // 9)
-        w = _Walk(st, plat)
-        walk(self._reader(plat), PhysAddr(swapper), (1 << 64) - (1 << ia_bits), 1 << ia_bits,
-             w.visit, visit=Visit.LEAF | Visit.TABLE_PRE, start_level=start_level,
-             ia_bits=ia_bits)
-        for msg in w.refused:
-            self._log_learn_refusal(st, cpu, msg)
-        self._claim_existing(st, swapper, start_level)
-        for pa, level in w.tables:
-            self._claim_existing(st, pa, level)
-        for pfn in w.links:
-            ref_inc(st.pages, pfn)
-        ln.leaves_counted = w.leaves
-        # kernel text: the lowest-VA run of EL1-executable leaves; later runs are init text
-        runs: list[list[int]] = []  # [va_lo, va_hi, pa_lo, pa_hi]
-        for va, pa, size in sorted(w.exec_leaves):
-            if runs and runs[-1][1] == va and runs[-1][3] == pa:
-                runs[-1][1] += size
-                runs[-1][3] += size
-            else:
-                runs.append([va, va + size, pa, pa + size])
-        if runs:
-            _va_lo, _va_hi, lo, hi = runs[0]
-            ln.text, ln.text_va = (lo, hi), _va_lo
-            for pa in range(lo, hi, PAGE):  # class now, stage-2 read-only at the text lock
-                if st.is_host_ram(pa) and st.pages.usage_of(pa >> 12) is Usage.NONE:
-                    commit_classify(st.pages, pa >> 12, Usage.EL1_KCODE, overwrite=False)
-            ln.init_text = [(r[2], r[3]) for r in runs[1:]]
-        # reserved_pg_dir stays an empty root; tramp_pg_dir (KPTI) is the page before it
-        for pa, empty in ((ln.reserved, True), (ln.reserved - PAGE, False)):
-            if pa == swapper or not st.is_host_ram(pa) \
-                    or st.pages.usage_of(pa >> 12) is not Usage.NONE \
-                    or any(plat.read(PhysAddr(pa), PAGE)):
-                continue
-            set_class(st, pa >> 12, Usage.EL1_PGD)
-            ln.roots.add(pa)
-            if empty:
-                ln.empty_roots.add(pa)
-            else:
-                ln.tramp = pa
-        self.stats["learned_tables"] = len(w.tables) + 1
-        st.s2.pending_flush.add(-1)
+        ln.swapper = swapper
+        ln.roots = {swapper, ln.reserved}
+        ln.empty_roots = {ln.reserved}
+        ln.ttbr0_kernel = {ln.reserved}
+        if swapper == ln.reserved + PAGE:
+            ln.tramp = ln.reserved - PAGE
+            ln.idmap = ln.reserved - 2 * PAGE
+            ln.roots.add(ln.tramp)
+            ln.ttbr0_kernel.add(ln.idmap)
 
-    def _claim_existing(self, st: KState, pa: int, level: int) -> None:
-        """Mark an existing (non-empty) table page of `level` and write-protect it."""
+    # --- TTBR0: arming and user roots ----------------------------------------------------
+
+    def _ttbr0(self, st: KState, plat: Platform, cpu: Vcpu, value: int) -> None:
+        ln = self.learned
+        base = value & TTBR_BADDR
+        if not self.protect_tables or ln.swapper is None or base == 0 \
+                or base in ln.ttbr0_kernel:
+            return
+        if not self.armed:
+            self._arm(st, plat, cpu)  # raises _Retry until a walk finds nothing new
+        if base in self.roots.valid:
+            self.stats["ttbr0_checked"] += 1
+            return
+        self._accept_root(st, plat, base)
+
+    def _accept_root(self, st: KState, plat: Platform, base: int) -> None:
+        """A new user root: write-protect it (retry), then validate what it holds."""
+        rule = "user-root"
+        pfn = base >> 12
+        usage = st.pages.usage_of(pfn)
+        if base in self.roots.pending and usage is Usage.EL0_PGD:
+            raw = plat.read(PhysAddr(base), PAGE)
+            for i in range(512):
+                e = int.from_bytes(raw[8 * i:8 * i + 8], "little")
+                if e == 0:
+                    continue
+                target = e & OA_MASK
+                if e & 3 != 3 or not e & PXNTABLE or not self._ordinary(st, target >> 12):
+                    self.roots.pending.discard(base)
+                    self._release_page(st, pfn)
+                    raise HypRefusal(Errno.EPERM, rule, "a user root entry must be a table "
+                                     "descriptor with PXNTable to an ordinary page",
+                                     root=base, index=i, value=e)
+            self.roots.pending.discard(base)
+            self.roots.valid.add(base)
+            self.roots.accepted += 1
+            return
+        if usage is Usage.EL0_PGD and base not in self.roots.valid:
+            usage = Usage.NONE if self._release_stale_root(st, pfn) else usage
+        if not st.is_host_ram(base) or usage is not Usage.NONE:
+            raise HypRefusal(Errno.EPERM, rule, f"a user root must be an ordinary page, "
+                             f"not {usage.name}", root=base)
+        set_class(st, pfn, Usage.EL0_PGD)  # write-protected from this trap's TLBI on
+        self.roots.pending.add(base)
+        raise _Retry()
+
+    def _ordinary(self, st: KState, pfn: int) -> bool:
+        """Host RAM of no protected class (a stale root no CPU loads is released first)."""
+        if st.pages.owner_of(pfn) is not Owner.HOST:
+            return False
+        usage = st.pages.usage_of(pfn)
+        if usage is Usage.EL0_PGD:
+            return self._release_stale_root(st, pfn)
+        return usage is Usage.NONE
+
+    def _loaded(self, base: int) -> bool:
+        return any(c.ttbr0 == base for c in self.cpus.values())
+
+    def _release_stale_root(self, st: KState, pfn: int) -> bool:
+        """Release user root `pfn` if no CPU has it loaded (the kernel freed it)."""
+        base = pfn << 12
+        if self._loaded(base):
+            return False
+        self.roots.valid.discard(base)
+        self.roots.pending.discard(base)
+        self._release_page(st, pfn)
+        self.roots.released += 1
+        return True
+
+    def _release_page(self, st: KState, pfn: int) -> None:
+        """Class -> NONE and stage 2 -> ordinary RAM; contents kept (the kernel owns them)."""
+        set_class(st, pfn, Usage.NONE)
+
+    # --- arming: find every table, validate the booted state ------------------------------
+
+    def _arm(self, st: KState, plat: Platform, cpu: Vcpu) -> None:
+        """Protect every table reachable from the roots; retry until nothing new is found."""
+        self.arm_passes += 1
+        t0 = time.perf_counter()
+        try:
+            self._arm_pass(st, plat, cpu)
+        finally:
+            self.arm_seconds += time.perf_counter() - t0
+
+    def _arm_pass(self, st: KState, plat: Platform, cpu: Vcpu) -> None:
+        ln = self.learned
+        if not st.installed:
+            st.installed = True  # stage-2 kinds by class from now on (hostmem.desired_kind)
+            st.s2.reset()  # RAM refilled lazily with each page's kind (blocks or 4 KB)
+            st.s2.map_leaf(0, 1, PermKind.DEVICE)
+            self._find_image(st, plat)
+        new = 0
+        walks: list[tuple[int, _Walk]] = []
+        for root in sorted(ln.roots | {r for r in ln.ttbr0_kernel if r != ln.reserved}):
+            if not st.is_host_ram(root):
+                continue
+            if st.pages.usage_of(root >> 12) is Usage.NONE:
+                set_class(st, root >> 12, Usage.EL1_PGD)
+                new += 1
+            w = self._walk(st, plat, cpu, root, ttbr0=root in ln.ttbr0_kernel)
+            walks.append((root, w))
+            for pa, level in w.tables:
+                new += self._protect_table(st, pa, level)
+            self._class_text(st, w)  # now: another CPU may fetch text before the retry
+        if new and self.arm_passes < MAX_ARM_PASSES:
+            raise _Retry()
+        self._finish_arming(st, plat, cpu, walks)
+
+    def _find_image(self, st: KState, plat: Platform) -> None:
+        """The kernel image's PA range: where guest RAM holds the Image's first 64 bytes."""
+        if self.image is None or self.sites is None:
+            return
+        head = self.image[:64]
+        lo = plat.ram_base
+        for pa in range(lo, min(lo + (256 << 20), plat.ram_base + plat.ram_size), 1 << 16):
+            if not st.is_host_ram(pa):
+                continue
+            if plat.read(PhysAddr(pa), 64) == head:
+                self.learned.image = (pa, pa + self.sites.image_size)
+                return
+
+    def _walk(self, st: KState, plat: Platform, cpu: Vcpu, root: int, *, ttbr0: bool) -> _Walk:
+        """Every table and leaf under `root` (one page read per table: the linear map alone
+        has ~260 000 leaves, so this does not go through the generic visitor walk)."""
+        tcr = cpu.read_sysreg(SysReg.TCR_EL1)
+        tsz = (tcr >> (0 if ttbr0 else 16)) & 0x3F or 16
+        ia_bits = 64 - tsz
+        start_level = max(0, 4 - (ia_bits - 12 + 8) // 9)
+        w = _Walk(st)
+        lo = 0 if ttbr0 else ((1 << 64) - (1 << ia_bits))
+        todo = [(root, start_level, lo, False)]
+        seen = {root}
+        while todo:
+            table, level, va_base, nx = todo.pop()
+            try:
+                raw = plat.read(PhysAddr(table), PAGE)
+            except (GuestMemoryError, ValueError):
+                continue
+            entries = array("Q")
+            entries.frombytes(raw)
+            shift = 12 + 9 * (3 - level)
+            size = 1 << shift
+            for i, e in enumerate(entries):
+                if not e:
+                    continue
+                low = e & 3
+                va = va_base + (i << shift)
+                if level < 3 and low == 3:
+                    child = e & OA_MASK
+                    if not st.is_host_ram(child):
+                        w.refused.append(f"table link to non-host {child:#x} at "
+                                         f"{table + 8 * i:#x}")
+                        continue
+                    w.links.append(child >> 12)
+                    if child not in seen:
+                        seen.add(child)
+                        w.tables.append((child, level + 1))
+                        todo.append((child, level + 1, va, nx or bool(e & PXNTABLE)))
+                    continue
+                if not (low == 3 if level == 3 else low == 1 and level in (1, 2)):
+                    continue  # invalid: the MMU ignores it
+                w.leaves += 1
+                if w.leaves > MAX_WALK_LEAVES:
+                    w.refused.append("walk too large")
+                    return w
+                pa = e & OA_MASK & ~(size - 1)
+                if level == 3:
+                    w.leaf_refs.append(pa >> 12)
+                if not e & PXN and not nx:
+                    w.exec_leaves.append((va, pa, size, e, table + 8 * i))
+                elif e & AP_RO:
+                    w.ro_leaves.append((pa, size))
+        return w
+
+    def _protect_table(self, st: KState, pa: int, level: int) -> int:
+        """Class a table page found by a walk (1 if newly protected)."""
         pfn = pa >> 12
         usage = st.pages.usage_of(pfn)
         want = KPT_BY_LEVEL[level]
         if usage is want:
-            return
+            return 0
         if usage is not Usage.NONE or st.pages.owner_of(pfn) is not Owner.HOST:
-            self.stats["learn_conflicts"] += 1
-            return
+            self.stats["arm_conflicts"] += 1
+            return 0
         set_class(st, pfn, want)
         self.learned.tables[level] += 1
+        return 1
 
-    def _log_learn_refusal(self, st: KState, cpu: Vcpu, msg: str) -> None:
-        st.refusals.append(Refusal("learn-walk", Errno.EPERM, msg, Outcome.REFUSED, cpu.index,
-                                   cpu.elr, {}))
+    def _class_text(self, st: KState, w: _Walk) -> None:
+        """Read-only executable leaves into the kernel image are kernel text (EL1_KCODE)."""
+        image = self.learned.image
+        if image is None:
+            return
+        for _va, pa, size, desc, _slot in w.exec_leaves:
+            if image[0] <= pa and pa + size <= image[1] and desc & AP_RO:
+                for p in range(pa, pa + size, PAGE):
+                    if st.pages.usage_of(p >> 12) is Usage.NONE:
+                        set_class(st, p >> 12, Usage.EL1_KCODE)
+
+    def _finish_arming(self, st: KState, plat: Platform, cpu: Vcpu,
+                       walks: list[tuple[int, _Walk]]) -> None:
+        """Nothing new: count links, class text and rodata, PXN, check boot's text patches."""
+        ln = self.learned
+        image = ln.image
+        for _root, w in walks:
+            for msg in w.refused:
+                st.refusals.append(Refusal("arm-walk", Errno.EPERM, msg, Outcome.REFUSED,
+                                           cpu.index, cpu.elr, {}))
+            for pfn in w.links:
+                self.tlinks[pfn] += 1
+                ref_inc(st.pages, pfn)
+            for pfn, n in Counter(w.leaf_refs).items():  # bulk ref_inc (linear map: ~260k)
+                i = st.pages.index(pfn)
+                if i is not None:
+                    st.pages.subcount[i] += n
+                    st.pages.dirty.add(pfn)
+        text_lo, text_hi = TOP_VA, 0
+        for _root, w in walks:
+            for _va, pa, size, desc, slot in w.exec_leaves:
+                in_image = image is not None and image[0] <= pa and pa + size <= image[1]
+                if in_image and desc & AP_RO:
+                    assert image is not None
+                    if pa < text_lo and _va >> 63:  # lowest text page: the image mapping
+                        self.kaslr = (_va - (pa - image[0]) - KIMAGE_VADDR) & TOP_VA
+                    text_lo, text_hi = min(text_lo, pa), max(text_hi, pa + size)
+                else:  # executable and not kernel text: PXN, as a store would get
+                    plat.write_u64(PhysAddr(slot), desc | PXN)
+                    st.s2.pending_flush.add(-1)
+                    self.stats["arm_pxn_fixups"] += 1
+        if text_hi:
+            ln.text = (text_lo, text_hi)
+        for _root, w in walks:
+            for pa, size in w.ro_leaves:
+                if image is None or not (image[0] <= pa and pa + size <= image[1]):
+                    continue
+                for p in range(pa, pa + size, PAGE):
+                    if st.pages.usage_of(p >> 12) is Usage.NONE:
+                        set_class(st, p >> 12, Usage.EL1_RODATA)
+        self._check_boot_patches(st, plat, cpu)
+        self._note_init_text(st)
+        self._premap(st, plat)
+        st.s2.pending_flush.add(-1)
+        self.armed = True
+        self.stats["armed"] = 1
+        self.armed_at = time.perf_counter()
+
+    def _premap(self, st: KState, plat: Platform) -> None:
+        """--s2 huge: map RAM now (blocks of one class, 4 KB pages in mixed blocks) rather
+        than on ~500 stage-2 faults right after arming."""
+        if st.policy.s2 != "huge":
+            return
+        step = level_size(2)
+        lo = -(-plat.ram_base // step) * step
+        for base in range(lo, min(plat.ram_base + plat.ram_size, 1 << 32) - step + 1, step):
+            hit = st.s2.leaf(base)
+            if hit is not None and hit[1] < 3:
+                continue
+            i = st.pages.index(base >> 12)
+            if i is None or st.pages.owner.count(Owner.HOST, i, i + 512) != 512:
+                continue
+            if not st.s2.has_table_below(base, 2) \
+                    and st.pages.range_uniform(base >> 12, 512) is not None:
+                map_page_host(st, base)
+            else:
+                st.s2.check_available(1, rule="s2-premap")
+                for pa in range(base, base + step, PAGE):
+                    kind = desired_kind(st, pa >> 12)
+                    if kind is not None and st.s2.leaf(pa) is None:
+                        st.s2.map_leaf(pa, 3, kind)
+            self.stats["s2_premapped"] += 1
+
+    def _note_init_text(self, st: KState) -> None:
+        """Init text still mapped at arming (a helper ran before free_initmem): its pages go
+        back to the kernel, one by one, when their executable leaf is unmapped."""
+        sites, rng = self.sites, self.learned.image
+        if sites is None or rng is None or len(sites.text) < 2:
+            return
+        lo, hi = sites.text[1]
+        for pfn in st.pages.pages_of(Usage.EL1_KCODE):
+            if lo <= (pfn << 12) - rng[0] < hi:
+                self.init_text.add(pfn)
+
+    def _init_text_changes(self, level: int, slots: dict[int, tuple[int, int]],
+                           plan: kpt.Plan) -> list[int]:
+        """Init-text pages whose leaf the store removes; refuses a new executable alias."""
+        gone: list[int] = []
+        for slot, (old, _new) in slots.items():
+            new = plan.slots.get(slot, old)
+            sn = shape(new, level, any_nonzero=False)
+            if sn is Shape.LEAF and not new & PXN and self._maps_init_text(new, level, sn):
+                so = shape(old, level, any_nonzero=False)
+                if so is not Shape.LEAF or out_pa(old, level, so) != out_pa(new, level, sn):
+                    raise HypRefusal(Errno.EPERM, "init-text", "no new executable mapping of "
+                                     "init text", slot=slot, value=new)
+            so = shape(old, level, any_nonzero=False)
+            if so is Shape.LEAF and self._maps_init_text(old, level, so) and (
+                    sn is not Shape.LEAF or out_pa(old, level, so) != out_pa(new, level, sn)):
+                base = out_pa(old, level, so) >> 12
+                gone += [p for p in range(base, base + level_size(level) // PAGE)
+                         if p in self.init_text]
+        return gone
+
+    def _maps_init_text(self, desc: int, level: int, sh: Shape) -> bool:
+        base = out_pa(desc, level, sh) >> 12
+        return any(p in self.init_text for p in range(base, base + level_size(level) // PAGE))
+
+    def _check_boot_patches(self, st: KState, plat: Platform, cpu: Vcpu) -> None:
+        """Every word of kernel text that differs from the Image must be a declared patch;
+        a word that is not is put back to the Image's (a refusal)."""
+        image, sites, rng = self.image, self.sites, self.learned.image
+        if image is None or sites is None or rng is None:
+            return
+        base = rng[0]
+        restored = 0
+        for pfn in st.pages.pages_of(Usage.EL1_KCODE):
+            pa = pfn << 12
+            off = pa - base
+            if not 0 <= off < len(image) - PAGE + 1:
+                continue
+            live = plat.read(PhysAddr(pa), PAGE)
+            orig = image[off:off + PAGE]
+            if live == orig:
+                continue
+            for k in (k for c in range(0, PAGE, 64) if live[c:c + 64] != orig[c:c + 64]
+                      for k in range(c, c + 64, 4)):
+                if live[k:k + 4] == orig[k:k + 4]:
+                    continue
+                word = int.from_bytes(live[k:k + 4], "little")
+                was = int.from_bytes(orig[k:k + 4], "little")
+                kind = patch_kind(sites, off + k, was, word)
+                slot = (off + k) & ~7
+                if kind is None and relocated(sites, off + k, plat.read(
+                        PhysAddr(base + slot), 8)):
+                    kind = "reloc"
+                if kind is None:
+                    self.patches.refused += 1
+                    self.patches.boot["refused"] += 1
+                    plat.write(PhysAddr(pa + k), orig[k:k + 4])
+                    restored += 1
+                    st.refusals.append(Refusal(
+                        "text-patch", Errno.EPERM, "boot left a word that is no declared "
+                        "patch in kernel text (restored)", Outcome.REFUSED, cpu.index, cpu.elr,
+                        {"pa": pa + k, "value": word, "image": was}))
+                else:
+                    self.patches.accepted += 1
+                    self.patches.boot[kind] += 1
+        if restored:
+            plat.flush_code(cpu, PhysAddr(base), rng[1] - base)  # once: every translation
 
     @staticmethod
     def _reader(plat: Platform) -> Callable[[PhysAddr], int]:
@@ -464,10 +802,15 @@ class TransparentKPCore:
         ipa = ev.ipa
         hit = st.s2.leaf(ipa) if 0 <= ipa < 1 << 32 else None
         if hit is None:
+            if 0 <= ipa < 1 << 32 and map_page_host(st, ipa) == "mapped":
+                self.stats["s2_filled" if self.armed else "s2_filled_arming"] += 1
+                return
             self.outside.abort(plat, cpu, ev)
             return
-        perms = s2_perms(hit[2], 0 if ev.from_el0 else 1, feat_xnx=False)
-        need = Perm.X if ev.is_fetch else Perm.W if ev.is_write else Perm.R
+        perms = s2_perms(hit[2], 0 if ev.from_el0 else 1, feat_xnx=True)
+        # a stage-1 walk (S1PTW) only reads its table, whatever access it was made for
+        need = Perm.R if ev.s1ptw else Perm.X if ev.is_fetch else Perm.W if ev.is_write \
+            else Perm.R
         if need in perms:  # a stale TLB entry (the leaf was relaxed since)
             st.s2.pending_flush.add(ipa & ~0xFFF)
             self.stats["s2_stale"] += 1
@@ -478,6 +821,9 @@ class TransparentKPCore:
             if usage.is_kpt:
                 self._table_store(st, plat, cpu, ev, usage)
                 return
+            if usage is Usage.EL0_PGD:
+                self._root_store(st, plat, cpu, ev)
+                return
             if usage is Usage.EL1_KCODE:
                 self._text_store(st, plat, cpu, ev)
                 return
@@ -486,7 +832,7 @@ class TransparentKPCore:
                          f"{access} not permitted on a {usage.name} page", ipa=ipa)
 
     def _fetch(self, st: KState, plat: Platform, cpu: Vcpu) -> int | None:
-        """The instruction at ELR if it lies in kernel text or init text (stage-1 walk)."""
+        """The instruction at ELR if it lies in kernel text (stage-1 walk)."""
         pc = cpu.elr
         if pc % 4:
             return None
@@ -494,10 +840,7 @@ class TransparentKPCore:
         if hit is None:
             return None
         pa = hit[0]
-        in_init = any(lo <= pa < hi for lo, hi in self.learned.init_text)
-        if st.pages.usage_of(pa >> 12) is not Usage.EL1_KCODE and not in_init:
-            return None
-        if not st.is_host_ram(pa):
+        if st.pages.usage_of(pa >> 12) is not Usage.EL1_KCODE or not st.is_host_ram(pa):
             return None
         return int.from_bytes(plat.read(PhysAddr(pa), 4), "little")
 
@@ -510,67 +853,196 @@ class TransparentKPCore:
         """Validate every slot the store touches (kpt hardened rules), then commit or claim."""
         store = self._decode(st, plat, cpu, ev)
         slots = kpt.merge_slots(plat, store)
+        level = usage.kpt_level
         plan = kpt.Plan()
         frozen = store.page in self.learned.empty_roots
         for slot, (old, new) in slots.items():
             if frozen and new != 0:
                 raise HypRefusal(Errno.EPERM, "reserved-pgd", "reserved_pg_dir must stay empty",
                                  value=new)
-            kpt.plan_kpt_slot(st, plat, usage.kpt_level, slot, old, new, plan)
+            self._free_stale_target(st, level, new)
+            kpt.plan_kpt_slot(st, plat, level, slot, old, new, plan)
             if plan.claim is not None:
                 break
+            self._check_text_alias(st, level, slot, plan.slots[slot])
         if plan.claim is not None:
             pfn, want = plan.claim
-            if any(plat.read(pa_of(pfn), PAGE)):
+            if any(plat.read(PhysAddr(pfn << 12), PAGE)):
                 raise HypRefusal(Errno.EBUSY, "table-claim", "a new table page must be empty "
                                  "when it is first linked", pfn=pfn)
             commit_claim(st, plat, pfn, want)  # RO at stage 2; retried with PC unchanged
             self.stats["tables_claimed"] += 1
             return
+        links = self._link_changes(level, slots, plan)
+        freed = self._init_text_changes(level, slots, plan) if self.init_text else []
         kpt.commit_plan(st, plat, store, plan)
+        for pfn in freed:  # free_initmem: the page is ordinary kernel memory again
+            self.init_text.discard(pfn)
+            self._release_page(st, pfn)
+            self.stats["init_text_released"] += 1
         kpt.finish_insn(cpu, store)
         self.stats["table_stores"] += 1
-        if not self.text_locked and usage is Usage.EL1_PTE and self._unmaps_init_text(slots):
-            self.lock_text(st)
+        for pfn, delta in links:
+            self.tlinks[pfn] += delta
+            if delta < 0 and self.tlinks[pfn] <= 0:
+                del self.tlinks[pfn]
+                if st.pages.usage_of(pfn).is_kpt:
+                    self._release_table(st, plat, pfn)
+                else:  # kpt released it already: no PTE leaf referenced it either
+                    self.stats["tables_released"] += 1
         if any((new & PXN) and not (slots[s][1] & PXN) for s, new in plan.slots.items()):
             self.stats["pxn_fixups"] += 1
 
-    def _unmaps_init_text(self, slots: dict[int, tuple[int, int]]) -> bool:
-        """A PTE of the init-text run is being cleared: free_initmem, the end of boot."""
-        for old, new in slots.values():
-            if new == 0 and old & 3 == 3:
-                pa = old & OA_MASK
-                if any(lo <= pa < hi for lo, hi in self.learned.init_text):
-                    return True
-        return False
+    def _free_stale_target(self, st: KState, level: int, new: int) -> None:
+        """A table link to a user root no CPU has loaded: the kernel freed and reused it."""
+        if level < 3 and new & 3 == 3:
+            pfn = (new & OA_MASK) >> 12
+            if st.pages.usage_of(pfn) is Usage.EL0_PGD:
+                self._release_stale_root(st, pfn)
 
-    def lock_text(self, st: KState) -> None:
-        """Make every kernel text page read-only (and executable) at stage 2.
+    def _check_text_alias(self, st: KState, level: int, slot: int, new: int) -> None:
+        """A writable leaf to kernel text is allowed only at the text-poke slot."""
+        sh = shape(new, level, any_nonzero=False)
+        if sh is not Shape.LEAF or new & AP_RO:
+            return
+        target = out_pa(new, level, sh)
+        n = level_size(level) // PAGE
+        i = st.pages.index(target >> 12)
+        if i is None or st.pages.index((target >> 12) + n - 1) is None:
+            return
+        if not st.pages.usage.count(Usage.EL1_KCODE, i, i + n) and \
+                not st.pages.usage.count(Usage.EL1_RODATA, i, i + n):
+            return
+        pk = self.patches
+        if level == 3 and pk.poke_slot is None and self.armed:
+            pk.poke_slot = slot  # the first writable alias after arming: FIX_TEXT_POKE0
+        if level != 3 or slot != pk.poke_slot:
+            raise HypRefusal(Errno.EPERM, "text-alias", "a writable alias of kernel text or "
+                             "rodata is allowed only at the text-poke slot", slot=slot,
+                             value=new)
 
-        Until then text stays writable at stage 2: boot patches tens of thousands of
-        instructions (ftrace call sites, alternatives, jump labels), and code written by
-        Python through the shared RAM is not seen by QEMU's translated blocks (issue 6).
-        """
-        self.text_locked = True
-        for pfn in st.pages.pages_of(Usage.EL1_KCODE):
-            set_class(st, pfn, Usage.EL1_KCODE)
-        st.s2.pending_flush.add(-1)
-        self.stats["text_locked"] = 1
+    def _link_changes(self, level: int, slots: dict[int, tuple[int, int]],
+                      plan: kpt.Plan) -> list[tuple[int, int]]:
+        """(table pfn, +1/-1) for every table link the committed slots add or remove."""
+        if level == 3:
+            return []
+        out: list[tuple[int, int]] = []
+        for slot, (old, _new) in slots.items():
+            new = plan.slots.get(slot, old)
+            so = shape(old, level, any_nonzero=False)
+            sn = shape(new, level, any_nonzero=False)
+            if so is Shape.TABLE and (sn is not Shape.TABLE or out_pa(old, level, so)
+                                      != out_pa(new, level, sn)):
+                out.append((out_pa(old, level, so) >> 12, -1))
+            if sn is Shape.TABLE and (so is not Shape.TABLE or out_pa(old, level, so)
+                                      != out_pa(new, level, sn)):
+                out.append((out_pa(new, level, sn) >> 12, +1))
+        return out
+
+    def _release_table(self, st: KState, plat: Platform, pfn: int) -> None:
+        """A kernel table lost its last link: ordinary RAM again, its own links dropped."""
+        usage = st.pages.usage_of(pfn)
+        if not usage.is_kpt or (pfn << 12) in self.learned.roots:
+            return
+        level = usage.kpt_level
+        raw = plat.read(PhysAddr(pfn << 12), PAGE)
+        children: list[int] = []
+        for i in range(512):
+            e = int.from_bytes(raw[8 * i:8 * i + 8], "little")
+            sh = shape(e, level, any_nonzero=False)
+            if sh is Shape.TABLE:
+                children.append(out_pa(e, level, sh) >> 12)
+            elif sh is Shape.LEAF and level == 3:
+                ref_dec_and_test(st.pages, out_pa(e, level, sh) >> 12)
+        self._release_page(st, pfn)
+        self.stats["tables_released"] += 1
+        for child in children:
+            ref_dec_and_test(st.pages, child)
+            self.tlinks[child] -= 1
+            if self.tlinks[child] <= 0:
+                del self.tlinks[child]
+                self._release_table(st, plat, child)
+
+    def _root_store(self, st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
+        """A store into a user root: a valid entry, or the root was freed (release, retry)."""
+        store = self._decode(st, plat, cpu, ev)
+        slots = kpt.merge_slots(plat, store)
+        plan = kpt.Plan()
+        pfn = store.page >> 12
+        try:
+            for slot, (old, new) in slots.items():
+                if new != 0 and new & 3 == 3:
+                    self._ordinary(st, (new & OA_MASK) >> 12)  # releases a stale root target
+                kpt.plan_user_slot(st, slot, old, new, plan)
+        except HypRefusal:
+            if self._release_stale_root(st, pfn):
+                self.stats["root_store_released"] += 1
+                raise _Retry() from None
+            raise
+        kpt.commit_plan(st, plat, store, plan)
+        kpt.finish_insn(cpu, store)
+        self.stats["root_stores"] += 1
 
     def _text_store(self, st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
-        """Kernel text patching (alternatives, jump labels): emulated, flushed to fetch."""
+        """A text patch: each word at a declared site, with an allowed word, via the poke VA."""
         store = self._decode(st, plat, cpu, ev)
-        for w in store.writes:
-            if w.size > MAX_TEXT_STORE or w.off % min(w.size, 4):
-                raise HypRefusal(Errno.EPERM, "text-store", "only aligned instruction-sized "
-                                 "stores may patch kernel text", off=w.off, size=w.size)
-        for w in store.writes:
-            plat.write(PhysAddr(store.page + w.off), w.value.to_bytes(w.size, "little"))
-        plat.flush_code(cpu, PhysAddr(store.page), PAGE)
+        rule = "text-patch"
+        sites, image, rng = self.sites, self.image, self.learned.image
+        pk = self.patches
+        va_page = ev.far & ~0xFFF
+        if pk.poke_va is None:
+            pk.poke_va = va_page
+        try:
+            if va_page != pk.poke_va:
+                raise HypRefusal(Errno.EPERM, "text-alias", "kernel text is patched only "
+                                 "through the text-poke alias", va=ev.far, poke=pk.poke_va)
+            if sites is None or image is None or rng is None:
+                raise HypRefusal(Errno.EPERM, rule, "no patch sites known (no Image given)",
+                                 pa=store.page)
+            merged: dict[int, int] = {}
+            for w in store.writes:
+                if w.size > MAX_TEXT_STORE or w.off % min(w.size, 4):
+                    raise HypRefusal(Errno.EPERM, rule, "only aligned instruction-sized "
+                                     "stores may patch kernel text", off=w.off, size=w.size)
+                for k in range(0, w.size, 4) if w.size >= 4 else (0,):
+                    word_off = (w.off + k) & ~3
+                    cur = merged.get(word_off, int.from_bytes(
+                        plat.read(PhysAddr(store.page + word_off), 4), "little"))
+                    data = bytearray(cur.to_bytes(4, "little"))
+                    chunk = (w.value >> (8 * k)) & ((1 << (8 * min(4, w.size))) - 1)
+                    b = chunk.to_bytes(min(4, w.size), "little")
+                    data[(w.off + k) % 4:(w.off + k) % 4 + len(b)] = b
+                    merged[word_off] = int.from_bytes(data, "little")
+            kinds: list[str] = []
+            for word_off, word in merged.items():
+                off = store.page + word_off - rng[0]
+                orig = int.from_bytes(image[off:off + 4], "little") if 0 <= off < len(image) \
+                    else None
+                kind = patch_kind(sites, off, orig, word)
+                if kind is None:
+                    raise HypRefusal(Errno.EPERM, rule, "not a declared patch site, or not an "
+                                     "instruction allowed there", pa=store.page + word_off,
+                                     value=word)
+                kinds.append(kind)
+        except HypRefusal:
+            pk.refused += 1
+            raise
+        for word_off, word in merged.items():
+            plat.write_code(cpu, PhysAddr(store.page + word_off), word.to_bytes(4, "little"))
         kpt.finish_insn(cpu, store)
-        self.stats["text_patches"] += 1
-        if len(self.text_log) < 1000:  # first patches, for diagnosis
+        for kind in kinds:
+            pk.accepted += 1
+            pk.runtime[kind] += 1
+        if len(self.text_log) < 1000:
             self.text_log.append((store.page + store.writes[0].off, cpu.elr, store.writes[0].size))
+
+
+def _sites_of(image: bytes | None) -> PatchSites | None:
+    if image is None:
+        return None
+    from secvma.kpcore.textsites import learn_sites
+
+    return learn_sites(image)
 
 
 __all__ = ["TransparentKPCore"]

@@ -108,6 +108,7 @@ OP_IC_IALLU = 9  # IC IALLUIS: code written by Python becomes visible to fetch
 OP_INJECT = 10  # ESR_EL1 := a, FAR_EL1 := b, exception entry to VBAR_EL1
 OP_HALT = 11  # park this CPU forever (WFI loop) after a fatal hypervisor decision
 OP_GUARD = 12  # arm the interrupt guard: a = CNTHP period in counter ticks (see below)
+OP_STR32 = 13  # 32-bit store of b at PA a from EL2 (MMU off): QEMU sees code it rewrites
 
 # ---- fast path: MSR traps answered in EL2 without Python --------------------------------
 # Table of {iss_key u32, action u32, value u64}: a trapped MSR whose ISS (with Rt masked out)

@@ -378,6 +378,19 @@ class MailboxServer:
     def flush_code(self, cpu: object, pa: PhysAddr, size: int) -> None:
         self._cpu(cpu).cmds.append((layout.OP_IC_IALLU, 0, 0))
 
+    def write_code(self, cpu: object, pa: PhysAddr, data: bytes) -> None:
+        """Aligned 32-bit stores by `cpu` at EL2 (partial words merged with RAM's bytes).
+
+        QEMU invalidates exactly the translated blocks these stores hit; no IC IALLUIS, which
+        TCG turns into a flush of every translated block (~5 ms per text patch when tried).
+        """
+        c = self._cpu(cpu)
+        lo, hi = pa & ~3, -(-(pa + len(data)) // 4) * 4
+        words = bytearray(self.read(PhysAddr(lo), hi - lo))
+        words[pa - lo:pa - lo + len(data)] = data
+        for off in range(0, hi - lo, 4):
+            c.cmds.append((layout.OP_STR32, lo + off, int.from_bytes(words[off:off + 4], "little")))
+
     def halt(self, reason: str) -> None:
         self._halt = reason
         if self._current is not None:
