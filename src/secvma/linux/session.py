@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secvma import fixtures
-from secvma.kpcore import invariants
-from secvma.kpcore.policy import S2_MODES, policy_named
+from secvma.kpcore.policy import S2_MODES
 from secvma.kpcore.transparent import TransparentKPCore
 from secvma.linux.guestbuild import LinuxGuest, build_linux_guest
 from secvma.machine.errors import GuestTimeout
@@ -24,7 +23,7 @@ from secvma.machine.mailbox import RunResult
 from secvma.machine.null import NullHypervisor
 from secvma.machine.qemu import MachineConfig
 from secvma.machine.runner import boot
-from secvma.platform import Event, Hypervisor, Platform, Vcpu
+from secvma.platform import Hypervisor
 
 POLICIES = ("none", "transparent")
 WORKLOADS = ("forkexec", "mmap", "pipe", "threads", "fileio", "modules")
@@ -35,27 +34,6 @@ BASE_APPEND = "console=ttyAMA0 panic=-1"
 DONE = b"SECVMA-DONE"
 
 _WL_RE = re.compile(r"^SECVMA-WL (\S+) ([01]) (\d+) ?(.*)$", re.MULTILINE)
-
-
-class CheckedHypervisor:
-    """The transparent policy with kpcore-spec §9 invariants checked after every trap.
-
-    A wrapper, so the policy itself stays as it is; violations are collected, not raised (a
-    violation is reported by the run and makes it fail).
-    """
-
-    def __init__(self, inner: TransparentKPCore) -> None:
-        self.inner = inner
-        self.violations: list[str] = []
-
-    def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
-        self.inner.handle(platform, cpu, event)
-        st = self.inner.st
-        if st is not None and st.installed and len(self.violations) < 1000:
-            self.violations.extend(str(v) for v in invariants.check(st, platform))
-
-    def __getattr__(self, name: str) -> Any:  # the rest of the Hypervisor protocol
-        return getattr(self.inner, name)
 
 
 def make_linux_hypervisor(policy: str, s2: str = "huge", *,
@@ -69,14 +47,11 @@ def make_linux_hypervisor(policy: str, s2: str = "huge", *,
         if check_invariants:
             raise ValueError("--check-invariants needs a KPCore policy (transparent)")
         return NullHypervisor()
-    hv = TransparentKPCore()
-    hv.policy = policy_named("hardened", s2=s2)
-    return CheckedHypervisor(hv) if check_invariants else hv
+    image = fixtures.fetch().kernel_image.read_bytes()  # its patch sites, read before it runs
+    return TransparentKPCore(s2=s2, image=image, check_invariants=check_invariants)
 
 
 def transparent_of(hv: Hypervisor) -> TransparentKPCore | None:
-    if isinstance(hv, CheckedHypervisor):
-        return hv.inner
     return hv if isinstance(hv, TransparentKPCore) else None
 
 
@@ -91,6 +66,11 @@ def protection_of(hv: Hypervisor) -> dict[str, object]:
 def refusals_of(hv: Hypervisor) -> list[dict[str, object]]:
     t = transparent_of(hv)
     return [] if t is None else [r.as_dict() for r in t.refusals]
+
+
+def invariant_violations_of(hv: Hypervisor) -> list[str]:
+    t = transparent_of(hv)
+    return [] if t is None else list(t.invariant_violations)
 
 
 def internal_errors_of(hv: Hypervisor) -> list[str]:
@@ -194,6 +174,6 @@ def run_linux_workloads(policy: str, s2: str = "huge", smp: int = 1,
         boot_s=res.first_seen.get(INIT_BANNER.decode()),
         workloads=parse_workloads(res.console, names, why),
         refusals=refusals_of(hv),
-        invariant_violations=list(hv.violations) if isinstance(hv, CheckedHypervisor) else [],
+        invariant_violations=invariant_violations_of(hv),
         protection=protection_of(hv), internal_errors=internal_errors_of(hv),
         traps=dict(res.traps), console=res.console)
