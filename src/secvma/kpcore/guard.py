@@ -77,11 +77,14 @@ class VbarLearner:
     pinned_on: set[int] = field(default_factory=set)
     seen_on: set[int] = field(default_factory=set)  # CPUs that held a learned table
 
-    def admit(self, value: int, in_text: bool) -> bool:
-        """True if `value` is (or now becomes) a learned vector table."""
+    def admit(self, value: int, in_text: Callable[[int], bool]) -> bool:
+        """True if `value` is (or now becomes) a learned vector table.
+
+        `in_text` (a stage-1 walk) runs only for a value not learned yet: this is on every trap.
+        """
         if value in self.tables:
             return True
-        if in_text and value % VBAR_ALIGN == 0 and len(self.tables) < self.limit:
+        if value % VBAR_ALIGN == 0 and len(self.tables) < self.limit and in_text(value):
             self.tables.append(value)
             self.pinned_on.clear()  # every CPU's pin needs the new value
             return True
@@ -116,7 +119,7 @@ class VbarLearner:
         "what it holds now" and each change comes back here to be judged.
         """
         i = cpu.index
-        if self.admit(value, in_text(value)):
+        if self.admit(value, in_text):
             if i not in self.seen_on:
                 self.seen_on.add(i)
                 self.pinned_on.discard(i)
