@@ -25,7 +25,7 @@ def _headings(doc: Path) -> set[str]:
 
 
 def test_every_cited_document_and_section_exists() -> None:
-    """`docs/NAME.md §N` in code, guest sources, tests and README names a real file and heading."""
+    """Each `docs/<file>.md §N` in code, guest sources, tests and README exists, file and heading."""
     missing: list[str] = []
     cited = 0
     for path in _sources():

@@ -94,7 +94,7 @@ def test_a_broken_invariant_after_a_blocked_attack_is_a_mismatch_under_hardened(
 
 def test_an_effect_that_stops_the_kernel_stays_succeeded(monkeypatch: pytest.MonkeyPatch) -> None:
     """The invariant check after an attack must not turn a panic the attack caused (the machine
-    gone) into a halt: vbar-forge under secvma2024 was reported 'halted, no refusal explains it'."""
+    gone) into a halt: vbar-forge was reported 'halted, no refusal explains it'."""
     from secvma.attacks import suite
     from secvma.testbed.commands import MachineStopped
 
@@ -122,10 +122,10 @@ def test_an_effect_that_stops_the_kernel_stays_succeeded(monkeypatch: pytest.Mon
     monkeypatch.setattr(suite, "TestbedSession", Session)
     monkeypatch.setattr(suite, "make_hypervisor", lambda p, s2: Hv())
     won = Attack("x", "effect then panic", lambda s: Evidence(Verdict.SUCCEEDED, "panicked"),
-                 {"secvma2024": frozenset({Verdict.SUCCEEDED})})
-    out = suite.run_attack(won, "secvma2024")
+                 {"hardened": frozenset({Verdict.SUCCEEDED})})
+    out = suite.run_attack(won, "hardened")
     assert out.verdict is Verdict.SUCCEEDED and out.matches
     lost = Attack("y", "no effect", lambda s: Evidence(Verdict.BLOCKED, "refused"),
-                  {"secvma2024": frozenset({Verdict.BLOCKED})})
-    out = suite.run_attack(lost, "secvma2024")
+                  {"hardened": frozenset({Verdict.BLOCKED})})
+    out = suite.run_attack(lost, "hardened")
     assert out.verdict is Verdict.HALTED and not out.matches
