@@ -137,6 +137,17 @@ Event = CpuStart | Hvc | Smc | Stage2Abort | SysregTrap | OtherTrap | Unexpected
 # --- what the hypervisor sees ---------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class SmmuWindow:
+    """An SMMUv3 the hypervisor owns: its MMIO registers and the hypervisor memory reserved for
+    its stream table, queues and IO page tables (inside [hyp_base, hyp_base + hyp_size))."""
+
+    base: PhysAddr
+    size: int
+    pool: PhysAddr
+    pool_size: int
+
+
 class Vcpu(Protocol):
     """One virtual CPU stopped in EL2 while its event is handled."""
 
@@ -237,6 +248,20 @@ class Platform(Protocol):
 
     def halt(self, reason: str) -> None:
         """Stop the machine: the run ends with `reason` as a hypervisor halt."""
+        ...
+
+    @property
+    def smmu(self) -> SmmuWindow | None:
+        """The board's SMMUv3 (None: no SMMU; then `mmio_*` are never called)."""
+        ...
+
+    def mmio_read(self, pa: PhysAddr, size: int) -> int:
+        """Read a 4- or 8-byte device register (only inside `smmu`); raises `GuestMemoryError`
+        elsewhere."""
+        ...
+
+    def mmio_write(self, pa: PhysAddr, size: int, value: int) -> None:
+        """Write a 4- or 8-byte device register (only inside `smmu`)."""
         ...
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from secvma.arch.esr import DataAbort
 from secvma.arch.insn import decode_store
 from secvma.arch.walk import AccessType, Fault, translate
@@ -21,10 +23,14 @@ from secvma.platform import (
     Hvc,
     Hypervisor,
     PhysAddr,
+    SmmuWindow,
     Stage2Abort,
     SysReg,
     SysregTrap,
 )
+
+if TYPE_CHECKING:
+    from fakesmmu import FakeSmmu
 
 RAM_BASE = 0x4000_0000
 HYP_SIZE = 0x200_0000
@@ -78,12 +84,15 @@ SCTLR = 0x30D00800 | 1 | 4 | 8 | (1 << 12) | (1 << 16) | (1 << 18)
 class FakePlatform:
     """`Platform` over a bytearray, recording flushes and halts."""
 
-    def __init__(self, ram_size: int = RAM_SIZE) -> None:
+    def __init__(self, ram_size: int = RAM_SIZE, *, smmu: bool = False) -> None:
+        from fakesmmu import FakeSmmu
+
         self.ram = bytearray(ram_size)
         self._size = ram_size
         self.flushes: list[tuple[str, int]] = []
         self.halted: str | None = None
         self.code_flushes = 0
+        self.smmu_dev: FakeSmmu | None = FakeSmmu(self) if smmu else None
 
     @property
     def ram_base(self) -> PhysAddr:
@@ -138,6 +147,20 @@ class FakePlatform:
 
     def halt(self, reason: str) -> None:
         self.halted = reason
+
+    @property
+    def smmu(self) -> SmmuWindow | None:
+        return None if self.smmu_dev is None else self.smmu_dev.window
+
+    def mmio_read(self, pa: PhysAddr, size: int) -> int:
+        if self.smmu_dev is None:
+            raise GuestMemoryError(f"no device register at {pa:#x}")
+        return self.smmu_dev.read(pa, size)
+
+    def mmio_write(self, pa: PhysAddr, size: int, value: int) -> None:
+        if self.smmu_dev is None:
+            raise GuestMemoryError(f"no device register at {pa:#x}")
+        self.smmu_dev.write(pa, size, value)
 
 
 @dataclass

@@ -228,7 +228,8 @@ def ref_dec_and_test(pages: PageTable, pfn: int, *, allow_wrap: bool = False) ->
 # --- transitions ---------------------------------------------------------------------------
 
 
-def check_claim_table(pages: PageTable, pfn: int, usage: Usage, *, rule: str) -> None:
+def check_claim_table(pages: PageTable, pfn: int, usage: Usage, *, rule: str,
+                      count_checked: bool = True) -> None:
     """May `pfn` become a table page of class `usage`?
 
     owner=HOST usage=NONE count=0 -> usage=`usage`. Refusals: EINVAL (not RAM), EPERM (not
@@ -246,7 +247,7 @@ def check_claim_table(pages: PageTable, pfn: int, usage: Usage, *, rule: str) ->
         raise HypRefusal(Errno.EPERM, rule,
                          f"page is {Usage(pages.usage[i]).name}, a new table must be NONE",
                          pfn=pfn, usage=pages.usage[i])
-    if pages.count[i]:
+    if count_checked and pages.count[i]:
         raise HypRefusal(Errno.EBUSY, rule, "page is mapped by a device", pfn=pfn)
 
 

@@ -32,6 +32,8 @@ flag at the one place where the two behaviours differ; there is no fork.
                                    refunded by HVC 31 (spec §7.5)
     mod_bounds_unchecked      7   n > 100 / name > 99 bytes overflow   refused (EINVAL)
                                    EL2 buffers: panic
+    dma_count_unchecked       5   a page mapped for DMA may become a   refused (EBUSY) until
+                                   page table (count not checked)      every mapping is cleared
 
 (`--` rows are faithful C behaviour, not bugs, that `hardened` still tightens or simplifies.)
 """
@@ -66,6 +68,7 @@ class Quirks:
     mod_unchecked_pointers: bool = False
     mod_ro_writable: bool = False
     mod_bounds_unchecked: bool = False
+    dma_count_unchecked: bool = False
 
     @classmethod
     def all_on(cls) -> Quirks:

@@ -28,6 +28,15 @@ S2_POOL_END = HYP_BASE + HYP_SIZE
 KERNEL_BASE = RAM_BASE + HYP_SIZE
 DTB_BASE_HINT = RAM_BASE + 0x0800_0000
 
+# SMMUv3 of the virt board with `iommu=smmuv3` (PCIe devices only, StreamID = requester ID).
+# Owned by the hypervisor: never in the kernel's DTB, never mapped at stage 2 for the kernel.
+SMMU_BASE = 0x0905_0000
+SMMU_SIZE = 0x2_0000
+# The SMMU's stream table, queues and IO page tables: the last SMMU_POOL_SIZE bytes of the
+# hypervisor region (the stage-2 pool ends below them).
+SMMU_POOL_SIZE = 0x40_0000
+SMMU_POOL_BASE = HYP_BASE + HYP_SIZE - SMMU_POOL_SIZE
+
 MAX_RAM = 3 << 30  # highmem=off puts RAM in [1 GiB, 4 GiB)
 DEVICE_LIMIT = RAM_BASE
 

@@ -27,6 +27,7 @@ from secvma.machine.errors import (
     UnexpectedException,
 )
 from secvma.machine.qemu import QemuProcess
+from secvma.machine.qtest import QtestClient
 from secvma.platform import (
     CpuStart,
     Event,
@@ -36,6 +37,7 @@ from secvma.platform import (
     OtherTrap,
     PhysAddr,
     Smc,
+    SmmuWindow,
     Stage2Abort,
     SysReg,
     SysregTrap,
@@ -246,6 +248,7 @@ class MailboxServer:
         self.rt_ticks: list[int] = []
         self._halt: str | None = None
         self._current: MailboxCpu | None = None
+        self._qtest: QtestClient | None = None
 
     # ---- Platform ----------------------------------------------------------------------
     @property
@@ -304,6 +307,27 @@ class MailboxServer:
 
     def flush_code(self, cpu: object, pa: PhysAddr, size: int) -> None:
         self._cpu(cpu).cmds.append((layout.OP_IC_IALLU, 0, 0))
+
+    @property
+    def smmu(self) -> SmmuWindow | None:
+        if not self.qemu.config.smmu:
+            return None
+        return SmmuWindow(PhysAddr(layout.SMMU_BASE), layout.SMMU_SIZE,
+                          PhysAddr(layout.SMMU_POOL_BASE), layout.SMMU_POOL_SIZE)
+
+    def _mmio(self, pa: int, size: int) -> QtestClient:
+        if not self.qemu.config.smmu or not (
+                pa >= layout.SMMU_BASE and pa + size <= layout.SMMU_BASE + layout.SMMU_SIZE):
+            raise GuestMemoryError(f"no hypervisor-owned device register at {pa:#x}")
+        if self._qtest is None:
+            self._qtest = QtestClient(self.qemu.qtest_path)
+        return self._qtest
+
+    def mmio_read(self, pa: PhysAddr, size: int) -> int:
+        return self._mmio(pa, size).read(pa, size)
+
+    def mmio_write(self, pa: PhysAddr, size: int, value: int) -> None:
+        self._mmio(pa, size).write(pa, size, value)
 
     def halt(self, reason: str) -> None:
         self._halt = reason
@@ -435,6 +459,9 @@ class MailboxServer:
             if until is not None and until(console):
                 exit_kind, reason = "until", "stop condition met"
                 break
+            idle = getattr(self.hyp, "poll", None)
+            if idle is not None:
+                idle(self)
             if poll_hook is not None:
                 poll_hook(self)
                 if self._halt is not None:
@@ -474,5 +501,8 @@ class MailboxServer:
 
     def release(self) -> None:
         """Drop the views on guest RAM so the mapping can be closed."""
+        if self._qtest is not None:
+            self._qtest.close()
+            self._qtest = None
         self.q.release()
         self.u32.release()

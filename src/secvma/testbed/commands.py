@@ -358,9 +358,13 @@ class Primitives:
         return self.call(Command(Op.VUNMAP, (va, size)))
 
 
+DMA_DISK_MB = 4
+"""The testbed board: SMMUv3 owned by the hypervisor and a virtio-blk-pci disk behind it."""
+
+
 def _machine(image: TestbedImage, timeout_s: float, echo: bool, ram_mb: int) -> MachineConfig:
     return MachineConfig(kernel=image.kernel_bin, timeout_s=timeout_s, echo_console=echo,
-                         ram_mb=ram_mb)
+                         ram_mb=ram_mb, smmu=True, dma_disk_mb=DMA_DISK_MB)
 
 
 @dataclass
