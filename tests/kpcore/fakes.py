@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 from secvma.arch.esr import DataAbort
@@ -371,9 +370,9 @@ class StoreResult:
 class FakeMachine:
     """A booted fake testbed under a hypervisor, with an EL1 CPU model."""
 
-    def __init__(self, hv: Hypervisor, *, boot: bool = True) -> None:
+    def __init__(self, hv: Hypervisor, *, boot: bool = True, smmu: bool = False) -> None:
         self.hv = hv
-        self.plat = FakePlatform()
+        self.plat = FakePlatform(smmu=smmu)
         self.kernel = FakeKernel(self.plat)
         self.kernel.build()
         self.cpu = FakeVcpu()
@@ -543,7 +542,8 @@ def map_vmalloc(m: FakeMachine, va: int, pa: int, *, pxn: bool = True) -> tuple[
     return pte_table, slot
 
 
-def booted(policy: str = "hardened", s2: str = "huge") -> tuple[FakeMachine, KPCore]:
-    """A fresh KPCore of `policy` on a fake machine (not yet booted by the kernel)."""
+def booted(policy: str = "hardened", s2: str = "huge", *,
+           smmu: bool = False) -> tuple[FakeMachine, KPCore]:
+    """A fresh KPCore of `policy` on a fake machine (booted by the fake kernel)."""
     hv = make_policy(policy, s2=s2)
-    return FakeMachine(hv), hv
+    return FakeMachine(hv, smmu=smmu), hv
