@@ -31,12 +31,16 @@ check (C writes it first, then panics).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from secvma.kpcore.pages import U32_MAX, Owner, Usage
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, Outcome, Refusal
 from secvma.kpcore.smmu import NSTREAMS, Fault, Smmu
 from secvma.kpcore.state import KState
 from secvma.platform import Platform
+
+if TYPE_CHECKING:
+    from secvma.kpcore.dmaidentity import IdentityDma
 
 PAGE = 4096
 IOVA_LIMIT = 1 << 32
@@ -54,6 +58,8 @@ class DmaState:
     maps: dict[int, dict[int, int]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     fault_count: int = 0
+    identity: IdentityDma | None = None
+    """Transparent mode: every stream shares the identity map of ordinary pages."""
 
 
 def attach(st: KState, plat: Platform) -> None:

@@ -269,31 +269,43 @@ def _dma(st: KState, plat: Platform, full: bool, out: list[Violation]) -> None:
     dma = st.dma
     assert dma is not None
     pages = st.pages
+    ident = dma.identity
     pfns = range(pages.base_pfn, pages.base_pfn + pages.npages) if full else sorted(pages.dirty)
     for pfn in pfns:
-        if pages.count_of(pfn) and (pages.owner_of(pfn) is not Owner.HOST
-                                    or pages.usage_of(pfn) is not Usage.NONE):
+        reachable = ident.is_mapped(pfn) if ident is not None else pages.count_of(pfn) > 0
+        if reachable and (pages.owner_of(pfn) is not Owner.HOST
+                          or pages.usage_of(pfn) is not Usage.NONE):
             out.append(Violation("INV-DMA", f"page {pfn << 12:#x} ({pages.usage_of(pfn).name}, "
-                                 f"owner {pages.owner_of(pfn).name}) is mapped for DMA "
-                                 f"{pages.count_of(pfn)} time(s)"))
+                                 f"owner {pages.owner_of(pfn).name}) is reachable by DMA"))
     if not full:
         return
     smmu = dma.smmu
     counts: Counter[int] = Counter()
-    for sid, ctx in smmu.contexts.items():
-        walked = dict(smmu.mappings(ctx))
-        if walked != dma.maps.get(sid, {}):
-            out.append(Violation("INV-DMA", f"stream {sid}: IO page table differs from the "
-                                 f"driver's record ({len(walked)} vs "
-                                 f"{len(dma.maps.get(sid, {}))} pages)"))
+    if ident is not None:
+        walked = dict(smmu.mappings(ident.ctx))
         for iova, pa in walked.items():
-            counts[pa >> 12] += 1
-            if smmu.owns(pa):
-                out.append(Violation("INV-DMA", f"stream {sid} maps the SMMU itself at {iova:#x}"))
-    for pfn, n in counts.items():
-        if pages.index(pfn) is not None and pages.count_of(pfn) != n:
-            out.append(Violation("INV-DMA", f"page {pfn << 12:#x}: count {pages.count_of(pfn)}"
-                                 f" but {n} device mapping(s)"))
+            if iova != pa or not ident.is_mapped(pa >> 12):
+                out.append(Violation("INV-DMA", f"identity map: {iova:#x} -> {pa:#x} not "
+                                     "recorded as an ordinary page"))
+        if len(walked) != sum(ident.mapped):
+            out.append(Violation("INV-DMA", f"identity map holds {len(walked)} pages, "
+                                 f"record says {sum(ident.mapped)}"))
+    else:
+        for sid, ctx in smmu.contexts.items():
+            walked = dict(smmu.mappings(ctx))
+            if walked != dma.maps.get(sid, {}):
+                out.append(Violation("INV-DMA", f"stream {sid}: IO page table differs from "
+                                     f"the driver's record ({len(walked)} vs "
+                                     f"{len(dma.maps.get(sid, {}))} pages)"))
+            for iova, pa in walked.items():
+                counts[pa >> 12] += 1
+                if smmu.owns(pa):
+                    out.append(Violation("INV-DMA", f"stream {sid} maps the SMMU itself at "
+                                         f"{iova:#x}"))
+        for pfn, n in counts.items():
+            if pages.index(pfn) is not None and pages.count_of(pfn) != n:
+                out.append(Violation("INV-DMA", f"page {pfn << 12:#x}: count "
+                                     f"{pages.count_of(pfn)} but {n} device mapping(s)"))
     raw = plat.read(PhysAddr(smmu.ste_pa(0)), NSTREAMS * STE_SIZE)
     for sid in range(NSTREAMS):
         ste = decode_ste(raw[sid * STE_SIZE:(sid + 1) * STE_SIZE])

@@ -180,6 +180,25 @@ class Smmu:
         self.submit([A.cmd_cfgi_ste(sid), A.cmd_tlbi_nh_asid(ctx.asid)])
         return ctx
 
+    def attach_shared(self, sids: range) -> Context:
+        """Every stream of `sids` -> one context (one table, one ASID; each stream has its own
+        copy of the CD). Used by the transparent identity map."""
+        assert self.free and not any(s in self.contexts for s in sids)
+        root = self._alloc()
+        ctx = Context(sids[0], 1, root, [root])
+        for sid in sids:
+            self.plat.write(PhysAddr(self.cd_pa(sid)), A.cd_s1(root, ctx.asid))
+            self.plat.write(PhysAddr(self.ste_pa(sid)), A.ste_s1(self.cd_pa(sid)))
+            self.contexts[sid] = ctx
+        self.submit([A.cmd_cfgi_all(), A.cmd_tlbi_nh_asid(ctx.asid)])
+        return ctx
+
+    def table_for(self, ctx: Context, iova: int) -> int:
+        """PA of the level-3 table covering `iova`, created (zeroed) if missing."""
+        slot = self._slot(ctx, iova, create=True)
+        assert slot is not None
+        return slot & ~(A.PAGE - 1)
+
     def detach(self, sid: int) -> list[tuple[int, int]]:
         """Context -> off; returns the (iova, pa) pairs it mapped (their tables are freed)."""
         ctx = self.contexts.pop(sid)

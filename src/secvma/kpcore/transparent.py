@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from secvma.arch.descriptors import OA_MASK, PXN, PXNTABLE, DescKind, level_size
 from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
 from secvma.arch.walk import AccessType, Perm, Visit, VisitCtx, WalkAction, s2_perms, walk
-from secvma.kpcore import kpt
+from secvma.kpcore import dma, dmaidentity, kpt
 from secvma.kpcore.faults import inject_refusal
 from secvma.kpcore.fetch import s1_translate
 from secvma.kpcore.hostmem import commit_claim, set_class
@@ -193,8 +193,19 @@ class TransparentKPCore:
                 if pa < ram_lo or end > ram_hi or (pa < hyp_hi and end > hyp_lo):
                     continue
                 st.s2.map_leaf(pa, 2, PermKind.OPEN)
+            dmaidentity.hide_window(st, platform)  # SMMU registers: the hypervisor's only
+            dmaidentity.attach(st, platform)  # devices: IOVA = PA of ordinary pages only
             self.st = st
         return self.st
+
+    def poll(self, platform: Platform) -> None:
+        """Between traps: drain the SMMU's event queue into `refusals`."""
+        if self.st is not None and self.st.dma is not None:
+            try:
+                dma.drain_faults(self.st)
+            except Exception as exc:  # as in handle
+                self.internal_errors.append(InternalError("poll", repr(exc)))
+                platform.halt(f"transparent kpcore internal error: {exc!r}")
 
     def summary(self) -> dict[str, object]:
         """JSON-able counters: what was learned, protected, emulated and refused."""
@@ -223,6 +234,8 @@ class TransparentKPCore:
         try:
             self._dispatch(st, platform, cpu, event)
             st.s2.flush(platform, cpu)
+            if st.dma is not None:
+                dma.drain_faults(st)
         except Exception as exc:  # a model bug: record, stop the machine, never propagate
             log.exception("transparent kpcore internal error on %r", event)
             self.internal_errors.append(InternalError(repr(event), repr(exc)))

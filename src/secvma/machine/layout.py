@@ -34,7 +34,7 @@ SMMU_BASE = 0x0905_0000
 SMMU_SIZE = 0x2_0000
 # The SMMU's stream table, queues and IO page tables: the last SMMU_POOL_SIZE bytes of the
 # hypervisor region (the stage-2 pool ends below them).
-SMMU_POOL_SIZE = 0x40_0000
+SMMU_POOL_SIZE = 0x80_0000  # the transparent identity map of 3 GiB needs ~6 MiB of tables
 SMMU_POOL_BASE = HYP_BASE + HYP_SIZE - SMMU_POOL_SIZE
 
 MAX_RAM = 3 << 30  # highmem=off puts RAM in [1 GiB, 4 GiB)

@@ -1,0 +1,119 @@
+"""DMA for an unmodified kernel: the SMMU follows the page-usage table (transparent mode).
+
+A stock kernel is not shown the SMMU (its DTB has none), so its drivers give devices physical
+addresses. The hypervisor therefore programs an identity translation, IOVA = PA, of exactly
+the pages a device may touch - host pages of class NONE - for every stream, with one shared
+table in its own memory (pKVM's "the IOMMU follows the host's stage 2", on the stage-1 tables
+QEMU 7.2's SMMUv3 offers). It stays in step through one hook, a `PageTable` listener::
+
+    page class change                       device tables
+    HOST NONE -> anything else              leaf cleared, TLBI_NH_VA + SYNC, inside the
+    (table, text, module, hypervisor ...)   class change: before the page is zeroed or
+                                            write-protected, no device can reach it
+    anything -> HOST NONE                   leaf written (no invalidation needed)
+
+Wiring (transparent.py): `attach(st, plat)` after `KState.create`, `dma.drain_faults(st)`
+after each trap. Faults drained from the event queue go to `refusals` (`dma-fault`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from secvma.arch import smmuv3 as A
+from secvma.kpcore.dma import DmaState
+from secvma.kpcore.pages import Owner, Usage
+from secvma.kpcore.smmu import NSTREAMS, Context, Smmu
+from secvma.kpcore.state import KState
+from secvma.platform import PhysAddr, Platform
+
+IOVA_LIMIT = 1 << A.IOVA_BITS
+
+
+@dataclass
+class IdentityDma:
+    """The identity map and its counters (`unmapped`: pages taken away from devices)."""
+
+    smmu: Smmu
+    ctx: Context
+    mapped: bytearray = field(default_factory=bytearray)
+    unmapped: int = 0
+    remapped: int = 0
+    base_pfn: int = 0
+
+    def _leaf_slot(self, pa: int) -> int:
+        return self.smmu.table_for(self.ctx, pa) + 8 * A.io_index(pa, 3)
+
+    def changed(self, pfn: int, old_owner: Owner, old_usage: Usage, new_owner: Owner,
+                new_usage: Usage) -> None:
+        """The `PageTable` listener (see the module table)."""
+        was = old_owner is Owner.HOST and old_usage is Usage.NONE
+        now = new_owner is Owner.HOST and new_usage is Usage.NONE
+        pa = pfn << 12
+        if was == now or pa >= IOVA_LIMIT:
+            return
+        i = pfn - self.base_pfn
+        if was:
+            if not self.mapped[i]:
+                return
+            self.smmu.plat.write_u64(PhysAddr(self._leaf_slot(pa)), 0)
+            self.smmu.submit([A.cmd_tlbi_nh_va(self.ctx.asid, pa)])
+            self.mapped[i] = 0
+            self.unmapped += 1
+        else:
+            if self.smmu.tables_free() < 2:
+                return  # stays unreachable: safe, the device just cannot use the page
+            self.smmu.plat.write_u64(PhysAddr(self._leaf_slot(pa)), A.io_page_desc(pa, True))
+            self.mapped[i] = 1
+            self.remapped += 1
+
+    def is_mapped(self, pfn: int) -> bool:
+        i = pfn - self.base_pfn
+        return 0 <= i < len(self.mapped) and bool(self.mapped[i])
+
+
+def attach(st: KState, plat: Platform) -> IdentityDma | None:
+    """Take the SMMU, map every host NONE page (IOVA = PA) for all streams, hook the page
+    table. None when the board has no SMMU."""
+    win = plat.smmu
+    if win is None:
+        return None
+    smmu = Smmu(plat, win)
+    smmu.enable()
+    ctx = smmu.attach_shared(range(NSTREAMS))
+    pages = st.pages
+    ident = IdentityDma(smmu, ctx, bytearray(pages.npages), base_pfn=pages.base_pfn)
+    chunk = 512
+    for i0 in range(0, pages.npages, chunk):
+        pa0 = (pages.base_pfn + i0) << 12
+        if pa0 >= IOVA_LIMIT:
+            break
+        n = min(chunk, pages.npages - i0)
+        entries = bytearray(A.PAGE)
+        any_mapped = False
+        for k in range(n):
+            i = i0 + k
+            if pages.owner[i] == Owner.HOST and pages.usage[i] == Usage.NONE:
+                entries[8 * k:8 * k + 8] = A.io_page_desc(pa0 + (k << 12), True).to_bytes(8, "little")
+                ident.mapped[i] = 1
+                any_mapped = True
+        if any_mapped:
+            if smmu.tables_free() < 2:
+                break  # the rest stays unreachable (safe)
+            plat.write(PhysAddr(smmu.table_for(ctx, pa0)), bytes(entries))
+    smmu.submit([A.cmd_tlbi_nh_asid(ctx.asid)])
+    st.dma = DmaState(smmu)
+    st.dma.identity = ident
+    pages.listeners.append(ident.changed)
+    return ident
+
+
+def hide_window(st: KState, plat: Platform) -> None:
+    """Take the SMMU's registers out of a stage-2 device block (split to pages, unmap)."""
+    win = plat.smmu
+    if win is None:
+        return
+    for pa in range(win.base, win.base + win.size, A.PAGE):
+        if st.s2.leaf(pa) is not None:
+            st.s2.split_to_page(pa)
+            st.s2.unmap_leaf(pa, 3)
