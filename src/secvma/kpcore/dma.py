@@ -209,6 +209,16 @@ def handle_smmu_hvc(st: KState, plat: Platform, x: tuple[int, ...]) -> int:
     return clear_page(st, x[1], x[2], x[3])
 
 
+def end_of_trap(st: KState) -> None:
+    """Before the guest resumes: pending identity-map invalidations, then new faults."""
+    dma = st.dma
+    if dma is None:
+        return
+    if dma.identity is not None:
+        dma.identity.flush()
+    drain_faults(st)
+
+
 def drain_faults(st: KState) -> list[Fault]:
     """Move the SMMU's new event records into `refusals` (rule `dma-fault`)."""
     dma = st.dma

@@ -7,12 +7,20 @@ table in its own memory (pKVM's "the IOMMU follows the host's stage 2", on the s
 QEMU 7.2's SMMUv3 offers). It stays in step through one hook, a `PageTable` listener::
 
     page class change                       device tables
-    HOST NONE -> anything else              leaf cleared, TLBI_NH_VA + SYNC, inside the
-    (table, text, module, hypervisor ...)   class change: before the page is zeroed or
-                                            write-protected, no device can reach it
+    HOST NONE -> anything else              leaf cleared at the class change; the SMMU's
+    (table, text, module, hypervisor ...)   TLB entries of every page cleared in the trap
+                                            are invalidated (TLBI_NH_VA each, or one
+                                            TLBI_NH_ASID for many, then CMD_SYNC) at the end
+                                            of the trap, before the stage-2 change takes
+                                            effect (the trampoline's TLBI at ERET)
     anything -> HOST NONE                   leaf written (no invalidation needed)
 
-Wiring (transparent.py): `attach(st, plat)` after `KState.create`, `dma.drain_faults(st)`
+One invalidation per trap, not per page: a swapper learn changes thousands of classes, and
+each SYNC is a round trip to QEMU. Limit: between a page's class change and the end of that
+same trap (the hypervisor's own handling time), a device that already holds a translation of
+the page in the SMMU's TLB could still write it, e.g. into a table page just zeroed.
+
+Wiring (transparent.py): `attach(st, plat)` after `KState.create`, `dma.end_of_trap(st)`
 after each trap. Faults drained from the event queue go to `refusals` (`dma-fault`).
 """
 
@@ -40,6 +48,8 @@ class IdentityDma:
     unmapped: int = 0
     remapped: int = 0
     base_pfn: int = 0
+    pending: list[int] = field(default_factory=list)
+    flushes: int = 0
 
     def _leaf_slot(self, pa: int) -> int:
         return self.smmu.table_for(self.ctx, pa) + 8 * A.io_index(pa, 3)
@@ -57,7 +67,7 @@ class IdentityDma:
             if not self.mapped[i]:
                 return
             self.smmu.plat.write_u64(PhysAddr(self._leaf_slot(pa)), 0)
-            self.smmu.submit([A.cmd_tlbi_nh_va(self.ctx.asid, pa)])
+            self.pending.append(pa)
             self.mapped[i] = 0
             self.unmapped += 1
         else:
@@ -66,6 +76,18 @@ class IdentityDma:
             self.smmu.plat.write_u64(PhysAddr(self._leaf_slot(pa)), A.io_page_desc(pa, True))
             self.mapped[i] = 1
             self.remapped += 1
+
+    def flush(self) -> None:
+        """Invalidate the SMMU TLB for every page dropped since the last flush, and wait."""
+        if not self.pending:
+            return
+        if len(self.pending) > 64:
+            cmds = [A.cmd_tlbi_nh_asid(self.ctx.asid)]
+        else:
+            cmds = [A.cmd_tlbi_nh_va(self.ctx.asid, pa) for pa in self.pending]
+        self.smmu.submit(cmds)
+        self.pending.clear()
+        self.flushes += 1
 
     def is_mapped(self, pfn: int) -> bool:
         i = pfn - self.base_pfn

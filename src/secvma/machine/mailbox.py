@@ -464,9 +464,9 @@ class MailboxServer:
                 idle(self)
             if poll_hook is not None:
                 poll_hook(self)
-                if self._halt is not None:
-                    exit_kind, reason = "halt", self._halt
-                    break
+            if self._halt is not None:
+                exit_kind, reason = "halt", self._halt
+                break
             if now > deadline:
                 pcs = qemu.last_pcs()
                 raise GuestTimeout(
