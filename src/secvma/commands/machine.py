@@ -59,10 +59,14 @@ def build(as_json: bool) -> None:
 @click.option("--protect-tables", is_flag=True,
               help="transparent: also write-protect and emulate kernel page tables and text "
                    "(experimental: boots to /init, then hangs).")
+@click.option("--smmu", is_flag=True,
+              help="Board with the SMMUv3 (owned by the hypervisor, hidden from the kernel) "
+                   "and a virtio-blk-pci disk behind it; transparent: IOVA = PA of ordinary "
+                   "pages only.")
 @click.option("--json", "as_json", is_flag=True)
 def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, append: str,
              plain: bool, quiet: bool, timeout: float, policy: str, protect_tables: bool,
-             as_json: bool) -> None:
+             smmu: bool, as_json: bool) -> None:
     """Boot a kernel at EL1 under the NullHypervisor or the transparent KPCore policy."""
     from secvma.kpcore.transparent import TransparentKPCore
     from secvma.machine.initramfs import INIT_BANNER, build_initramfs
@@ -88,6 +92,7 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
     try:
         res = boot(MachineConfig(kernel=kernel, initrd=initrd, ncpus=smp, ram_mb=ram_mb,
                                  append=append, plain=plain, timeout_s=timeout,
+                                 smmu=smmu and not plain, dma_disk_mb=4 if smmu else 0,
                                  echo_console=not quiet and not as_json),
                    hv, watch=(INIT_BANNER,))
     except MachineError as e:

@@ -237,3 +237,19 @@ def fault_refusal(f: Fault) -> Refusal:
     return Refusal("dma-fault", Errno.EPERM, f"SMMU refused a device {'write' if f.write else 'read'}"
                    f": {f.reason}", Outcome.REFUSED, -1, 0,
                    {"stream": f.sid, "iova": f.iova})
+
+
+def summary(st: KState) -> dict[str, object] | None:
+    """JSON-able DMA counters (None without an SMMU)."""
+    dma = st.dma
+    if dma is None:
+        return None
+    out: dict[str, object] = {"streams": len(dma.smmu.contexts), "faults": dma.fault_count,
+                              "smmu_commands": dma.smmu.commands, "smmu_syncs": dma.smmu.syncs}
+    ident = dma.identity
+    if ident is not None:
+        out.update(identity_pages=sum(ident.mapped), dropped=ident.unmapped,
+                   restored=ident.remapped, invalidations=ident.flushes)
+    else:
+        out["mapped_pages"] = sum(len(m) for m in dma.maps.values())
+    return out

@@ -226,6 +226,7 @@ class TransparentKPCore:
             out["table_pages"] = {u.name: len(st.pages.pages_of(u)) for u in KPT_BY_LEVEL}
             out["kcode_pages"] = len(st.pages.pages_of(Usage.EL1_KCODE))
             out["stage2"] = st.s2.histogram()
+            out["dma"] = dma.summary(st)
         return out
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
