@@ -179,6 +179,8 @@ cmd_loop:
     b.eq    do_inject
     cmp     x0, #OP_HALT
     b.eq    park
+    cmp     x0, #OP_DOORBELL
+    b.eq    do_doorbell
     b       cmd_loop                    // unknown op: ignored (Python validates its own)
 
 do_msr:
@@ -262,6 +264,12 @@ do_smc:                                 // the guest's (possibly rewritten) PSCI
     smc     #0
     stp     x0, x1, [sp, #MB_X]
     stp     x2, x3, [sp, #MB_X + 16]
+    b       cmd_loop
+do_doorbell:                            // a = device register (the SMMU's CMDQ_PROD), b = PA of
+    dsb     sy                          // a u32 in hypervisor memory: its value *now* is
+    ldr     w3, [x2]                    // written (never a stale one, whichever CPU rings
+    str     w3, [x1]                    // first); EL2 MMU off: Device-nGnRnE access
+    dsb     sy
     b       cmd_loop
 do_ic:
     dsb     ish

@@ -261,7 +261,14 @@ class Platform(Protocol):
         ...
 
     def mmio_write(self, pa: PhysAddr, size: int, value: int) -> None:
-        """Write a 4- or 8-byte device register (only inside `smmu`)."""
+        """Write a 4- or 8-byte device register (only inside `smmu`); done when it returns."""
+        ...
+
+    def mmio_doorbell(self, cpu: Vcpu, pa: PhysAddr, value_pa: PhysAddr) -> None:
+        """Queue on `cpu` (done at EL2, in order with its other commands, before it resumes
+        the guest): write the u32 that hypervisor memory holds at `value_pa` *at that moment*
+        into the 32-bit register `pa`. No round trip to the device model; a later ring never
+        writes an older value."""
         ...
 
 

@@ -91,6 +91,7 @@ class FakePlatform:
         self.flushes: list[tuple[str, int]] = []
         self.halted: str | None = None
         self.code_flushes = 0
+        self.posted = 0
         self.smmu_dev: FakeSmmu | None = FakeSmmu(self) if smmu else None
 
     @property
@@ -160,6 +161,10 @@ class FakePlatform:
         if self.smmu_dev is None:
             raise GuestMemoryError(f"no device register at {pa:#x}")
         self.smmu_dev.write(pa, size, value)
+
+    def mmio_doorbell(self, cpu: object, pa: PhysAddr, value_pa: PhysAddr) -> None:
+        self.posted += 1  # the fake rings at once (the trampoline would before ERET)
+        self.mmio_write(pa, 4, int.from_bytes(self.read(value_pa, 4), "little"))
 
 
 @dataclass

@@ -265,3 +265,23 @@ def test_data_page_is_not_a_dma_target() -> None:
     m, _hv = _machine()
     m.hvc(24, SID, 0, 0)
     assert m.hvc(25, IOVA, DATA, 3, SID, 0) == neg(Errno.EPERM)
+
+
+def test_clear_rings_the_doorbell_from_the_vcpu_and_checks_periodically() -> None:
+    """HVC 27's TLBI + SYNC is rung by the trapping vCPU at EL2 (no device-model round trip);
+    every SYNC_EVERY commands the driver rings synchronously and checks the consumer."""
+    from secvma.kpcore.smmu import SYNC_EVERY
+
+    m, hv = _machine()
+    dev = m.plat.smmu_dev
+    assert dev is not None
+    m.hvc(24, SID, 0, 0)
+    posted0, reads0 = m.plat.posted, dev.accesses
+    assert m.hvc(25, IOVA, PAGE_A, 3, SID, 0) == 0
+    assert m.hvc(27, IOVA, SID, 0) == 0
+    assert m.plat.posted == posted0 + 1 and dev.accesses == reads0 + 1  # one doorbell write
+    for _ in range(SYNC_EVERY):
+        m.hvc(25, IOVA, PAGE_A, 3, SID, 0)
+        m.hvc(27, IOVA, SID, 0)
+    assert hv.state.dma is not None and hv.state.dma.smmu.unchecked < SYNC_EVERY
+    assert dev.regs[0x9C] == hv.state.dma.smmu.cmdq_prod

@@ -54,7 +54,7 @@ def test_page_that_becomes_a_table_leaves_the_device_tables_and_tlb() -> None:
     set_class(hv.state, PAGE >> 12, Usage.EL1_PTE)
     assert ident.pending == [PAGE]
     from secvma.kpcore import dma
-    dma.end_of_trap(hv.state)  # what transparent's handle does before the guest resumes
+    dma.end_of_trap(hv.state, None)  # what transparent's handle does before the guest resumes
     assert dev.commands.count(0x12) == tlbi_before + 1 and not ident.pending
     assert not dev.dma_write(8, PAGE, b"no")
     assert not ident.is_mapped(PAGE >> 12)

@@ -122,6 +122,7 @@ static const struct { const char *name; int (*fn)(char *, u64); } workloads[] = 
 	{ "modules", wl_modules },
 	{ "faults", wl_faults },
 	{ "dma", wl_dma },
+	{ "dma-static", wl_dma_static },
 };
 
 int run_workload(const char *name, char *msg, u64 len)

@@ -37,7 +37,7 @@ from secvma.kpcore.pages import U32_MAX, Owner, Usage
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, Outcome, Refusal
 from secvma.kpcore.smmu import NSTREAMS, Fault, Smmu
 from secvma.kpcore.state import KState
-from secvma.platform import Platform
+from secvma.platform import Platform, Vcpu
 
 if TYPE_CHECKING:
     from secvma.kpcore.dmaidentity import IdentityDma
@@ -125,7 +125,7 @@ def _count(st: KState, pa: int, delta: int) -> None:
     st.pages.dirty.add(pa >> 12)
 
 
-def alloc_context(st: KState, cb: int, vmid: int, smmu: int) -> int:
+def alloc_context(st: KState, cb: int, vmid: int, smmu: int, cpu: Vcpu | None = None) -> int:
     """HVC 24. C: sekvm/MemHandler.c:__el2_alloc_smmu_pgd (bank -> STE + CD, empty table)."""
     dma = _need(st)
     rule = "smmu-alloc"
@@ -136,16 +136,16 @@ def alloc_context(st: KState, cb: int, vmid: int, smmu: int) -> int:
         raise HypRefusal(Errno.EBUSY, rule, "stream already has a context", cb=cb)
     if dma.smmu.tables_free() < 1:
         raise HypRefusal(Errno.ENOMEM, rule, "SMMU table pool exhausted")
-    dma.smmu.attach(sid)
+    dma.smmu.attach(sid, cpu)
     dma.maps[sid] = {}
     return 0
 
 
-def free_context(st: KState, cb: int, smmu: int) -> int:
+def free_context(st: KState, cb: int, smmu: int, cpu: Vcpu | None = None) -> int:
     """HVC 23. C: sekvm/MemHandler.c:__el2_free_smmu_pgd (counts given back: no stale count)."""
     dma = _need(st)
     sid = _sid(dma, cb, smmu, rule="smmu-free")
-    dma.smmu.detach(sid)
+    dma.smmu.detach(sid, cpu)
     for pa in dma.maps.pop(sid).values():
         _count(st, pa, -1)
     return 0
@@ -180,7 +180,7 @@ def iova_to_phys(st: KState, iova: int, cb: int, smmu: int) -> int:
     return 0 if hit is None else hit[0] | (iova & (PAGE - 1))
 
 
-def clear_page(st: KState, iova: int, cb: int, smmu: int) -> int:
+def clear_page(st: KState, iova: int, cb: int, smmu: int, cpu: Vcpu | None = None) -> int:
     """HVC 27. C: __el2_arm_lpae_clear -> unmap_smmu_page (count -= 1)."""
     dma = _need(st)
     rule = "smmu-clear"
@@ -189,33 +189,34 @@ def clear_page(st: KState, iova: int, cb: int, smmu: int) -> int:
     pa = dma.maps[sid].get(iova)
     if pa is None:
         raise HypRefusal(Errno.ENOENT, rule, "IOVA not mapped", iova=iova, cb=cb)
-    dma.smmu.unmap(dma.smmu.contexts[sid], iova)
+    dma.smmu.unmap(dma.smmu.contexts[sid], iova, cpu)
     del dma.maps[sid][iova]
     _count(st, pa, -1)
     return 0
 
 
-def handle_smmu_hvc(st: KState, plat: Platform, x: tuple[int, ...]) -> int:
+def handle_smmu_hvc(st: KState, plat: Platform, cpu: Vcpu, x: tuple[int, ...]) -> int:
+    """HVC 23-27; the SMMU commands they need are rung by `cpu` before it resumes."""
     nr = x[0]
     if nr == 23:
-        return free_context(st, x[1], x[2])
+        return free_context(st, x[1], x[2], cpu)
     if nr == 24:
-        return alloc_context(st, x[1], x[2], x[3])
+        return alloc_context(st, x[1], x[2], x[3], cpu)
     if nr == 25:
         return map_page(st, plat, x[1], x[2], x[3], x[4], x[5])
     if nr == 26:
         return iova_to_phys(st, x[1], x[2], x[3])
     assert nr == 27, nr
-    return clear_page(st, x[1], x[2], x[3])
+    return clear_page(st, x[1], x[2], x[3], cpu)
 
 
-def end_of_trap(st: KState) -> None:
-    """Before the guest resumes: pending identity-map invalidations, then new faults."""
+def end_of_trap(st: KState, cpu: Vcpu | None) -> None:
+    """Before `cpu` resumes: pending identity-map invalidations, then new faults."""
     dma = st.dma
     if dma is None:
         return
     if dma.identity is not None:
-        dma.identity.flush()
+        dma.identity.flush(cpu)
     drain_faults(st)
 
 

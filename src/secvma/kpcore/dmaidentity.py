@@ -21,7 +21,7 @@ same trap (the hypervisor's own handling time), a device that already holds a tr
 the page in the SMMU's TLB could still write it, e.g. into a table page just zeroed.
 
 Wiring (transparent.py): `attach(st, plat)` after `KState.create`, `dma.end_of_trap(st)`
-after each trap. Faults drained from the event queue go to `refusals` (`dma-fault`).
+(with the trapping vCPU) after each trap. Faults drained from the event queue go to `refusals` (`dma-fault`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from secvma.kpcore.dma import DmaState
 from secvma.kpcore.pages import Owner, Usage
 from secvma.kpcore.smmu import NSTREAMS, Context, Smmu
 from secvma.kpcore.state import KState
-from secvma.platform import PhysAddr, Platform
+from secvma.platform import PhysAddr, Platform, Vcpu
 
 IOVA_LIMIT = 1 << A.IOVA_BITS
 
@@ -77,15 +77,16 @@ class IdentityDma:
             self.mapped[i] = 1
             self.remapped += 1
 
-    def flush(self) -> None:
-        """Invalidate the SMMU TLB for every page dropped since the last flush, and wait."""
+    def flush(self, cpu: Vcpu | None = None) -> None:
+        """Invalidate the SMMU TLB for every page dropped since the last flush; done before
+        `cpu` resumes (or now)."""
         if not self.pending:
             return
         if len(self.pending) > 64:
             cmds = [A.cmd_tlbi_nh_asid(self.ctx.asid)]
         else:
             cmds = [A.cmd_tlbi_nh_va(self.ctx.asid, pa) for pa in self.pending]
-        self.smmu.submit(cmds)
+        self.smmu.submit(cmds, cpu)
         self.pending.clear()
         self.flushes += 1
 

@@ -100,7 +100,7 @@ def handle_hvc(st: KState, plat: Platform, cpu: Vcpu, ev: Hvc) -> Outcome:
     elif nr == 6:
         result = enable_s2_trans(st, plat, cpu, x[1])
     elif dma.HVC_SMMU_FIRST <= nr <= dma.HVC_SMMU_LAST and st.dma is not None:
-        result = dma.handle_smmu_hvc(st, plat, x)
+        result = dma.handle_smmu_hvc(st, plat, cpu, x)
     elif 7 <= nr <= 29:
         raise HypRefusal(Errno.EINVAL, "hvc-vm", "SeKVM VM hypercalls are not modelled", nr=nr)
     elif 30 <= nr <= 32:

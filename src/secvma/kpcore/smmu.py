@@ -8,12 +8,17 @@ the kernel can neither map nor write); the registers are reached only through
     0x4000  context descriptors, one per stream (CD of stream s at 0x4000 + 64 * s)
     0x8000  command queue, 256 x 16 bytes
     0x9000  event queue, 128 x 32 bytes
-    0xA000  IO page-table pages (free list), to the end of the pool
+    0xA000  the command queue's producer value, read by the trampoline's doorbell
+    0xB000  IO page-table pages (free list), to the end of the pool
 
 A stream is either *off* (STE invalid: every access is refused and recorded as C_BAD_STE) or
 a *context* (stage-1 STE + CD with its own 3-level table, ASID = StreamID + 1). Every change
 is followed by its invalidation (CFGI_STE, TLBI_NH_VA / TLBI_NH_ASID) and a CMD_SYNC before
-the call returns: when `unmap` returns, no device can reach the page any more.
+the vCPU that asked resumes: the doorbell (CMDQ_PROD) is rung by that vCPU at EL2 just before
+its ERET (`Platform.mmio_doorbell`), and QEMU consumes the queue within that store, so when
+the kernel sees HVC 27 return no device can reach the page any more. Without a vCPU, and once
+every SYNC_EVERY commands, the ring goes through `mmio_write` and the consumer index and its
+error field are checked.
 
 Events are drained without touching a register on the fast path: the hypervisor zeroes each
 record it consumes, so a non-zero record at the consumer index is a new event.
@@ -25,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from secvma.arch import smmuv3 as A
-from secvma.platform import PhysAddr, Platform, SmmuWindow
+from secvma.platform import PhysAddr, Platform, SmmuWindow, Vcpu
 
 SID_BITS = 8
 NSTREAMS = 1 << SID_BITS
@@ -35,8 +40,11 @@ CMDQ_OFF = 0x8000
 CMDQ_LOG2 = 8
 EVTQ_OFF = 0x9000
 EVTQ_LOG2 = 7
-TABLES_OFF = 0xA000
+PRODWORD_OFF = 0xA000
+TABLES_OFF = 0xB000
 ACK_POLLS = 100
+SYNC_EVERY = 192
+"""Commands rung through the trampoline (no completion check) before one synchronous ring."""
 
 
 class SmmuError(RuntimeError):
@@ -76,6 +84,7 @@ class Smmu:
                                           self.pool + TABLES_OFF - 1, -A.PAGE))
         self.contexts: dict[int, Context] = {}
         self.cmdq_prod = 0
+        self.unchecked = 0
         self.evtq_cons = 0
         self.enabled = False
         self.commands = 0
@@ -128,27 +137,42 @@ class Smmu:
 
     # --- command queue --------------------------------------------------------------------
 
-    def submit(self, cmds: list[bytes]) -> None:
-        """Queue `cmds` and a CMD_SYNC, ring the doorbell, check that all were consumed."""
+    def submit(self, cmds: list[bytes], cpu: Vcpu | None = None) -> None:
+        """Queue `cmds` and a CMD_SYNC; ring from `cpu` at EL2 before it resumes, or now."""
         n = 1 << CMDQ_LOG2
         cmds = [*cmds, A.cmd_sync()]
-        if len(cmds) > n:
+        if len(cmds) + self.unchecked > n - 8:
+            self._ring_now()
+        if len(cmds) > n - 8:
             raise SmmuError(f"{len(cmds)} commands exceed the queue")
         prod = self.cmdq_prod
         for c in cmds:
             slot = self.pool + CMDQ_OFF + A.q_index(prod, CMDQ_LOG2) * A.CMD_SIZE
             self.plat.write(PhysAddr(slot), c)
             prod = A.q_inc(prod, CMDQ_LOG2)
-        self._w32(A.CMDQ_PROD, prod)
         self.cmdq_prod = prod
+        self.plat.write(PhysAddr(self.pool + PRODWORD_OFF), prod.to_bytes(4, "little"))
         self.commands += len(cmds)
         self.syncs += 1
+        self.unchecked += len(cmds)
+        if cpu is None or self.unchecked >= SYNC_EVERY:
+            self._ring_now()
+        else:
+            self.plat.mmio_doorbell(cpu, PhysAddr(self.win.base + A.CMDQ_PROD),
+                                    PhysAddr(self.pool + PRODWORD_OFF))
+
+    def _ring_now(self) -> None:
+        """Ring with the latest producer value and check that everything was consumed."""
+        prod = self.cmdq_prod
+        self._w32(A.CMDQ_PROD, prod)
+        cons = 0
         for _ in range(ACK_POLLS):
             cons = self._r32(A.CMDQ_CONS)
             err = (cons >> A.CMDQ_CONS_ERR_SHIFT) & 0x7F
             if err:
                 raise SmmuError(f"command queue error {err:#x} at consumer {cons:#x}")
             if cons & ((2 << CMDQ_LOG2) - 1) == prod:
+                self.unchecked = 0
                 return
         raise SmmuError(f"command queue stuck: prod {prod:#x}, cons {cons:#x}")
 
@@ -169,7 +193,7 @@ class Smmu:
         self.plat.write(PhysAddr(pa), bytes(A.PAGE))
         return pa
 
-    def attach(self, sid: int) -> Context:
+    def attach(self, sid: int, cpu: Vcpu | None = None) -> Context:
         """Stream `sid` off -> context with an empty table (every IOVA faults, recorded)."""
         assert 0 <= sid < NSTREAMS and sid not in self.contexts and self.free
         root = self._alloc()
@@ -177,7 +201,7 @@ class Smmu:
         self.plat.write(PhysAddr(self.cd_pa(sid)), A.cd_s1(root, ctx.asid))
         self.plat.write(PhysAddr(self.ste_pa(sid)), A.ste_s1(self.cd_pa(sid)))
         self.contexts[sid] = ctx
-        self.submit([A.cmd_cfgi_ste(sid), A.cmd_tlbi_nh_asid(ctx.asid)])
+        self.submit([A.cmd_cfgi_ste(sid), A.cmd_tlbi_nh_asid(ctx.asid)], cpu)
         return ctx
 
     def attach_shared(self, sids: range) -> Context:
@@ -199,12 +223,12 @@ class Smmu:
         assert slot is not None
         return slot & ~(A.PAGE - 1)
 
-    def detach(self, sid: int) -> list[tuple[int, int]]:
+    def detach(self, sid: int, cpu: Vcpu | None = None) -> list[tuple[int, int]]:
         """Context -> off; returns the (iova, pa) pairs it mapped (their tables are freed)."""
         ctx = self.contexts.pop(sid)
         self.plat.write(PhysAddr(self.ste_pa(sid)), A.STE_INVALID)
         self.plat.write(PhysAddr(self.cd_pa(sid)), bytes(A.CD_SIZE))
-        self.submit([A.cmd_cfgi_ste(sid), A.cmd_tlbi_nh_asid(ctx.asid)])
+        self.submit([A.cmd_cfgi_ste(sid), A.cmd_tlbi_nh_asid(ctx.asid)], cpu)
         mapped = list(self.mappings(ctx))
         for t in ctx.tables:
             self.plat.write(PhysAddr(t), bytes(A.PAGE))
@@ -249,30 +273,18 @@ class Smmu:
         return d & A.PTE_ADDR_MASK, A.io_desc_writable(d)
 
     def map(self, ctx: Context, iova: int, pa: int, writable: bool) -> None:
-        """Write the leaf for `iova` (caller checked: IOVA free, tables available)."""
+        """Write the leaf for `iova` (caller checked: IOVA free, tables available). An invalid
+        entry is never cached by an SMMU TLB: no invalidation needed."""
         slot = self._slot(ctx, iova, create=True)
         assert slot is not None
         self.plat.write_u64(PhysAddr(slot), A.io_page_desc(pa, writable))
-        # QEMU caches negative walks only as faults, but a stale entry is possible after unmap
-        self.submit([A.cmd_tlbi_nh_va(ctx.asid, iova)])
 
-    def unmap(self, ctx: Context, iova: int) -> None:
-        """Clear the leaf for `iova`, invalidate it and wait (SYNC) before returning."""
+    def unmap(self, ctx: Context, iova: int, cpu: Vcpu | None = None) -> None:
+        """Clear the leaf for `iova`, invalidate it (TLBI + SYNC) before `cpu` resumes."""
         slot = self._slot(ctx, iova, create=False)
         assert slot is not None
         self.plat.write_u64(PhysAddr(slot), 0)
-        self.submit([A.cmd_tlbi_nh_va(ctx.asid, iova)])
-
-    def unmap_many(self, items: list[tuple[Context, int]]) -> None:
-        """Clear several leaves with one SYNC (the transparent identity map's page changes)."""
-        cmds = []
-        for ctx, iova in items:
-            slot = self._slot(ctx, iova, create=False)
-            if slot is not None:
-                self.plat.write_u64(PhysAddr(slot), 0)
-                cmds.append(A.cmd_tlbi_nh_va(ctx.asid, iova))
-        for i in range(0, len(cmds), 200):
-            self.submit(cmds[i:i + 200])
+        self.submit([A.cmd_tlbi_nh_va(ctx.asid, iova)], cpu)
 
     def mappings(self, ctx: Context) -> Iterator[tuple[int, int]]:
         """Every (iova, pa) leaf of the context's table (a walk of memory, for invariants)."""

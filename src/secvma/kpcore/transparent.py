@@ -236,7 +236,7 @@ class TransparentKPCore:
             self._dispatch(st, platform, cpu, event)
             st.s2.flush(platform, cpu)
             if st.dma is not None:
-                dma.end_of_trap(st)
+                dma.end_of_trap(st, cpu)
         except Exception as exc:  # a model bug: record, stop the machine, never propagate
             log.exception("transparent kpcore internal error on %r", event)
             self.internal_errors.append(InternalError(repr(event), repr(exc)))

@@ -95,6 +95,7 @@ OP_SMC = 8  # SMC #0 with the frame's x0..x3, result into frame x0..x3
 OP_IC_IALLU = 9  # IC IALLUIS: code written by Python becomes visible to fetch
 OP_INJECT = 10  # ESR_EL1 := a, FAR_EL1 := b, exception entry to VBAR_EL1
 OP_HALT = 11  # park this CPU forever (WFI loop) after a fatal hypervisor decision
+OP_DOORBELL = 12  # device register a := the u32 at PA b (read at execution time), at EL2
 
 # ---- fast path: MSR traps answered in EL2 without Python --------------------------------
 # Table of {iss_key u32, action u32, value u64}: a trapped MSR whose ISS (with Rt masked out)

@@ -329,6 +329,12 @@ class MailboxServer:
     def mmio_write(self, pa: PhysAddr, size: int, value: int) -> None:
         self._mmio(pa, size).write(pa, size, value)
 
+    def mmio_doorbell(self, cpu: object, pa: PhysAddr, value_pa: PhysAddr) -> None:
+        self._mmio(pa, 4)  # validates the register
+        if not layout.HYP_BASE <= value_pa <= layout.HYP_BASE + layout.HYP_SIZE - 4:
+            raise GuestMemoryError(f"doorbell value at {value_pa:#x} is not hypervisor memory")
+        self._cpu(cpu).cmds.append((layout.OP_DOORBELL, pa, value_pa))
+
     def halt(self, reason: str) -> None:
         self._halt = reason
         if self._current is not None:

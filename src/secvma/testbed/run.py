@@ -10,7 +10,7 @@ from secvma.platform import Hypervisor
 from secvma.testbed.build import TestbedImage
 from secvma.testbed.commands import Command, CommandResult, run_commands
 
-WORKLOADS = ("hackbench", "kernbench", "modules", "faults", "dma")
+WORKLOADS = ("hackbench", "kernbench", "modules", "faults", "dma", "dma-static")
 """Every named workload of the kernel (workloads.c); `all` runs them in this order."""
 
 
