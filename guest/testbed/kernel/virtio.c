@@ -264,8 +264,9 @@ u16 virtio_blk_stream(void) { return vb.sid; }
 int virtio_blk_iommu(void) { return vb.iommu; }
 
 /* One request: `dir` DMA_DIR_FROM_DEVICE (disk read into iova) or DMA_DIR_TO_DEVICE.
- * Returns the virtio status (0 ok), or 0xff if the device never completed it (e.g. the SMMU
- * refused one of its accesses: QEMU then marks the device broken, so it is reset next time). */
+ * Returns the virtio status (0 ok), or 0xff if the device never completed it (it is then reset
+ * before the next use). A transfer the SMMU refused still completes with status 0 on QEMU 7.2:
+ * the data just does not arrive. */
 int virtio_blk_rw(int dir, u64 sector, u64 iova, u64 len)
 {
 	if (virtio_blk_init())
