@@ -351,20 +351,21 @@ int wl_dma_static(char *msg, u64 len) { return dma_run(msg, len, 0); }
 
 static int dma_run(char *msg, u64 len, int streaming)
 {
+	const char *wl = streaming ? "dma" : "dma-static";
 	const u64 chunk = 0x10000, total = 1 << 20, pages = chunk / PAGE_SIZE;
 	if (virtio_blk_init())
-		return snprintf(msg, len, "dma: no device: %s", vb.why), -1;
+		return snprintf(msg, len, "%s: no device: %s", wl, vb.why), -1;
 	u64 src = dma_alloc(pages), dst = dma_alloc(pages);
+	int per_req = vb.iommu && streaming, once = vb.iommu && !streaming;
+	u64 err0 = 0;
 	int rc = -1;
 	u64 tw = 0, tr = 0;
 	if (!src || !dst) {
-		snprintf(msg, len, "dma: out of memory");
+		snprintf(msg, len, "%s: out of memory", wl);
 		goto out;
 	}
-	int per_req = vb.iommu && streaming, once = vb.iommu && !streaming;
-	u64 err0 = 0;
 	if (once && hvc_map(src, chunk, &err0) + hvc_map(dst, chunk, &err0) != 2 * pages) {
-		snprintf(msg, len, "dma: the hypervisor refused a buffer (%lx)", err0);
+		snprintf(msg, len, "%s: the hypervisor refused a buffer (%lx)", wl, err0);
 		goto out;
 	}
 	for (u64 off = 0; off < total; off += chunk) {
@@ -374,7 +375,7 @@ static int dma_run(char *msg, u64 len, int streaming)
 		memset(d, 0, chunk);
 		u64 err = 0, t0 = cntvct();
 		if (per_req && hvc_map(src, chunk, &err) != pages) {
-			snprintf(msg, len, "dma: the hypervisor refused a buffer (%lx)", err);
+			snprintf(msg, len, "%s: the hypervisor refused a buffer (%lx)", wl, err);
 			goto out;
 		}
 		int st = virtio_blk_rw(DMA_DIR_TO_DEVICE, off / SECTOR, src, chunk);
@@ -382,7 +383,7 @@ static int dma_run(char *msg, u64 len, int streaming)
 			hvc_unmap(src, chunk);
 		u64 t1 = cntvct();
 		if (per_req && hvc_map(dst, chunk, &err) != pages) {
-			snprintf(msg, len, "dma: the hypervisor refused a buffer (%lx)", err);
+			snprintf(msg, len, "%s: the hypervisor refused a buffer (%lx)", wl, err);
 			goto out;
 		}
 		int st2 = st ? st : virtio_blk_rw(DMA_DIR_FROM_DEVICE, off / SECTOR, dst, chunk);
@@ -391,21 +392,21 @@ static int dma_run(char *msg, u64 len, int streaming)
 		tw += t1 - t0;
 		tr += cntvct() - t1;
 		if (st || st2) {
-			snprintf(msg, len, "dma: request at %lx failed (status %x/%x)", off, st, st2);
+			snprintf(msg, len, "%s: request at %lx failed (status %x/%x)", wl, off, st, st2);
 			goto out;
 		}
 		if (memcmp(s, d, chunk)) {
-			snprintf(msg, len, "dma: data read back at %lx differs from what was written", off);
+			snprintf(msg, len, "%s: data read back at %lx differs from what was written", wl, off);
 			goto out;
 		}
 	}
-	snprintf(msg, len, "dma: %lu KiB written and read back via virtio-blk (stream %x, %s), "
-		 "identical; write %lu us, read %lu us", total >> 10, vb.sid,
+	snprintf(msg, len, "%s: %lu KiB written and read back via virtio-blk (stream %x, %s), "
+		 "identical; write %lu us, read %lu us", wl, total >> 10, vb.sid,
 		 !vb.iommu ? "direct" : streaming ? "SMMU context, mapped per request" :
 		 "SMMU context, mapped once", ticks_to_us(tw), ticks_to_us(tr));
 	rc = 0;
 out:
-	if (once) {
+	if (once && src && dst) {   /* pages never mapped answer ENOENT: harmless */
 		hvc_unmap(src, chunk);
 		hvc_unmap(dst, chunk);
 	}

@@ -14,7 +14,7 @@ from secvma.testbed.policies import (
     PolicyUnavailable,
     make_hypervisor,
 )
-from secvma.testbed.run import WORKLOADS, RunReport, run_workloads
+from secvma.testbed.run import EXTRA_WORKLOADS, WORKLOADS, RunReport, run_workloads
 from secvma.ui import console, emit_json, fail
 
 
@@ -24,7 +24,7 @@ from secvma.ui import console, emit_json, fail
 @click.option("--s2", type=click.Choice(S2_MODES), default="huge", show_default=True,
               help="Stage-2 mapping granularity.")
 @click.option("--workload", "workloads", multiple=True, default=("all",), show_default=True,
-              type=click.Choice((*WORKLOADS, "all")), help="Workload to run (repeatable).")
+              type=click.Choice((*WORKLOADS, *EXTRA_WORKLOADS, "all")), help="Workload to run (repeatable).")
 @click.option("--timeout", type=float, default=120.0, show_default=True,
               help="Seconds before the run is declared hung.")
 @click.option("--console", "echo", is_flag=True, help="Echo the kernel console while running.")
