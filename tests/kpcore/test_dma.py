@@ -285,3 +285,14 @@ def test_clear_rings_the_doorbell_from_the_vcpu_and_checks_periodically() -> Non
         m.hvc(27, IOVA, SID, 0)
     assert hv.state.dma is not None and hv.state.dma.smmu.unchecked < SYNC_EVERY
     assert dev.regs[0x9C] == hv.state.dma.smmu.cmdq_prod
+
+
+def test_snapshot_reports_dma() -> None:
+    """`secvma inspect` shows the SMMU's streams, mapped pages and faults."""
+    m, hv = _machine()
+    m.hvc(24, SID, 0, 0)
+    m.hvc(25, IOVA, PAGE_A, 3, SID, 0)
+    assert hv.snapshot()["dma"] == {"streams": 1, "faults": 0, "mapped_pages": 1,
+                                    "smmu_commands": hv.state.dma.smmu.commands,  # type: ignore[union-attr]
+                                    "smmu_syncs": hv.state.dma.smmu.syncs}  # type: ignore[union-attr]
+    assert booted("hardened")[1].snapshot()["dma"] is None
