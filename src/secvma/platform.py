@@ -146,6 +146,9 @@ class SmmuWindow:
     size: int
     pool: PhysAddr
     pool_size: int
+    msi: tuple[PhysAddr, int] | None = None
+    """The interrupt controller's MSI doorbell frame (base, size): devices signal interrupts
+    by writing it, so an identity map of ordinary memory must include it."""
 
 
 class Vcpu(Protocol):

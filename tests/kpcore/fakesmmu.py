@@ -16,13 +16,15 @@ SMMU_BASE = 0x0905_0000
 SMMU_SIZE = 0x2_0000
 POOL_SIZE = 0x80_0000
 M52 = (1 << 52) - 1
+MSI_BASE = 0x0802_0000
 
 
 class FakeSmmu:
     def __init__(self, plat: FakePlatform) -> None:
         self.plat = plat
         pool = plat.hyp_base + plat.hyp_size - POOL_SIZE
-        self.window = SmmuWindow(PhysAddr(SMMU_BASE), SMMU_SIZE, PhysAddr(pool), POOL_SIZE)
+        self.window = SmmuWindow(PhysAddr(SMMU_BASE), SMMU_SIZE, PhysAddr(pool), POOL_SIZE,
+                                 (PhysAddr(MSI_BASE), 0x1000))
         self.regs: dict[int, int] = {}
         self.commands: list[int] = []
         self.tlb: dict[tuple[int, int], tuple[int, bool]] = {}  # (sid, page) -> (pa, writable)

@@ -101,3 +101,19 @@ def test_many_drops_in_one_trap_cost_one_invalidation() -> None:
     ident.flush()
     assert dev.commands.count(0x46) == syncs + 1 and dev.commands[-2] == 0x11
     assert not any(dev.dma_write(8, PAGE + k * 0x1000, b"n") for k in range(100))
+
+
+def test_msi_doorbell_is_the_only_device_page_mapped() -> None:
+    """A PCI device signals MSI-X by writing the GICv2m frame: mapped; other MMIO is not."""
+    from fakesmmu import MSI_BASE
+
+    from secvma.kpcore import invariants
+
+    plat, hv, ident = _setup()
+    dev = plat.smmu_dev
+    assert dev is not None
+    assert dev.translate(8, MSI_BASE + 0x40, True) == MSI_BASE + 0x40
+    assert dev.translate(8, MSI_BASE + 0x1000, True) is None
+    assert dev.translate(8, SMMU_BASE, True) is None
+    assert ident.msi == {MSI_BASE}
+    assert not invariants.check(hv.state, plat, full=True)

@@ -15,6 +15,9 @@ QEMU 7.2's SMMUv3 offers). It stays in step through one hook, a `PageTable` list
                                             effect (the trampoline's TLBI at ERET)
     anything -> HOST NONE                   leaf written (no invalidation needed)
 
+Besides RAM, only the interrupt controller's MSI doorbell frame (`SmmuWindow.msi`) is mapped:
+a PCI device signals MSI-X by a DMA write there.
+
 One invalidation per trap, not per page: a swapper learn changes thousands of classes, and
 each SYNC is a round trip to QEMU. Limit: between a page's class change and the end of that
 same trap (the hypervisor's own handling time), a device that already holds a translation of
@@ -50,6 +53,7 @@ class IdentityDma:
     base_pfn: int = 0
     pending: list[int] = field(default_factory=list)
     flushes: int = 0
+    msi: set[int] = field(default_factory=set)
 
     def _leaf_slot(self, pa: int) -> int:
         return self.smmu.table_for(self.ctx, pa) + 8 * A.io_index(pa, 3)
@@ -124,6 +128,12 @@ def attach(st: KState, plat: Platform) -> IdentityDma | None:
             if smmu.tables_free() < 2:
                 break  # the rest stays unreachable (safe)
             plat.write(PhysAddr(smmu.table_for(ctx, pa0)), bytes(entries))
+    if win.msi is not None:
+        base, size = win.msi
+        for pa in range(base, base + size, A.PAGE):
+            slot = smmu.table_for(ctx, pa) + 8 * A.io_index(pa, 3)
+            plat.write_u64(PhysAddr(slot), A.io_page_desc(pa, True))
+            ident.msi.add(pa)
     smmu.submit([A.cmd_tlbi_nh_asid(ctx.asid)])
     st.dma = DmaState(smmu)
     st.dma.identity = ident

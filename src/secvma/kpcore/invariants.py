@@ -282,7 +282,7 @@ def _dma(st: KState, plat: Platform, full: bool, out: list[Violation]) -> None:
     smmu = dma.smmu
     counts: Counter[int] = Counter()
     if ident is not None:
-        walked = dict(smmu.mappings(ident.ctx))
+        walked = {i: p for i, p in smmu.mappings(ident.ctx) if p not in ident.msi or i != p}
         for iova, pa in walked.items():
             if iova != pa or not ident.is_mapped(pa >> 12):
                 out.append(Violation("INV-DMA", f"identity map: {iova:#x} -> {pa:#x} not "

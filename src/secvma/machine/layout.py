@@ -36,6 +36,8 @@ SMMU_SIZE = 0x2_0000
 # hypervisor region (the stage-2 pool ends below them).
 SMMU_POOL_SIZE = 0x80_0000  # the transparent identity map of 3 GiB needs ~6 MiB of tables
 SMMU_POOL_BASE = HYP_BASE + HYP_SIZE - SMMU_POOL_SIZE
+GIC_V2M_BASE = 0x0802_0000  # the GICv2m MSI frame (virt with GICv2): PCI MSI-X doorbells
+GIC_V2M_SIZE = 0x1000
 
 MAX_RAM = 3 << 30  # highmem=off puts RAM in [1 GiB, 4 GiB)
 DEVICE_LIMIT = RAM_BASE

@@ -313,7 +313,8 @@ class MailboxServer:
         if not self.qemu.config.smmu:
             return None
         return SmmuWindow(PhysAddr(layout.SMMU_BASE), layout.SMMU_SIZE,
-                          PhysAddr(layout.SMMU_POOL_BASE), layout.SMMU_POOL_SIZE)
+                          PhysAddr(layout.SMMU_POOL_BASE), layout.SMMU_POOL_SIZE,
+                          (PhysAddr(layout.GIC_V2M_BASE), layout.GIC_V2M_SIZE))
 
     def _mmio(self, pa: int, size: int) -> QtestClient:
         if not self.qemu.config.smmu or not (
