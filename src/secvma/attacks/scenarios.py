@@ -374,6 +374,24 @@ def dma_then_page_table(s: TestbedSession) -> Evidence:
                                      f"{detail}")
 
 
+def smmu_registers(s: TestbedSession) -> Evidence:
+    """Map the SMMU's registers (the kernel is never told where they are) and turn it off."""
+    smmu = s.platform.smmu
+    if smmu is None:
+        return Evidence(Verdict.NOT_APPLICABLE, "this board has no SMMU")
+    cr0 = smmu.base + 0x20
+    before = s.platform.mmio_read(PhysAddr(cr0), 4)
+    va = s.vmap(smmu.base, 0x1000, 0)
+    if not va.ok:
+        return Evidence(Verdict.BLOCKED, "the register window could not be mapped")
+    w = s.write(va.value + 0x20, before ^ 0x4, 4, Form.STR)  # toggle EVTQEN (off: SMMUEN too)
+    after = s.platform.mmio_read(PhysAddr(cr0), 4)
+    if after != before:
+        return Evidence(Verdict.SUCCEEDED, f"SMMU_CR0 {before:#x} -> {after:#x}")
+    return Evidence(Verdict.BLOCKED, f"store {w.status.name.lower()} (ESR {w.esr:#x}); "
+                                     f"SMMU_CR0 still {after:#x}")
+
+
 ATTACKS: list[Attack] = [
     Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
            {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
@@ -416,6 +434,8 @@ ATTACKS: list[Attack] = [
            dma_module_text, {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
     Attack("dma-hyp-memory", "a device told to write into the hypervisor's memory",
            dma_hyp_memory, {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
+    Attack("dma-smmu-registers", "reprogram the SMMU itself from the kernel", smmu_registers,
+           {"none": SUCCEEDS, "secvma2024": BLOCKED, "hardened": BLOCKED}),
     Attack("dma-then-page-table", "map a page for DMA, make it a page table, DMA into it",
            dma_then_page_table, {"none": SUCCEEDS, "secvma2024": SUCCEEDS, "hardened": BLOCKED},
            gap="5 (no DMA count check on claim)"),
