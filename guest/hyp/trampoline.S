@@ -231,6 +231,8 @@ cmd_loop:
     b.eq    do_guard
     cmp     x0, #OP_STR32
     b.eq    do_str32
+    cmp     x0, #OP_DOORBELL
+    b.eq    do_doorbell
     b       cmd_loop                    // unknown op: ignored (Python validates its own)
 
 do_msr:
@@ -321,6 +323,11 @@ do_smc:                                 // the guest's (possibly rewritten) PSCI
     b       cmd_loop
 do_str32:                               // a = PA (4-aligned), b = word; EL2 runs MMU-off, so
     str     w2, [x1]                    // the store goes through QEMU's code-write tracking
+do_doorbell:                            // a = device register (the SMMU's CMDQ_PROD), b = PA of
+    dsb     sy                          // a u32 in hypervisor memory: its value *now* is
+    ldr     w3, [x2]                    // written (never a stale one, whichever CPU rings
+    str     w3, [x1]                    // first); EL2 MMU off: Device-nGnRnE access
+    dsb     sy
     b       cmd_loop
 do_ic:
     dsb     ish

@@ -24,6 +24,11 @@ class Hvc(enum.IntEnum):
 
     GET_VECTORS = 5
     ENABLE_S2_TRANS = 6
+    SMMU_FREE_PGD = 23
+    SMMU_ALLOC_PGD = 24
+    SMMU_LPAE_MAP = 25
+    SMMU_IOVA_TO_PHYS = 26
+    SMMU_CLEAR = 27
     MLOAD = 30
     MFREE = 31
     MOD_INIT_FREE = 32
@@ -245,6 +250,19 @@ class Op(enum.IntEnum):
     VUNMAP = 18
 
 
+DMA_DIR_FROM_DEVICE = 0
+"""CMD_DMA direction: a disk read, the device writes memory at the IOVA."""
+DMA_DIR_TO_DEVICE = 1
+"""CMD_DMA direction: a disk write, the device reads memory at the IOVA."""
+DMA_F_MAP = 1
+"""CMD_DMA flag: ask the hypervisor to map IOVA = PA (HVC 25) first, whatever the answer."""
+DMA_F_FILL = 2
+"""CMD_DMA flag: fill [IOVA, IOVA + len) with the byte arg5 first (IOVA = PA of kernel RAM)."""
+DMA_F_NO_UNMAP = 4
+"""CMD_DMA flag: leave the mapping in place after the transfer."""
+DMA_MAX_LEN = 0x10000
+
+
 class Status(enum.IntEnum):
     """How a command ended (hvabi.h ST_*)."""
 
@@ -339,6 +357,11 @@ def c_static_asserts() -> str:
     for h in Hvc:
         check(f"HVC_{h.name}", h.value)
     check("HVC_INVALID", HVC_INVALID)
+    for name, value in (("DMA_DIR_FROM_DEVICE", DMA_DIR_FROM_DEVICE),
+                        ("DMA_DIR_TO_DEVICE", DMA_DIR_TO_DEVICE), ("DMA_F_MAP", DMA_F_MAP),
+                        ("DMA_F_FILL", DMA_F_FILL), ("DMA_F_NO_UNMAP", DMA_F_NO_UNMAP),
+                        ("DMA_MAX_LEN", DMA_MAX_LEN)):
+        check(name, value)
     check("HVC_ENOSYS", HVC_ENOSYS)
     check("BOOT_INFO_MAGIC", BOOT_INFO_MAGIC)
     check("BOOT_INFO_VERSION", BOOT_INFO_VERSION)

@@ -155,6 +155,20 @@ Event = CpuStart | Hvc | Smc | Stage2Abort | SysregTrap | OtherTrap | Unexpected
 # --- what the hypervisor sees ---------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class SmmuWindow:
+    """An SMMUv3 the hypervisor owns: its MMIO registers and the hypervisor memory reserved for
+    its stream table, queues and IO page tables (inside [hyp_base, hyp_base + hyp_size))."""
+
+    base: PhysAddr
+    size: int
+    pool: PhysAddr
+    pool_size: int
+    msi: tuple[PhysAddr, int] | None = None
+    """The interrupt controller's MSI doorbell frame (base, size): devices signal interrupts
+    by writing it, so an identity map of ordinary memory must include it."""
+
+
 class Vcpu(Protocol):
     """One virtual CPU stopped in EL2 while its event is handled."""
 
@@ -282,6 +296,27 @@ class Platform(Protocol):
 
     def halt(self, reason: str) -> None:
         """Stop the machine: the run ends with `reason` as a hypervisor halt."""
+        ...
+
+    @property
+    def smmu(self) -> SmmuWindow | None:
+        """The board's SMMUv3 (None: no SMMU; then `mmio_*` are never called)."""
+        ...
+
+    def mmio_read(self, pa: PhysAddr, size: int) -> int:
+        """Read a 4- or 8-byte device register (only inside `smmu`); raises `GuestMemoryError`
+        elsewhere."""
+        ...
+
+    def mmio_write(self, pa: PhysAddr, size: int, value: int) -> None:
+        """Write a 4- or 8-byte device register (only inside `smmu`); done when it returns."""
+        ...
+
+    def mmio_doorbell(self, cpu: Vcpu, pa: PhysAddr, value_pa: PhysAddr) -> None:
+        """Queue on `cpu` (done at EL2, in order with its other commands, before it resumes
+        the guest): write the u32 that hypervisor memory holds at `value_pa` *at that moment*
+        into the 32-bit register `pa`. No round trip to the device model; a later ring never
+        writes an older value."""
         ...
 
 

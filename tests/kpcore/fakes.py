@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from secvma.arch.esr import DataAbort
 from secvma.arch.insn import decode_store
@@ -22,10 +23,14 @@ from secvma.platform import (
     Hvc,
     Hypervisor,
     PhysAddr,
+    SmmuWindow,
     Stage2Abort,
     SysReg,
     SysregTrap,
 )
+
+if TYPE_CHECKING:
+    from fakesmmu import FakeSmmu
 
 RAM_BASE = 0x4000_0000
 HYP_SIZE = 0x200_0000
@@ -79,12 +84,16 @@ SCTLR = 0x30D00800 | 1 | 4 | 8 | (1 << 12) | (1 << 16) | (1 << 18)
 class FakePlatform:
     """`Platform` over a bytearray, recording flushes and halts."""
 
-    def __init__(self, ram_size: int = RAM_SIZE) -> None:
+    def __init__(self, ram_size: int = RAM_SIZE, *, smmu: bool = False) -> None:
+        from fakesmmu import FakeSmmu
+
         self.ram = bytearray(ram_size)
         self._size = ram_size
         self.flushes: list[tuple[str, int]] = []
         self.halted: str | None = None
         self.code_flushes = 0
+        self.posted = 0
+        self.smmu_dev: FakeSmmu | None = FakeSmmu(self) if smmu else None
 
     @property
     def ram_base(self) -> PhysAddr:
@@ -143,6 +152,24 @@ class FakePlatform:
 
     def halt(self, reason: str) -> None:
         self.halted = reason
+
+    @property
+    def smmu(self) -> SmmuWindow | None:
+        return None if self.smmu_dev is None else self.smmu_dev.window
+
+    def mmio_read(self, pa: PhysAddr, size: int) -> int:
+        if self.smmu_dev is None:
+            raise GuestMemoryError(f"no device register at {pa:#x}")
+        return self.smmu_dev.read(pa, size)
+
+    def mmio_write(self, pa: PhysAddr, size: int, value: int) -> None:
+        if self.smmu_dev is None:
+            raise GuestMemoryError(f"no device register at {pa:#x}")
+        self.smmu_dev.write(pa, size, value)
+
+    def mmio_doorbell(self, cpu: object, pa: PhysAddr, value_pa: PhysAddr) -> None:
+        self.posted += 1  # the fake rings at once (the trampoline would before ERET)
+        self.mmio_write(pa, 4, int.from_bytes(self.read(value_pa, 4), "little"))
 
 
 @dataclass
@@ -372,9 +399,9 @@ class StoreResult:
 class FakeMachine:
     """A booted fake testbed under a hypervisor, with an EL1 CPU model."""
 
-    def __init__(self, hv: Hypervisor, *, boot: bool = True) -> None:
+    def __init__(self, hv: Hypervisor, *, boot: bool = True, smmu: bool = False) -> None:
         self.hv = hv
-        self.plat = FakePlatform()
+        self.plat = FakePlatform(smmu=smmu)
         self.kernel = FakeKernel(self.plat)
         self.kernel.build()
         self.cpu = FakeVcpu()
@@ -544,7 +571,8 @@ def map_vmalloc(m: FakeMachine, va: int, pa: int, *, pxn: bool = True) -> tuple[
     return pte_table, slot
 
 
-def booted(policy: str = "hardened", s2: str = "huge") -> tuple[FakeMachine, KPCore]:
-    """A fresh KPCore of `policy` on a fake machine (not yet booted by the kernel)."""
+def booted(policy: str = "hardened", s2: str = "huge", *,
+           smmu: bool = False) -> tuple[FakeMachine, KPCore]:
+    """A fresh KPCore of `policy` on a fake machine (booted by the fake kernel)."""
     hv = make_policy(policy, s2=s2)
-    return FakeMachine(hv), hv
+    return FakeMachine(hv, smmu=smmu), hv

@@ -20,6 +20,11 @@ typedef long long s64;
 /* hypercall numbers (docs/kpcore-spec.md §8.2) */
 #define HVC_GET_VECTORS      5
 #define HVC_ENABLE_S2_TRANS  6
+#define HVC_SMMU_FREE_PGD    23   /* cb (StreamID), smmu */
+#define HVC_SMMU_ALLOC_PGD   24   /* cb, vmid (0), smmu */
+#define HVC_SMMU_LPAE_MAP    25   /* iova, pa, prot (1 read | 2 write), cb, smmu */
+#define HVC_SMMU_IOVA_TO_PHYS 26  /* iova, cb, smmu -> x0 = PA or 0 */
+#define HVC_SMMU_CLEAR       27   /* iova, cb, smmu */
 #define HVC_MLOAD            30
 #define HVC_MFREE            31
 #define HVC_MOD_INIT_FREE    32
@@ -109,7 +114,9 @@ struct secvma_mod_report {
 #define CMD_MSR        5   /* arg0 = SysReg index (secvma.platform.SysReg), arg1 = value */
 #define CMD_MRS        6   /* arg0 = SysReg index -> ret0 */
 #define CMD_HVC        7   /* arg0 = nr, arg1..arg5 -> ret0 = x0 */
-#define CMD_DMA        8   /* arg0 = device PA window, arg1 = target PA, arg2 = len, arg3 = dir */
+#define CMD_DMA        8   /* arg0 = IOVA, arg1 = len, arg2 = DMA_DIR_*, arg3 = disk sector,
+			      arg4 = DMA_F_*, arg5 = fill byte -> ret0 = virtio status (0xff: no
+			      completion), ret1 = HVC 25 answer, ret2 = StreamID */
 #define CMD_AT         9   /* arg0 = VA, arg1 = 1 for write -> ret0 = PAR_EL1 */
 #define CMD_ALLOC_PAGE 10  /* arg0 = 1: page-table pool page -> ret0 = linear VA, ret1 = PA */
 #define CMD_FREE_PAGE  11  /* arg0 = PA, arg1 = 1: pool page */
@@ -121,6 +128,13 @@ struct secvma_mod_report {
 #define CMD_SYMBOL     16  /* name = exported symbol -> ret0 = value */
 #define CMD_VMAP       17  /* arg0 = PA, arg1 = bytes, arg2 = prot (0 RW, 1 RO, 2 RX) -> ret0 = VA */
 #define CMD_VUNMAP     18  /* arg0 = VA, arg1 = bytes */
+
+#define DMA_DIR_FROM_DEVICE 0   /* disk read: the device writes memory */
+#define DMA_DIR_TO_DEVICE   1   /* disk write: the device reads memory */
+#define DMA_F_MAP       1       /* HVC 25 (IOVA = PA) first, whatever the answer */
+#define DMA_F_FILL      2       /* fill the buffer (IOVA = PA of kernel RAM) with arg5 first */
+#define DMA_F_NO_UNMAP  4       /* keep the mapping after the transfer */
+#define DMA_MAX_LEN     0x10000
 
 #define ST_OK          0
 #define ST_FAULT       1   /* the access faulted: esr/far say how (kernel fixup, not a crash) */

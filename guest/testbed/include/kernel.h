@@ -119,6 +119,13 @@ void timer_init(void);
 void timer_tick(void);
 extern volatile u64 jiffies;
 
+/* virtio.c: PCI + virtio-blk (the DMA-capable device behind the SMMU) */
+int virtio_blk_init(void);
+int virtio_blk_rw(int dir, u64 sector, u64 iova, u64 len);
+const char *virtio_blk_error(void);
+int dma_command(const u64 *a, u64 *ret, char *msg, u64 len);
+int wl_dma(char *msg, u64 len);
+int wl_dma_static(char *msg, u64 len);
 /* exceptions (traps.c) */
 struct pt_regs { u64 regs[31]; u64 sp, pc, pstate; };
 struct probe_ctx { u64 active, faulted, esr, far, sp, saved[12]; };

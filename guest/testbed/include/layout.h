@@ -41,6 +41,9 @@
 #define TASK_SIZE        (1ULL << 48)
 
 #define UART_PA   0x09000000ULL
+#define PCIE_ECAM_PA   0x3f000000ULL   /* virt, highmem=off: ECAM of buses 0-15 */
+#define PCIE_MMIO_PA   0x10000000ULL   /* 32-bit memory window [0x1000_0000, 0x3eff_0000) */
+#define PCIE_MMIO_END  0x3eff0000ULL
 #define GICD_PA   0x08000000ULL
 #define GICR_PA   0x080a0000ULL
 #define TIMER_PPI 30

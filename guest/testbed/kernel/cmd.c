@@ -112,8 +112,7 @@ static void run_command(struct secvma_cmd *c)
 		c->ret[0] = probed(c, pm_at, a[0], a[1], 0);
 		break;
 	case CMD_DMA:
-		c->status = ST_UNSUPPORTED;
-		snprintf(c->msg, CMD_MSG_LEN, "no DMA-capable device on this board yet (SMMU issue)");
+		c->status = (u32)dma_command(a, c->ret, c->msg, CMD_MSG_LEN);
 		break;
 	case CMD_ALLOC_PAGE: {
 		u64 pa = a[0] ? pgtable_alloc() : alloc_pages(1);

@@ -121,6 +121,8 @@ static const struct { const char *name; int (*fn)(char *, u64); } workloads[] = 
 	{ "kernbench", wl_kernbench },
 	{ "modules", wl_modules },
 	{ "faults", wl_faults },
+	{ "dma", wl_dma },
+	{ "dma-static", wl_dma_static },
 };
 
 int run_workload(const char *name, char *msg, u64 len)

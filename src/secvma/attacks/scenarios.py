@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from secvma.arch.descriptors import AF, DESC_TABLE, DESC_VALID, SH_SHIFT, Shareability
 from secvma.arch.walk import get_leaf
-from secvma.hvabi import BootInfo, Form
+from secvma.hvabi import HVC_ENOSYS, BootInfo, Form
 from secvma.platform import PhysAddr, SysReg
 from secvma.testbed.commands import TestbedSession
 
@@ -580,6 +580,130 @@ ISV0_PANICS = {"none": SUCCEEDS, "secvma2024": frozenset({Verdict.HALTED}), "har
 # an 8-byte store with a syndrome is validated as a whole descriptor in both designs
 FORCED = {"none": SUCCEEDS, "secvma2024": REFUSED, "hardened": REFUSED}
 
+# ---- DMA: a device told to write where the MMU protects ------------------------------------
+
+DMA_SECTOR = 200  # the attacker's payload on the virtio disk
+DMA_LEN = 512
+DMA_PAYLOAD = 0xCC  # 0b11001100: as a descriptor, bit 0 clear (invalid): harmless if linked
+HYP_TARGET_OFFSET = 0x100_0000  # an unused page of the hypervisor's stage-2 pool
+
+
+def _stage_payload(s: TestbedSession) -> None:
+    """A legitimate disk write from the driver's own (ordinary, mapped) buffer."""
+    r = s.dma(0, DMA_LEN, to_device=True, sector=DMA_SECTOR, fill=DMA_PAYLOAD, map_first=True)
+    if not r.ok:
+        raise RuntimeError(f"staging the payload failed: {r.msg}")
+
+
+def _dma_into(s: TestbedSession, pa: int, what: str) -> Evidence:
+    """Ask for an IOVA = PA mapping of `pa` (whatever the answer), then have the device read the
+    payload sector into it. Judged by the bytes at `pa`."""
+    _stage_payload(s)
+    before = _read_pa(s, pa, DMA_LEN)
+    r = s.dma(pa, DMA_LEN, sector=DMA_SECTOR, map_first=True)
+    after = _read_pa(s, pa, DMA_LEN)
+    detail = f"HVC 25 -> {r.ret[1]:#x}, device: {r.msg}"
+    if after != before:
+        return Evidence(Verdict.SUCCEEDED, f"{what} at PA {pa:#x} now {after[:8].hex()}...; "
+                                           f"{detail}")
+    return Evidence(Verdict.BLOCKED, f"{what} at PA {pa:#x} unchanged; {detail}")
+
+
+def dma_kernel_text(s: TestbedSession) -> Evidence:
+    """A device writes into kernel text (the last sector of the text section)."""
+    return _dma_into(s, _bi(s).etext - DMA_LEN, "kernel text")
+
+
+def dma_rodata(s: TestbedSession) -> Evidence:
+    """A device writes into read-only data (the last sector of rodata)."""
+    return _dma_into(s, _bi(s).erodata - DMA_LEN, "rodata")
+
+
+def dma_page_table(s: TestbedSession) -> Evidence:
+    """A device writes into swapper_pg_dir (its last 64 entries, unused)."""
+    return _dma_into(s, _bi(s).swapper_pg_dir + 0x1000 - DMA_LEN, "swapper_pg_dir")
+
+
+def dma_hyp_memory(s: TestbedSession) -> Evidence:
+    """A device writes into the hypervisor's own memory."""
+    hyp = s.platform.hyp_base + HYP_TARGET_OFFSET
+    return _dma_into(s, hyp, "hypervisor memory")
+
+
+def dma_module_text(s: TestbedSession) -> Evidence:
+    """Load a genuine module, then have a device write into its code page."""
+    from secvma.testbed.modules import loaded_module
+
+    r = s.load_module(_test_module(s, "mod_counter"))
+    if not r.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, f"the genuine module did not load: {r.msg}")
+    lm = loaded_module(s.platform, s.image, r.ret[0])
+    page = lm.report.text_pa & ~0xFFF
+    return _dma_into(s, page + 0x1000 - DMA_LEN, "module text")
+
+
+def _empty_pmd_slot(s: TestbedSession) -> tuple[int, int]:
+    """(VA, PA of the slot) of an empty level-2 entry high in the vmalloc area."""
+    bi = _bi(s)
+    read = s.platform.read_u64
+    va0 = 0xFFFF_8000_0000_0000
+    e0 = read(PhysAddr(bi.swapper_pg_dir + 8 * ((va0 >> 39) & 511)))
+    e1 = read(PhysAddr((e0 & 0xFFFF_FFFF_F000) + 8 * ((va0 >> 30) & 511)))
+    if e0 & 3 != 3 or e1 & 3 != 3:
+        raise RuntimeError("the kernel image's PMD table is not where expected")
+    pmd = e1 & 0xFFFF_FFFF_F000
+    for idx in range(511, 256, -1):
+        if read(PhysAddr(pmd + 8 * idx)) == 0:
+            return va0 + (idx << 21), pmd + 8 * idx
+    raise RuntimeError("no empty PMD slot")
+
+
+def dma_then_page_table(s: TestbedSession) -> Evidence:
+    """Gap 5: map an ordinary page for DMA, make it a kernel page table, then let the device
+    write into the table through the mapping it kept."""
+    bi = _bi(s)
+    page = s.alloc_page(pgtable_pool=True)
+    if not page.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, "no page-table pool page")
+    pa = int(page.ret[1])
+    m = s.dma(pa, DMA_LEN, to_device=True, sector=DMA_SECTOR + 8, map_first=True,
+              keep_mapping=True)
+    if not m.ok or m.ret[1] not in (0, HVC_ENOSYS):  # ENOSYS: no SMMU, the device sees all
+        return Evidence(Verdict.NOT_APPLICABLE, f"the ordinary page was not mapped: {m.msg}")
+    _stage_payload(s)
+    _va, slot = _empty_pmd_slot(s)
+    link = s.write(slot + bi.linear_offset, pa | VALID_PAGE)  # table descriptor
+    linked = s.platform.read_u64(PhysAddr(slot)) & 0xFFFF_FFFF_F000 == pa
+    before = _read_pa(s, pa, DMA_LEN)
+    r = s.dma(pa, DMA_LEN, sector=DMA_SECTOR)
+    after = _read_pa(s, pa, DMA_LEN)
+    detail = f"link store: {link.status.name.lower()}; device: {r.msg}"
+    if linked and after != before:
+        return Evidence(Verdict.SUCCEEDED, f"the device rewrote page table {pa:#x} "
+                                           f"({after[:8].hex()}...); {detail}")
+    return Evidence(Verdict.BLOCKED, f"page {pa:#x} {'linked' if linked else 'not linked'} as a "
+                                     f"table, {'changed' if after != before else 'unchanged'}; "
+                                     f"{detail}")
+
+
+def smmu_registers(s: TestbedSession) -> Evidence:
+    """Map the SMMU's registers (the kernel is never told where they are) and turn it off."""
+    smmu = s.platform.smmu
+    if smmu is None:
+        return Evidence(Verdict.NOT_APPLICABLE, "this board has no SMMU")
+    cr0 = smmu.base + 0x20
+    before = s.platform.mmio_read(PhysAddr(cr0), 4)
+    va = s.vmap(smmu.base, 0x1000, 0)
+    if not va.ok:
+        return Evidence(Verdict.BLOCKED, "the register window could not be mapped")
+    w = s.write(va.value + 0x20, before ^ 0x4, 4, Form.STR)  # toggle EVTQEN (off: SMMUEN too)
+    after = s.platform.mmio_read(PhysAddr(cr0), 4)
+    if after != before:
+        return Evidence(Verdict.SUCCEEDED, f"SMMU_CR0 {before:#x} -> {after:#x}")
+    return Evidence(Verdict.BLOCKED, f"store {w.status.name.lower()} (ESR {w.esr:#x}); "
+                                     f"SMMU_CR0 still {after:#x}")
+
+
 ATTACKS: list[Attack] = [
     Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
            BLOCKED),
@@ -699,4 +823,20 @@ ATTACKS: list[Attack] = [
            vbar_forge, GAP, gap="-- (VBAR_EL1 is not trapped: issue 15)"),
     Attack("mdscr-kde", "enable debug exceptions at EL1 (MDSCR_EL1.KDE, untrapped)", mdscr_kde,
            GAP, gap="-- (MDSCR_EL1 is not trapped: issue 15)"),
+    # DMA through the SMMU (docs/kpcore-spec.md §6)
+    Attack("dma-kernel-text", "a device told to write into kernel text", dma_kernel_text,
+           BLOCKED),
+    Attack("dma-rodata", "a device told to write into read-only data", dma_rodata,
+           BLOCKED),
+    Attack("dma-page-table", "a device told to write into swapper_pg_dir", dma_page_table,
+           BLOCKED),
+    Attack("dma-module-text", "a device told to write into a loaded module's code",
+           dma_module_text, BLOCKED),
+    Attack("dma-hyp-memory", "a device told to write into the hypervisor's memory",
+           dma_hyp_memory, BLOCKED),
+    Attack("dma-smmu-registers", "reprogram the SMMU itself from the kernel", smmu_registers,
+           BLOCKED),
+    Attack("dma-then-page-table", "map a page for DMA, make it a page table, DMA into it",
+           dma_then_page_table, GAP,
+           gap="5 (no DMA count check on claim)"),
 ]

@@ -80,10 +80,14 @@ def build(as_json: bool) -> None:
                                       "or 4 KB pages only.")
 @click.option("--check-invariants", is_flag=True,
               help="transparent: check the protection invariants after every trap once armed.")
+@click.option("--smmu", is_flag=True,
+              help="Board with the SMMUv3 (owned by the hypervisor, hidden from the kernel) "
+                   "and a virtio-blk-pci disk behind it; transparent: IOVA = PA of ordinary "
+                   "pages only.")
 @click.option("--json", "as_json", is_flag=True)
 def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, append: str,
              plain: bool, quiet: bool, timeout: float, policy: str, protect_tables: bool,
-             s2_mode: str, check_invariants: bool, as_json: bool) -> None:
+             s2_mode: str, check_invariants: bool, smmu: bool, as_json: bool) -> None:
     """Boot a kernel at EL1 under the NullHypervisor or the transparent KPCore policy.
 
     Exit status 0 when the guest powers off, 1 when the machine is halted instead or the
@@ -114,6 +118,7 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
     try:
         res = boot(MachineConfig(kernel=kernel, initrd=initrd, ncpus=smp, ram_mb=ram_mb,
                                  append=append, plain=plain, timeout_s=timeout,
+                                 smmu=smmu and not plain, dma_disk_mb=4 if smmu else 0,
                                  echo_console=not quiet and not as_json),
                    hv, watch=(INIT_BANNER,))
     except MachineError as e:

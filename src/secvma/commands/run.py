@@ -15,7 +15,7 @@ from secvma.testbed.policies import (
     S2_MODES,
     make_hypervisor,
 )
-from secvma.testbed.run import WORKLOADS, RunReport, run_workloads
+from secvma.testbed.run import EXTRA_WORKLOADS, WORKLOADS, RunReport, run_workloads
 from secvma.ui import console, emit_json, err_console, fail
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ LINUX_WORKLOADS = ("forkexec", "mmap", "pipe", "threads", "fileio", "modules")
 @click.option("--smp", type=click.IntRange(1, 8), default=1, show_default=True,
               help="CPUs (linux only; the testbed kernel runs on one).")
 @click.option("--workload", "workloads", multiple=True, default=("all",), show_default=True,
-              type=click.Choice(tuple(dict.fromkeys((*WORKLOADS, *LINUX_WORKLOADS, "all")))),
+              type=click.Choice(tuple(dict.fromkeys(
+                  (*WORKLOADS, *EXTRA_WORKLOADS, *LINUX_WORKLOADS, "all")))),
               help="Workload to run (repeatable). testbed: " + ", ".join(WORKLOADS)
                    + "; linux: " + ", ".join(LINUX_WORKLOADS) + ".")
 @click.option("--timeout", type=float, default=None,
@@ -75,7 +76,7 @@ def run_cmd(guest: str, policy: str | None, s2: str, smp: int, workloads: tuple[
     policy = policy or DEFAULT_POLICY
     if policy not in POLICIES:
         fail(f"policy {policy!r} is for the Debian kernel", "use --guest linux")
-    bad = [w for w in workloads if w not in (*WORKLOADS, "all")]
+    bad = [w for w in workloads if w not in (*WORKLOADS, *EXTRA_WORKLOADS, "all")]
     if bad:
         fail(f"not a testbed workload: {', '.join(bad)}", f"one of {', '.join(WORKLOADS)}")
     timeout = timeout or 120.0

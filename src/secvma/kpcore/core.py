@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from secvma.arch.el2 import HCR_TVM
 from secvma.hvabi import HVC_ENOSYS, HVC_INVALID
-from secvma.kpcore import guard, invariants
+from secvma.kpcore import dma, guard, invariants
 from secvma.kpcore.faults import handle_abort, inject_refusal
 from secvma.kpcore.hypercalls import HCR_HOST, handle_hvc, neg
 from secvma.kpcore.modkeys import ModuleKeys
@@ -103,9 +103,21 @@ class KPCore:
     def attach(self, platform: Platform) -> KState:
         """Create the state for `platform` (done by the first event; tests call it early)."""
         if self.st is None:
-            self.st = KState.create(platform, self.policy)
-            self.st.mod.keys = self.module_keys
+            st = KState.create(platform, self.policy)
+            st.mod.keys = self.module_keys
+            dma.attach(st, platform)
+            self.st = st
         return self.st
+
+    def poll(self, platform: Platform) -> None:
+        """Between traps (the machine's housekeeping): drain the SMMU's event queue."""
+        if self.st is not None:
+            try:
+                dma.drain_faults(self.st)
+            except Exception as exc:  # a model/device bug, as in handle
+                log.exception("kpcore internal error while polling")
+                self.internal_errors.append(InternalError("poll", repr(exc)))
+                platform.halt(f"kpcore internal error: {exc!r}")
 
     def check_invariants(self, platform: Platform, *, full: bool = True) -> list[invariants.Violation]:
         """Run the §9 invariants now; violations are also appended to `invariant_violations`."""
@@ -120,6 +132,8 @@ class KPCore:
         st.events[type(event).__name__] += 1
         try:
             self._dispatch(st, platform, cpu, event)
+            if st.dma is not None:
+                dma.drain_faults(st)
             if not isinstance(event, GuardTrip):  # a trip was judged by kpcore.guard already
                 self._check_vbar(st, cpu)
             st.s2.flush(platform, cpu)

@@ -55,6 +55,8 @@ def desired_kind(st: KState, pfn: int, *, fallback: bool = False) -> PermKind | 
     """
     owner = st.pages.owner_of(pfn)
     if owner is Owner.INVALID:
+        if st.dma is not None and st.dma.smmu.owns(pfn << 12):
+            return None  # the SMMU belongs to the hypervisor (spec §6)
         return PermKind.DEVICE
     if owner is not Owner.HOST:
         return None
@@ -210,7 +212,8 @@ def _zero(plat: Platform, pfn: int) -> None:
 
 def check_claim(st: KState, pfn: int, usage: Usage, *, rule: str) -> None:
     """Check phase of `commit_claim` (refusals: see pages.check_claim_table, ENOMEM)."""
-    check_claim_table(st.pages, pfn, usage, rule=rule)
+    check_claim_table(st.pages, pfn, usage, rule=rule,
+                      count_checked=not st.policy.quirks.dma_count_unchecked)
     st.s2.check_available(3, rule=rule)
     if st.policy.quirks.first_page_blocks:
         hit = st.s2.leaf(pa_of(pfn))

@@ -10,6 +10,8 @@ C: arch/arm64/kvm/hyp/hyp-entry.S, sekvm/TrapDispatcher.c:handle_host_hvc.
     5       GET_VECTORS        x0 = the EL2 vector base (the trampoline)
     6       ENABLE_S2_TRANS    first call: boot classification + protected stage 2; every CPU's
                                first call: HCR.TVM and its boot window; x0 = 0 / -EINVAL
+    23-27   SMMU contexts (dma.py)  with an SMMU on the board: stream contexts, map, look up,
+                               clear; without one: as 7-29
     7-29    SeKVM VM interface not modelled here (no VMs): refused, x0 = HVC_ENOSYS
     30-32   module loader      modload.py: x0 = module id / 0; refused: x0 = HVC_INVALID
     33, 34  user PGD registry  userpgd.py
@@ -20,7 +22,7 @@ C: arch/arm64/kvm/hyp/hyp-entry.S, sekvm/TrapDispatcher.c:handle_host_hvc.
 from __future__ import annotations
 
 from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM, VTCR_4G
-from secvma.kpcore import modload, userpgd
+from secvma.kpcore import dma, modload, userpgd
 from secvma.kpcore.boot import commit_boot, plan_boot
 from secvma.kpcore.bootinfo import read_boot_info
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, Outcome
@@ -97,6 +99,8 @@ def handle_hvc(st: KState, plat: Platform, cpu: Vcpu, ev: Hvc) -> Outcome:
         result = plat.hyp_base + TRAMPOLINE_OFFSET
     elif nr == 6:
         result = enable_s2_trans(st, plat, cpu, x[1])
+    elif dma.HVC_SMMU_FIRST <= nr <= dma.HVC_SMMU_LAST and st.dma is not None:
+        result = dma.handle_smmu_hvc(st, plat, cpu, x)
     elif 7 <= nr <= 29:
         raise HypRefusal(Errno.EINVAL, "hvc-vm", "SeKVM VM hypercalls are not modelled", nr=nr)
     elif 30 <= nr <= 32:

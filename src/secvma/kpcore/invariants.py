@@ -19,7 +19,13 @@
                  (full check); MOD_ro pages belong to loaded modules (secvma2024: or await
                  the kernel's unmap, spec §7.5) and are read-only at stage 2 (hardened)
 
-INV-VM and INV-DMA hold vacuously here (no VMs, no SMMU). INV-ZERO holds by construction:
+    INV-DMA      no page with a usage class or of the hypervisor is reachable from any device
+                 table: a page with a DMA count is a host NONE page; full check: the IO page
+                 tables walked in memory equal the driver's record, every leaf is MMIO
+                 (not the SMMU) or a host NONE page, counts equal the leaves, every valid STE
+                 is a context of the driver (vacuous without an SMMU)
+
+INV-VM holds vacuously here (no VMs). INV-ZERO holds by construction:
 `hostmem.commit_claim` and `commit_release_page` are the only class changes of table pages
 after boot, and both zero.
 
@@ -191,6 +197,8 @@ def check(st: KState, plat: Platform, *, full: bool = False) -> list[Violation]:
             _count(st, refs, out)
         _roots(st, out)
         _modules(st, plat, full, out)
+    if st.dma is not None:
+        _dma(st, plat, full, out)
     s2.dirty_leaves.clear()
     st.pages.dirty.clear()
     st.dirty_tables.clear()
@@ -251,3 +259,56 @@ def _modules(st: KState, plat: Platform, full: bool, out: list[Violation]) -> No
                         plat.read(PhysAddr(pa), 4096)).digest() != want:
                     out.append(Violation("INV-MOD", f"module {m.name} text page {va:#x} "
                                          "differs from the bytes EL2 installed"))
+
+
+def _dma(st: KState, plat: Platform, full: bool, out: list[Violation]) -> None:
+    """INV-DMA (see the module table)."""
+    from secvma.arch.smmuv3 import STE_SIZE, decode_ste
+    from secvma.kpcore.smmu import NSTREAMS
+
+    dma = st.dma
+    assert dma is not None
+    pages = st.pages
+    ident = dma.identity
+    pfns = range(pages.base_pfn, pages.base_pfn + pages.npages) if full else sorted(pages.dirty)
+    for pfn in pfns:
+        reachable = ident.is_mapped(pfn) if ident is not None else pages.count_of(pfn) > 0
+        if reachable and (pages.owner_of(pfn) is not Owner.HOST
+                          or pages.usage_of(pfn) is not Usage.NONE):
+            out.append(Violation("INV-DMA", f"page {pfn << 12:#x} ({pages.usage_of(pfn).name}, "
+                                 f"owner {pages.owner_of(pfn).name}) is reachable by DMA"))
+    if not full:
+        return
+    smmu = dma.smmu
+    counts: Counter[int] = Counter()
+    if ident is not None:
+        walked = {i: p for i, p in smmu.mappings(ident.ctx) if p not in ident.msi or i != p}
+        for iova, pa in walked.items():
+            if iova != pa or not ident.is_mapped(pa >> 12):
+                out.append(Violation("INV-DMA", f"identity map: {iova:#x} -> {pa:#x} not "
+                                     "recorded as an ordinary page"))
+        if len(walked) != sum(ident.mapped):
+            out.append(Violation("INV-DMA", f"identity map holds {len(walked)} pages, "
+                                 f"record says {sum(ident.mapped)}"))
+    else:
+        for sid, ctx in smmu.contexts.items():
+            walked = dict(smmu.mappings(ctx))
+            if walked != dma.maps.get(sid, {}):
+                out.append(Violation("INV-DMA", f"stream {sid}: IO page table differs from "
+                                     f"the driver's record ({len(walked)} vs "
+                                     f"{len(dma.maps.get(sid, {}))} pages)"))
+            for iova, pa in walked.items():
+                counts[pa >> 12] += 1
+                if smmu.owns(pa):
+                    out.append(Violation("INV-DMA", f"stream {sid} maps the SMMU itself at "
+                                         f"{iova:#x}"))
+        for pfn, n in counts.items():
+            if pages.index(pfn) is not None and pages.count_of(pfn) != n:
+                out.append(Violation("INV-DMA", f"page {pfn << 12:#x}: count "
+                                     f"{pages.count_of(pfn)} but {n} device mapping(s)"))
+    raw = plat.read(PhysAddr(smmu.ste_pa(0)), NSTREAMS * STE_SIZE)
+    for sid in range(NSTREAMS):
+        ste = decode_ste(raw[sid * STE_SIZE:(sid + 1) * STE_SIZE])
+        if ste.valid and (sid not in smmu.contexts or ste.cd_pa != smmu.cd_pa(sid)):
+            out.append(Violation("INV-DMA", f"stream {sid} has a valid STE the hypervisor did "
+                                 "not write"))

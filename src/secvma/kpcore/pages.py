@@ -33,10 +33,15 @@ from __future__ import annotations
 
 import enum
 from array import array
+from collections.abc import Callable
 from typing import NewType
 
 from secvma.kpcore.refusal import Errno, HypRefusal
 from secvma.platform import PhysAddr
+
+ClassListener = Callable[[int, "Owner", "Usage", "Owner", "Usage"], None]
+"""Called as (pfn, old owner, old usage, new owner, new usage) after every owner/class change,
+before the transition's stage-2 change (e.g. the DMA identity map drops a page there)."""
 
 Pfn = NewType("Pfn", int)
 """A physical frame number (pa >> 12), not an index into the arrays."""
@@ -120,6 +125,7 @@ class PageTable:
         self.subcount = array("I", bytes(4 * npages))
         self.count = array("I", bytes(4 * npages))
         self.dirty: set[int] = set()
+        self.listeners: list[ClassListener] = []
 
     # --- lookup -------------------------------------------------------------------------
 
@@ -185,12 +191,24 @@ class PageTable:
         return i
 
     def _set_usage(self, pfn: int, usage: Usage) -> None:
-        self.usage[self._idx(pfn)] = usage
+        i = self._idx(pfn)
+        old = self.usage[i]
+        self.usage[i] = usage
         self.dirty.add(pfn)
+        if self.listeners and old != usage:
+            o = Owner(self.owner[i])
+            for fn in self.listeners:
+                fn(pfn, o, Usage(old), o, Usage(usage))
 
     def _set_owner(self, pfn: int, owner: Owner) -> None:
-        self.owner[self._idx(pfn)] = owner
+        i = self._idx(pfn)
+        old = self.owner[i]
+        self.owner[i] = owner
         self.dirty.add(pfn)
+        if self.listeners and old != owner:
+            u = Usage(self.usage[i])
+            for fn in self.listeners:
+                fn(pfn, Owner(old), u, Owner(owner), u)
 
 
 # --- reference counts (pKVM hyp_page_ref_inc / dec_and_test) ------------------------------
@@ -228,7 +246,8 @@ def ref_dec_and_test(pages: PageTable, pfn: int, *, allow_wrap: bool = False) ->
 # --- transitions ---------------------------------------------------------------------------
 
 
-def check_claim_table(pages: PageTable, pfn: int, usage: Usage, *, rule: str) -> None:
+def check_claim_table(pages: PageTable, pfn: int, usage: Usage, *, rule: str,
+                      count_checked: bool = True) -> None:
     """May `pfn` become a table page of class `usage`?
 
     owner=HOST usage=NONE count=0 -> usage=`usage`. Refusals: EINVAL (not RAM), EPERM (not
@@ -246,7 +265,7 @@ def check_claim_table(pages: PageTable, pfn: int, usage: Usage, *, rule: str) ->
         raise HypRefusal(Errno.EPERM, rule,
                          f"page is {Usage(pages.usage[i]).name}, a new table must be NONE",
                          pfn=pfn, usage=pages.usage[i])
-    if pages.count[i]:
+    if count_checked and pages.count[i]:
         raise HypRefusal(Errno.EBUSY, rule, "page is mapped by a device", pfn=pfn)
 
 

@@ -35,6 +35,8 @@ flag at the one place where the two behaviours differ; there is no fork.
     unguarded_el1_regs       --    VBAR_EL1/MDSCR_EL1 (no TVM trap)     interrupt guard: checked
                                    seen only at the next trap, which    at every interrupt exit,
                                    a forged vector may never take       at least every 10 ms
+    dma_count_unchecked       5   a page mapped for DMA may become a   refused (EBUSY) until
+                                   page table (count not checked)      every mapping is cleared
 
 (`--` rows are faithful C behaviour, not bugs, that `hardened` still tightens or simplifies.)
 """
@@ -71,6 +73,7 @@ class Quirks:
     mod_ro_writable: bool = False
     mod_bounds_unchecked: bool = False
     unguarded_el1_regs: bool = False
+    dma_count_unchecked: bool = False
 
     @classmethod
     def all_on(cls) -> Quirks:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from secvma.kpcore import dma
 from secvma.kpcore.pages import Owner, Usage
 from secvma.kpcore.stage2 import kind_of
 from secvma.kpcore.state import KState
@@ -65,4 +66,5 @@ def snapshot(st: KState) -> dict[str, Any]:
         "refusals": [r.as_dict() for r in st.refusals],
         "events": dict(st.events),
         "user_roots": sorted(p << 12 for p in st.user_roots),
+        "dma": dma.summary(st),
     }

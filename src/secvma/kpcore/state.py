@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from secvma.hvabi import BootInfo
 from secvma.kpcore.modstate import ModState
@@ -16,6 +17,9 @@ from secvma.kpcore.policy import Policy
 from secvma.kpcore.refusal import Refusal
 from secvma.kpcore.stage2 import Stage2
 from secvma.platform import Platform, SysReg
+
+if TYPE_CHECKING:
+    from secvma.kpcore.dma import DmaState
 
 S2_POOL_OFFSET = 0x20_0000
 """The stage-2 table pool starts 2 MiB into the hypervisor region (machine/layout.py)."""
@@ -66,6 +70,7 @@ class KState:
     stalls: dict[int, Stall] = field(default_factory=dict)
     dirty_tables: set[int] = field(default_factory=set)
     mod: ModState = field(default_factory=ModState)
+    dma: DmaState | None = None
 
     @classmethod
     def create(cls, platform: Platform, policy: Policy) -> KState:
@@ -76,7 +81,13 @@ class KState:
             if pages.index(pfn) is not None:
                 commit_give_el2(pages, pfn)
         pool_lo = hyp_lo + S2_POOL_OFFSET if platform.hyp_size > 2 * S2_POOL_OFFSET else hyp_lo
-        s2 = Stage2(platform, pool_lo, hyp_hi)
+        smmu = platform.smmu
+        pool_hi = hyp_hi
+        if smmu is not None:  # the SMMU's tables take the top of the region
+            if not (hyp_lo <= smmu.pool and smmu.pool + smmu.pool_size == hyp_hi):
+                raise ValueError("the SMMU pool must be the top of the hypervisor region")
+            pool_hi = smmu.pool
+        s2 = Stage2(platform, pool_lo, pool_hi)
         return cls(policy, pages, s2, (hyp_lo, hyp_hi))
 
     def cpu(self, index: int) -> CpuState:

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from secvma.arch.descriptors import AP_RO, OA_MASK, PXN, PXNTABLE, level_size
 from secvma.arch.el2 import HCR_API, HCR_APK, HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
 from secvma.arch.walk import AccessType, Perm, s2_perms
-from secvma.kpcore import guard, kpt
+from secvma.kpcore import dma, dmaidentity, guard, kpt
 from secvma.kpcore.descs import Shape, out_pa, shape
 from secvma.kpcore.faults import inject_refusal
 from secvma.kpcore.fetch import s1_translate
@@ -236,6 +236,8 @@ class TransparentKPCore:
                 if pa < ram_lo or end > ram_hi or (pa < hyp_hi and end > hyp_lo):
                     continue
                 st.s2.map_leaf(pa, 2, PermKind.OPEN)
+            dmaidentity.hide_window(st, platform)  # SMMU registers: the hypervisor's only
+            dmaidentity.attach(st, platform)  # devices: IOVA = PA of ordinary pages only
             self.st = st
         return self.st
 
@@ -250,6 +252,15 @@ class TransparentKPCore:
                 "user_roots_live": len(self.roots.valid),
                 "user_roots_released": self.roots.released,
                 "modules_authenticated": 0, "modules_refused": 0}
+
+    def poll(self, platform: Platform) -> None:
+        """Between traps: drain the SMMU's event queue into `refusals`."""
+        if self.st is not None and self.st.dma is not None:
+            try:
+                dma.drain_faults(self.st)
+            except Exception as exc:  # as in handle
+                self.internal_errors.append(InternalError("poll", repr(exc)))
+                platform.halt(f"transparent kpcore internal error: {exc!r}")
 
     def summary(self) -> dict[str, object]:
         """JSON-able counters: what was learned, protected, emulated and refused."""
@@ -280,6 +291,7 @@ class TransparentKPCore:
             out["kcode_pages"] = len(st.pages.pages_of(Usage.EL1_KCODE))
             out["rodata_pages"] = len(st.pages.pages_of(Usage.EL1_RODATA))
             out["stage2"] = st.s2.histogram()
+            out["dma"] = dma.summary(st)
         return out
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
@@ -293,6 +305,8 @@ class TransparentKPCore:
                 self.vbars.watch(st.refusals, platform, cpu, self._vbar_in_text(platform, cpu),
                                  policy="transparent")
             st.s2.flush(platform, cpu)
+            if st.dma is not None:
+                dma.end_of_trap(st, cpu)
             if self.check_invariants and self.armed:
                 from secvma.kpcore.tinvariants import check
 

@@ -35,10 +35,16 @@ def pack_cpio(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
     return body + b"\0" * (-len(body) % 512)
 
 
-def build_initramfs() -> Path:
-    """Compile guest/linux-init/init.c and pack it with /dev/console; cached by content."""
+def build_initramfs(modules: list[bytes] | None = None) -> Path:
+    """Compile guest/linux-init/init.c and pack it with /dev/console; cached by content.
+
+    `modules` are packed as /m/0.ko, /m/1.ko ... (init loads them, in this order, when the
+    command line says SECVMA_DMA=1)."""
     src = guest_dir() / "linux-init" / "init.c"
-    key = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256(src.read_bytes())
+    for m in modules or []:
+        h.update(hashlib.sha256(m).digest())
+    key = h.hexdigest()[:16]
     out = build_dir() / "initramfs"
     cpio = out / f"initramfs-{key}.cpio"
     if cpio.exists():
@@ -56,5 +62,45 @@ def build_initramfs() -> Path:
         ("proc", stat.S_IFDIR | 0o755, b"", (0, 0)),
         ("init", stat.S_IFREG | 0o755, init.read_bytes(), (0, 0)),
     ]
+    if modules:
+        entries.append(("m", stat.S_IFDIR | 0o755, b"", (0, 0)))
+        entries += [(f"m/{i}.ko", stat.S_IFREG | 0o644, m, (0, 0)) for i, m in enumerate(modules)]
     cpio.write_bytes(pack_cpio(entries))
     return cpio
+
+
+VIRTIO_BLK_MODULES = ("drivers/virtio/virtio_pci_legacy_dev.ko",
+                      "drivers/virtio/virtio_pci_modern_dev.ko",
+                      "drivers/virtio/virtio_pci.ko", "drivers/block/virtio_blk.ko")
+"""What the Debian kernel needs to drive a virtio-blk-pci disk, in load order."""
+
+
+def debian_virtio_blk_modules() -> list[bytes]:
+    """The four modules, read from the pinned Debian kernel package in the fixture cache
+    (`secvma fixtures fetch`); cached under the build directory."""
+    import io
+    import tarfile
+
+    from secvma import fixtures
+
+    fx = fixtures.available()
+    if fx is None:
+        raise ToolchainError("the Debian fixtures are not fetched", hint="run `secvma fixtures fetch`")
+    deb = next((fx.root / "debs" / p for p in fx.packages if p.startswith("linux-image")), None)
+    if deb is None or not deb.is_file():
+        raise ToolchainError("the Debian kernel package is not in the fixture cache",
+                             hint="run `secvma fixtures fetch`")
+    out = build_dir() / "initramfs" / f"virtio-{fx.kernel_version}"
+    files = [out / Path(m).name for m in VIRTIO_BLK_MODULES]
+    if not all(f.is_file() for f in files):
+        proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True)
+        if proc.returncode != 0:
+            raise ToolchainError(f"dpkg-deb could not read {deb.name}: {proc.stderr.decode()[:200]}")
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+            for m, f in zip(VIRTIO_BLK_MODULES, files, strict=True):
+                member = tar.extractfile(f"./lib/modules/{fx.kernel_version}/kernel/{m}")
+                if member is None:
+                    raise ToolchainError(f"{m} missing from {deb.name}")
+                f.write_bytes(member.read())
+    return [f.read_bytes() for f in files]

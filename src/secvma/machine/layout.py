@@ -28,6 +28,17 @@ S2_POOL_END = HYP_BASE + HYP_SIZE
 KERNEL_BASE = RAM_BASE + HYP_SIZE
 DTB_BASE_HINT = RAM_BASE + 0x0800_0000
 
+# SMMUv3 of the virt board with `iommu=smmuv3` (PCIe devices only, StreamID = requester ID).
+# Owned by the hypervisor: never in the kernel's DTB, never mapped at stage 2 for the kernel.
+SMMU_BASE = 0x0905_0000
+SMMU_SIZE = 0x2_0000
+# The SMMU's stream table, queues and IO page tables: the last SMMU_POOL_SIZE bytes of the
+# hypervisor region (the stage-2 pool ends below them).
+SMMU_POOL_SIZE = 0x80_0000  # the transparent identity map of 3 GiB needs ~6 MiB of tables
+SMMU_POOL_BASE = HYP_BASE + HYP_SIZE - SMMU_POOL_SIZE
+GIC_V2M_BASE = 0x0802_0000  # the GICv2m MSI frame (virt with GICv2): PCI MSI-X doorbells
+GIC_V2M_SIZE = 0x1000
+
 MAX_RAM = 3 << 30  # highmem=off puts RAM in [1 GiB, 4 GiB)
 DEVICE_LIMIT = RAM_BASE
 
@@ -109,6 +120,7 @@ OP_INJECT = 10  # ESR_EL1 := a, FAR_EL1 := b, exception entry to VBAR_EL1
 OP_HALT = 11  # park this CPU forever (WFI loop) after a fatal hypervisor decision
 OP_GUARD = 12  # arm the interrupt guard: a = CNTHP period in counter ticks (see below)
 OP_STR32 = 13  # 32-bit store of b at PA a from EL2 (MMU off): QEMU sees code it rewrites
+OP_DOORBELL = 14  # device register a := the u32 at PA b (read at execution time), at EL2
 
 # ---- fast path: MSR traps answered in EL2 without Python --------------------------------
 # Table of {iss_key u32, action u32, value u64}: a trapped MSR whose ISS (with Rt masked out)

@@ -27,6 +27,7 @@ from secvma.machine.errors import (
     UnexpectedException,
 )
 from secvma.machine.qemu import QemuProcess
+from secvma.machine.qtest import QtestClient
 from secvma.platform import (
     CpuStart,
     Event,
@@ -37,6 +38,7 @@ from secvma.platform import (
     OtherTrap,
     PhysAddr,
     Smc,
+    SmmuWindow,
     Stage2Abort,
     SysReg,
     SysregTrap,
@@ -319,6 +321,7 @@ class MailboxServer:
         self._halt: str | None = None
         self._current: MailboxCpu | None = None
         self.starve_s = STARVE_S
+        self._qtest: QtestClient | None = None
 
     # ---- Platform ----------------------------------------------------------------------
     @property
@@ -390,6 +393,34 @@ class MailboxServer:
         words[pa - lo:pa - lo + len(data)] = data
         for off in range(0, hi - lo, 4):
             c.cmds.append((layout.OP_STR32, lo + off, int.from_bytes(words[off:off + 4], "little")))
+
+    @property
+    def smmu(self) -> SmmuWindow | None:
+        if not self.qemu.config.smmu:
+            return None
+        return SmmuWindow(PhysAddr(layout.SMMU_BASE), layout.SMMU_SIZE,
+                          PhysAddr(layout.SMMU_POOL_BASE), layout.SMMU_POOL_SIZE,
+                          (PhysAddr(layout.GIC_V2M_BASE), layout.GIC_V2M_SIZE))
+
+    def _mmio(self, pa: int, size: int) -> QtestClient:
+        if not self.qemu.config.smmu or not (
+                pa >= layout.SMMU_BASE and pa + size <= layout.SMMU_BASE + layout.SMMU_SIZE):
+            raise GuestMemoryError(f"no hypervisor-owned device register at {pa:#x}")
+        if self._qtest is None:
+            self._qtest = QtestClient(self.qemu.qtest_path)
+        return self._qtest
+
+    def mmio_read(self, pa: PhysAddr, size: int) -> int:
+        return self._mmio(pa, size).read(pa, size)
+
+    def mmio_write(self, pa: PhysAddr, size: int, value: int) -> None:
+        self._mmio(pa, size).write(pa, size, value)
+
+    def mmio_doorbell(self, cpu: object, pa: PhysAddr, value_pa: PhysAddr) -> None:
+        self._mmio(pa, 4)  # validates the register
+        if not layout.HYP_BASE <= value_pa <= layout.HYP_BASE + layout.HYP_SIZE - 4:
+            raise GuestMemoryError(f"doorbell value at {value_pa:#x} is not hypervisor memory")
+        self._cpu(cpu).cmds.append((layout.OP_DOORBELL, pa, value_pa))
 
     def halt(self, reason: str) -> None:
         self._halt = reason
@@ -525,11 +556,14 @@ class MailboxServer:
             if until is not None and until(console):
                 exit_kind, reason = "until", "stop condition met"
                 break
+            idle = getattr(self.hyp, "poll", None)
+            if idle is not None:
+                idle(self)
             if poll_hook is not None:
                 poll_hook(self)
-                if self._halt is not None:
-                    exit_kind, reason = "halt", self._halt
-                    break
+            if self._halt is not None:
+                exit_kind, reason = "halt", self._halt
+                break
             starved = self._starved(now)
             if starved is not None:
                 exit_kind, reason = "halt", starved
@@ -606,5 +640,8 @@ class MailboxServer:
 
     def release(self) -> None:
         """Drop the views on guest RAM so the mapping can be closed."""
+        if self._qtest is not None:
+            self._qtest.close()
+            self._qtest = None
         self.q.release()
         self.u32.release()

@@ -55,6 +55,12 @@ class MachineConfig:
     plain: bool = False
     """No hypervisor at all: the kernel is booted by QEMU directly at EL1 (for comparisons)."""
     dtb_seed: bytes | None = None
+    smmu: bool = False
+    """Board with `iommu=smmuv3`, owned by the hypervisor through `mmio_*` (qtest socket); the
+    kernel's DTB never shows it."""
+    dma_disk_mb: int = 0
+    """> 0: a virtio-blk-pci disk of this size (a fresh zeroed file), modern only and behind the
+    SMMU (iommu_platform=on): the DMA-capable device of the testbed's `dma` workload."""
 
     def validate(self) -> None:
         """Check what can be checked before QEMU starts; raise ImageError/ValueError."""
@@ -76,6 +82,8 @@ class MachineConfig:
         ):
             raise ImageError(f"kernel image {self.kernel} ({size} bytes) does not fit at "
                              f"{self.kernel_addr:#x} in {self.ram_mb} MiB of RAM")
+        if not 0 <= self.dma_disk_mb <= 256:
+            raise ValueError(f"dma_disk_mb must be 0..256, got {self.dma_disk_mb}")
         if self.initrd is not None and not self.initrd.is_file():
             raise ImageError(f"initrd {self.initrd} does not exist")
         for b in self.blobs:
@@ -108,6 +116,8 @@ class QemuProcess:
         self.log_path = config.log_path or (self.workdir / "console.log")
         self.stderr_path = self.workdir / "qemu.stderr"
         self.monitor_path = self.workdir / "monitor.sock"
+        self.qtest_path = self.workdir / "qtest.sock"
+        self.disk_path = self.workdir / "dma-disk.img"
         self.proc: subprocess.Popen[bytes] | None = None
         self.mm: mmap.mmap | None = None
         self.t_start = 0.0
@@ -135,17 +145,35 @@ class QemuProcess:
         dtb = make_dtb(build_dir() / "dtb", c.ncpus, self.ram_size, c.cpu, self.workdir / "board.dtb",
                        c.dtb_seed)
         board = f"virt,virtualization=on,highmem=off,gic-version={layout.GIC_VERSION},memory-backend=ram"
-        cmd += ["-machine", board,
+        cmd += ["-machine", board + (",iommu=smmuv3" if c.smmu else ""),
                 "-object", f"memory-backend-file,id=ram,size={mib}M,mem-path={self.ram_path},share=on",
                 "-kernel", str(tramp.path), "-dtb", str(dtb), "-append", c.append,
                 "-device", f"loader,file={c.kernel},addr={c.kernel_addr:#x},force-raw=on"]
         if c.initrd:
             cmd += ["-initrd", str(c.initrd)]
+        cmd += self._device_args()
         for i, b in enumerate(c.blobs):
             p = self.workdir / f"blob{i}.bin"
             p.write_bytes(b.data)
             cmd += ["-device", f"loader,file={p},addr={b.addr:#x},force-raw=on"]
         return cmd
+
+    def _device_args(self) -> list[str]:
+        """SMMU access for the hypervisor (qtest socket: MMIO from Python, TCG still runs the
+        guest) and the DMA disk. The DTB keeps QEMU's board without `iommu`, so the kernel
+        never learns of the SMMU."""
+        c = self.config
+        out: list[str] = []
+        if c.smmu:
+            out += ["-accel", "tcg", "-qtest", f"unix:{self.qtest_path},server=on,wait=off",
+                    "-qtest-log", "/dev/null"]
+        if c.dma_disk_mb:
+            with self.disk_path.open("wb") as f:
+                f.truncate(c.dma_disk_mb << 20)
+            out += ["-drive", f"if=none,id=dmadisk,format=raw,file={self.disk_path}",
+                    "-device", "virtio-blk-pci,drive=dmadisk,iommu_platform=on,"
+                    "disable-legacy=on"]
+        return out
 
     def start(self) -> None:
         """Create the RAM file, map it, start QEMU (running)."""

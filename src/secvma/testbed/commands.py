@@ -31,6 +31,11 @@ from secvma.hvabi import (
     CMD_MAGIC,
     CMD_MSG_LEN,
     CMD_NAME_LEN,
+    DMA_DIR_FROM_DEVICE,
+    DMA_DIR_TO_DEVICE,
+    DMA_F_FILL,
+    DMA_F_MAP,
+    DMA_F_NO_UNMAP,
     FORM_WIDTHS,
     MODLOAD_F_NO_INIT,
     BootInfo,
@@ -301,10 +306,18 @@ class Primitives:
             raise ValueError("HVC takes at most 5 arguments after the number")
         return self.call(Command(Op.HVC, (nr, *args)))
 
-    def dma(self, target_pa: int, length: int, to_device: bool = False,
-            device: int = 0) -> CommandResult:
-        """Start a DMA transfer. No DMA-capable device exists yet: answers UNSUPPORTED."""
-        return self.call(Command(Op.DMA, (device, target_pa, length, int(to_device))))
+    def dma(self, iova: int, length: int, *, to_device: bool = False, sector: int = 0,
+            map_first: bool = False, fill: int | None = None, keep_mapping: bool = False
+            ) -> CommandResult:
+        """One virtio-blk transfer through the SMMU: a disk read (the device writes memory at
+        `iova`) or, with `to_device`, a disk write (the device reads it). `map_first` asks the
+        hypervisor for IOVA = PA mappings (HVC 25) whatever it answers; `fill` sets the bytes
+        of the kernel RAM at `iova` first. ret0 = virtio status, ret1 = HVC 25 answer."""
+        flags = (DMA_F_MAP if map_first else 0) | (DMA_F_FILL if fill is not None else 0) \
+            | (DMA_F_NO_UNMAP if keep_mapping else 0)
+        direction = DMA_DIR_TO_DEVICE if to_device else DMA_DIR_FROM_DEVICE
+        return self.call(Command(Op.DMA, (iova, length, direction, sector, flags,
+                                          0 if fill is None else fill & 0xFF)))
 
     def at(self, va: int, write: bool = False) -> CommandResult:
         """AT S1E1R/W: `.value` is PAR_EL1 (bit 0 set = translation failed)."""
@@ -358,9 +371,13 @@ class Primitives:
         return self.call(Command(Op.VUNMAP, (va, size)))
 
 
+DMA_DISK_MB = 4
+"""The testbed board: SMMUv3 owned by the hypervisor and a virtio-blk-pci disk behind it."""
+
+
 def _machine(image: TestbedImage, timeout_s: float, echo: bool, ram_mb: int) -> MachineConfig:
     return MachineConfig(kernel=image.kernel_bin, timeout_s=timeout_s, echo_console=echo,
-                         ram_mb=ram_mb)
+                         ram_mb=ram_mb, smmu=True, dma_disk_mb=DMA_DISK_MB)
 
 
 @dataclass

@@ -23,7 +23,9 @@ class TestbedNullHypervisor(NullHypervisor):
     HVC 6 -> 0 (the boot-info block is parsed and kept in `boot_info`); HVC 33/34 -> accepted;
     HVC 35 (x1 = TTBR0 PA, x2 = ASID) -> TTBR0 := empty_zero_page, TTBR1 := TTBR1 base with
     ASID, TTBR0 := x1 (the kernel runs with TCR_EL1.A1 = 1, as Linux does), x0 = 0;
-    HVC 30/31/32 -> HVC_ENOSYS, so the kernel loads modules itself; any other HVC -> 0.
+    HVC 30/31/32 -> HVC_ENOSYS, so the kernel loads modules itself; HVC 23-27 (SMMU
+    contexts) -> HVC_ENOSYS: the SMMU stays off and the device reaches physical memory
+    directly; any other HVC -> 0.
     """
 
     __test__ = False  # not a pytest class, despite the name
@@ -49,7 +51,8 @@ class TestbedNullHypervisor(NullHypervisor):
             self._switch_mm(cpu, event.x[1], event.x[2])
         elif nr in (Hvc.ALLOC_EL0_PGD, Hvc.FREE_EL0_PGD):
             pass  # x0 not written (docs/kpcore-spec.md §8.2)
-        elif nr in (Hvc.MLOAD, Hvc.MFREE, Hvc.MOD_INIT_FREE):
+        elif nr in (Hvc.MLOAD, Hvc.MFREE, Hvc.MOD_INIT_FREE) or \
+                Hvc.SMMU_FREE_PGD <= nr <= Hvc.SMMU_CLEAR:
             cpu.set_x(0, HVC_ENOSYS)
         else:
             cpu.set_x(0, 0)

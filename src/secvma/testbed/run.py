@@ -10,8 +10,10 @@ from secvma.platform import Hypervisor
 from secvma.testbed.build import TestbedImage
 from secvma.testbed.commands import Command, CommandResult, run_commands
 
-WORKLOADS = ("hackbench", "kernbench", "modules", "faults")
-"""Every named workload of the kernel (workloads.c); `all` runs them in this order."""
+WORKLOADS = ("hackbench", "kernbench", "modules", "faults", "dma")
+"""The named workloads `all` runs, in this order (workloads.c)."""
+EXTRA_WORKLOADS = ("dma-static",)
+"""Workloads run only by name (measurement variants: benchmarks/bench_dma.py)."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,12 @@ def expand(names: list[str] | tuple[str, ...]) -> list[str]:
     for n in names:
         if n == "all":
             out += [w for w in WORKLOADS if w not in out]
-        elif n in WORKLOADS:
+        elif n in WORKLOADS or n in EXTRA_WORKLOADS:
             if n not in out:
                 out.append(n)
         else:
-            raise ValueError(f"unknown workload {n!r}; one of {', '.join((*WORKLOADS, 'all'))}")
+            raise ValueError(f"unknown workload {n!r}; one of "
+                             f"{', '.join((*WORKLOADS, *EXTRA_WORKLOADS, 'all'))}")
     return out
 
 
