@@ -191,7 +191,7 @@ def test_arming_protects_tables_text_rodata_and_counts() -> None:
     _fill(hv, plat, cpu, DATA_PA)
     assert _s2_writable(hv, plat, DATA_PA)
     prot = hv.protection_summary()
-    assert prot["table_pages"] == {"0": 4, "1": 2, "2": 2, "3": 2}
+    assert prot["table_pages"] == {"EL1_PGD": 4, "EL1_PUD": 2, "EL1_PMD": 2, "EL1_PTE": 2}
     assert prot["kernel_code_pages"] == 2 and prot["user_roots_live"] == 1
     assert set(prot) == {"table_pages", "kernel_code_pages", "text_patches_accepted",
                          "text_patches_refused", "user_roots_live", "user_roots_released",
