@@ -323,8 +323,13 @@ class Harness:
         """None when every tool is on the server's PATH, else the first missing one."""
         script = "; ".join(f"command -v {shlex.quote(t)} >/dev/null || {{ echo {shlex.quote(t)}; exit 1; }}"
                            for t in tools)
-        done = self.server.run(script, 60)
-        return None if done.returncode == 0 else (done.stdout.strip() or tools[0])
+        done = self.server.run(script, 120)
+        if done.returncode == 0:
+            return None
+        if done.returncode == 1 and done.stdout.strip() in tools:
+            return done.stdout.strip()
+        raise HarnessError(f"cannot ask the server for {', '.join(tools)}: exit {done.returncode} "
+                           f"{done.stderr.strip()[-200:]}")
 
     def run(self, benches: Iterable[str]) -> list[Measured]:
         out: list[Measured] = []
