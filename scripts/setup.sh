@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(qemu-system-arm device-tree-compiler gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
           cpio xz-utils zstd
           # the application benchmarks' real tools (secvma harness / bench apps); servers for tests
-          rt-tests apache2 apache2-utils memcached libmemcached-tools iperf3 qperf make gcc bc)
+          rt-tests apache2 apache2-utils memcached libmemcached-tools iperf3 sockperf make gcc bc)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

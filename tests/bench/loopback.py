@@ -1,4 +1,4 @@
-"""Real servers on 127.0.0.1 for the harness tests: apache2, memcached, iperf3, qperf (bounded)."""
+"""Real servers on 127.0.0.1 for the harness tests: apache2, memcached, iperf3, sockperf (bounded)."""
 
 from __future__ import annotations
 
@@ -94,8 +94,8 @@ def memcached() -> Iterator[int]:
 
 
 @contextmanager
-def iperf3_and_qperf() -> Iterator[tuple[int, int, int]]:
-    ip, qp, qdp = free_port(), free_port(), free_port()
+def iperf3_and_sockperf() -> Iterator[tuple[int, int]]:
+    ip, sp = free_port(), free_port()
     with _proc(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(ip)], ip), \
-            _proc(["qperf", "-lp", str(qp)], qp):
-        yield ip, qp, qdp
+            _proc(["sockperf", "sr", "--tcp", "-i", "127.0.0.1", "-p", str(sp)], sp):
+        yield ip, sp

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from secvma.bench.harness import parse_ab, parse_hackbench, parse_iperf3, parse_memcaslap, parse_qperf_rr
+from secvma.bench.harness import parse_ab, parse_hackbench, parse_iperf3, parse_memcaslap, parse_sockperf_rr
 from secvma.bench.resultfile import load
 from secvma.cli import main
 
@@ -55,12 +55,12 @@ def test_hackbench_apache_memcached_on_loopback_then_norm(tmp_path: Path) -> Non
     assert all(v > 0 for v in norm[0][1].values())
 
 
-@pytest.mark.skipif(shutil.which("iperf3") is None or shutil.which("qperf") is None
+@pytest.mark.skipif(shutil.which("iperf3") is None or shutil.which("sockperf") is None
                     or shutil.which("cc") is None or shutil.which("make") is None,
-                    reason="needs iperf3, qperf, cc and make")
+                    reason="needs iperf3, sockperf, cc and make")
 def test_netperf_substitutes_and_kernbench_on_loopback(tmp_path: Path) -> None:
-    with loopback.iperf3_and_qperf() as (ip, qp, qdp):
-        _run(tmp_path, "n", "netperf", f"iperf3_port={ip}", f"qperf_port={qp}", f"qperf_data_port={qdp}",
+    with loopback.iperf3_and_sockperf() as (ip, sp):
+        _run(tmp_path, "n", "netperf", f"iperf3_port={ip}", f"sockperf_port={sp}",
              "netperf_seconds=1")
     _run(tmp_path, "n", "kernbench", "kernbench_files=4")
     rf = load(tmp_path / "results" / "n")
@@ -80,6 +80,8 @@ def test_parsers_refuse_what_would_hide_a_failure() -> None:
     with pytest.raises(ValueError):
         parse_hackbench("Running in process mode\n")
     assert parse_memcaslap("Run time: 0.2s Ops: 20000 TPS: 100288 Net_rate: 109.1M/s\n") == "100288"
-    assert Decimal(parse_qperf_rr("tcp_lat:\n    latency  =  8.19 us\n")) == Decimal("61050.06")
+    sp = ("sockperf: [Valid Duration] RunTime=1.547 sec; SentMessages=25177; ReceivedMessages=25177\n"
+          "sockperf: Summary: Latency is 30.692 usec\n")
+    assert Decimal(parse_sockperf_rr(sp)) == Decimal("16274.73")
     with pytest.raises(ValueError):
         parse_iperf3('{"start": {}, "error": "unable to connect"}')

@@ -43,8 +43,9 @@ DEFAULT = Params(hackbench_groups=10, hackbench_loops=100, hackbench_reps=4, ker
                  kernbench_tree="/opt/kernbench", netperf_reps=3, netperf_seconds=5, apache_reps=4,
                  apache_requests=2000, apache_concurrency=16, apache_path="/gcc/index.html",
                  memcached_reps=4, memcached_ops=20000, memcached_threads=2, memcached_concurrency=16,
-                 timeout_s=900.0)
+                 timeout_s=900.0, warmup=1)
 QUICK = replace(DEFAULT, hackbench_groups=2, hackbench_loops=20, hackbench_reps=2, kernbench_reps=1,
+                kernbench_tree="/opt/kernbench-quick",
                 netperf_reps=2, netperf_seconds=2, apache_reps=2, apache_requests=300,
                 apache_concurrency=8, memcached_reps=2, memcached_ops=3000, memcached_threads=1,
                 memcached_concurrency=8, timeout_s=600.0)
@@ -53,7 +54,7 @@ SERVERS = (
     "setsid apache2 -f /etc/apache2/secvma.conf -k start",
     "setsid memcached -d -u nobody -l 0.0.0.0 -p 11211 -m 64 -U 0",
     "setsid iperf3 -s -D -p 5201",
-    "(setsid qperf -lp 19765 </dev/null >/dev/null 2>&1 &)",
+    "(setsid sockperf sr --tcp -p 11111 </dev/null >/dev/null 2>&1 &)",
 )
 
 

@@ -10,8 +10,8 @@ Substitutions, printed with every result (`Harness.notes`):
 * memtier_benchmark is not in Debian: memcached load is libmemcached-tools' `memcaslap`
   (binary protocol, 1:10 set:get, 32-byte values, as memtier's defaults), Ops/sec = its TPS.
 * netperf is in Debian's non-free component: when the client has no `netperf`, TCP_STREAM and
-  TCP_MAERTS come from `iperf3` (`-R` for MAERTS, received Mbit/s) and TCP_RR from `qperf
-  tcp_lat` (one-byte ping-pong; qperf reports one-way latency, so Req/Res per sec = 1/(2·lat)).
+  TCP_MAERTS come from `iperf3` (`-R` for MAERTS, received Mbit/s) and TCP_RR from `sockperf
+  ping-pong` over TCP (14-byte messages, one outstanding: Req/Res per sec = replies / valid run time).
 * kernbench (kvmperf's script is not in the artifact): elapsed wall time of `make -j` on the
   server, of a tree given by `kernbench_tree` or of a generated C tree sent with the job.
 * hackbench: rt-tests' `hackbench -g GROUPS -l LOOPS` (process mode), `Time:` per run.
@@ -119,9 +119,9 @@ class Params:
     memcached_port: int = 11211
     netperf_port: int = 12865
     iperf3_port: int = 5201
-    qperf_port: int = 19765
-    qperf_data_port: int = 19766
+    sockperf_port: int = 11111
     timeout_s: float = 1800.0  # per tool run
+    warmup: int = 0  # untimed runs before each bench's repetitions (the artifact has none)
 
     def with_reps(self, n: int) -> Params:
         """run-all.sh's -n: netperf, apache and memcached only; 0 keeps each default."""
@@ -180,7 +180,7 @@ _AB_FAILED_RE = re.compile(r"^Failed requests:\s+([0-9]+)", re.M)
 _AB_NON2XX_RE = re.compile(r"^Non-2xx responses:\s+([0-9]+)", re.M)
 _AB_COMPLETE_RE = re.compile(r"^Complete requests:\s+([0-9]+)", re.M)
 _TPS_RE = re.compile(r"\bTPS:\s*([0-9]+(?:\.[0-9]+)?)")
-_QPERF_LAT_RE = re.compile(r"latency\s*=\s*([0-9.]+)\s*(ns|us|ms|sec)\b")
+_SOCKPERF_RE = re.compile(r"\[Valid Duration\] RunTime=([0-9.]+) sec;.*?ReceivedMessages=([0-9]+)")
 _ELAPSED_RE = re.compile(r"^secvma-kernbench start ([0-9.]+) end ([0-9.]+)\s*$", re.M)
 
 
@@ -236,16 +236,15 @@ def parse_iperf3(out: str) -> str:
     return f"{bps / 1e6:.2f}"
 
 
-def parse_qperf_rr(out: str) -> str:
-    """Transactions per second from qperf tcp_lat's one-way latency: 1 / (2 · latency)."""
-    m = _QPERF_LAT_RE.search(out)
+def parse_sockperf_rr(out: str) -> str:
+    """Transactions per second of a sockperf ping-pong: replies over the valid (post-warm-up) run."""
+    m = _SOCKPERF_RE.search(out)
     if m is None:
-        raise ValueError("qperf printed no 'latency =' line")
-    scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "sec": 1.0}[m.group(2)]
-    lat = float(m.group(1)) * scale
-    if lat <= 0:
-        raise ValueError("qperf reported a zero latency")
-    return f"{1.0 / (2.0 * lat):.2f}"
+        raise ValueError("sockperf printed no '[Valid Duration] RunTime=...; ReceivedMessages=' line")
+    secs, replies = float(m.group(1)), int(m.group(2))
+    if secs <= 0 or replies <= 0:
+        raise ValueError(f"sockperf: {replies} replies in {secs} s")
+    return f"{replies / secs:.2f}"
 
 
 def parse_elapsed(out: str) -> str:
@@ -336,7 +335,11 @@ class Harness:
         for b in benches:
             if b not in BENCHES:
                 raise HarnessError(f"unknown benchmark {b!r}: one of all, {', '.join(BENCHES)}")
-            out.extend(getattr(self, f"run_{b}")())
+            got = getattr(self, f"run_{b}")()
+            if self.params.warmup and b != "kernbench":
+                for m in got:
+                    m.params["warmup"] = self.params.warmup
+            out.extend(got)
         return out
 
     # -- server-side benchmarks (the artifact's kern.sh/hack.sh + grab-*.sh)
@@ -351,11 +354,11 @@ class Harness:
             m.skipped = f"{missing} is not installed on the server (Debian: rt-tests)"
             return [m]
         cmd = f"hackbench -g {p.hackbench_groups} -l {p.hackbench_loops}"
-        for i in range(p.hackbench_reps):
-            self.progress("hackbench", i, p.hackbench_reps)
+        for i in range(-p.warmup, p.hackbench_reps):
+            self.progress("hackbench", max(i, 0), p.hackbench_reps)
             done = self.server.run(cmd, p.timeout_s)
             self.log("hackbench", done.stdout + done.stderr)
-            self._take(m, done, parse_hackbench, cmd)
+            self._take(m, done, parse_hackbench, cmd, warm=i < 0)
         self.progress("hackbench", p.hackbench_reps, p.hackbench_reps)
         return [m]
 
@@ -379,8 +382,8 @@ class Harness:
         cmd = (f"cd {shlex.quote(tree)} && make -s clean >/dev/null && sync && "
                f"s=$(date +%s.%N) && make -s -j{jobs} >/dev/null && e=$(date +%s.%N) && "
                f'echo "secvma-kernbench start $s end $e"')
-        for i in range(p.kernbench_reps):
-            self.progress("kernbench", i, p.kernbench_reps)
+        for i in range(p.kernbench_reps):  # no warm-up: the first build is a build like any
+            self.progress("kernbench", max(i, 0), p.kernbench_reps)
             done = self.server.run(cmd, p.timeout_s)
             self.log("kernbench", done.stdout + done.stderr)
             self._take(m, done, parse_elapsed, "make")
@@ -395,12 +398,13 @@ class Harness:
         use_netperf = shutil.which("netperf") is not None
         if self.prep:
             script = ("(service netperf start || netserver -p {np}) >/dev/null 2>&1" if use_netperf else
-                      "(iperf3 -s -D -p {ip} && (qperf -lp {qp} >/dev/null 2>&1 &)) >/dev/null 2>&1")
-            self.server.run(script.format(np=p.netperf_port, ip=p.iperf3_port, qp=p.qperf_port), 60)
+                      "(iperf3 -s -D -p {ip} && "
+                      "(setsid sockperf sr --tcp -p {sp} </dev/null >/dev/null 2>&1 &)) >/dev/null 2>&1")
+            self.server.run(script.format(np=p.netperf_port, ip=p.iperf3_port, sp=p.sockperf_port), 60)
             time.sleep(1)
         if not use_netperf:
             self._note("netperf is not installed (Debian non-free): TCP_STREAM/TCP_MAERTS by iperf3, "
-                       "TCP_RR by qperf tcp_lat (Req/Res per sec = 1/(2 x one-way latency))")
+                       "TCP_RR by sockperf ping-pong over TCP (Req/Res per sec = replies / run time)")
         for test in NETPERF_TESTS:
             m = Measured(BY_KEY[f"netperf-{test}"],
                          params={"seconds": p.netperf_seconds, "reps": p.netperf_reps})
@@ -413,10 +417,10 @@ class Harness:
 
                 parse = functools.partial(parse_netperf, test=test)
             elif test == "TCP_RR":
-                argv = ["qperf", self.address, "-lp", str(p.qperf_port), "-ip", str(p.qperf_data_port),
-                        "-t", str(p.netperf_seconds), "tcp_lat"]
-                m.tool = "qperf tcp_lat"
-                parse = parse_qperf_rr
+                argv = ["sockperf", "pp", "--tcp", "-i", self.address, "-p", str(p.sockperf_port),
+                        "-t", str(p.netperf_seconds), "--mps=max", "-m", "14"]
+                m.tool = "sockperf ping-pong (TCP)"
+                parse = parse_sockperf_rr
             else:
                 argv = ["iperf3", "-c", self.address, "-p", str(p.iperf3_port), "-t",
                         str(p.netperf_seconds), "-J", *(["-R"] if test == "TCP_MAERTS" else [])]
@@ -425,11 +429,11 @@ class Harness:
             if shutil.which(argv[0]) is None:
                 m.skipped = f"{argv[0]} is not installed on the client"
                 continue
-            for i in range(p.netperf_reps):
-                self.progress(f"netperf {test}", i, p.netperf_reps)
+            for i in range(-p.warmup, p.netperf_reps):
+                self.progress(f"netperf {test}", max(i, 0), p.netperf_reps)
                 done = _run(argv, p.netperf_seconds * 3 + 60)
                 self.log("netperf", done.stdout + done.stderr)
-                self._take(m, done, parse, argv[0])
+                self._take(m, done, parse, argv[0], warm=i < 0)
             self.progress(f"netperf {test}", p.netperf_reps, p.netperf_reps)
             time.sleep(1)
         return out
@@ -447,11 +451,11 @@ class Harness:
             time.sleep(1)
         url = f"http://{self.address}:{p.apache_port}{p.apache_path}"
         argv = ["ab", "-n", str(p.apache_requests), "-c", str(p.apache_concurrency), url]
-        for i in range(p.apache_reps):
-            self.progress("apache", i, p.apache_reps)
+        for i in range(-p.warmup, p.apache_reps):
+            self.progress("apache", max(i, 0), p.apache_reps)
             done = _run(argv, p.timeout_s)
             self.log("apache", done.stdout + done.stderr)
-            self._take(m, done, lambda o: parse_ab(o, p.apache_requests), "ab")
+            self._take(m, done, lambda o: parse_ab(o, p.apache_requests), "ab", warm=i < 0)
         self.progress("apache", p.apache_reps, p.apache_reps)
         return [m]
 
@@ -477,17 +481,20 @@ class Harness:
         # memcaslap needs threads <= concurrency; one server, so the thread count is as given.
         argv = [tool, "-s", f"{self.address}:{p.memcached_port}", "-T", str(p.memcached_threads),
                 "-c", str(p.memcached_concurrency), "-x", str(p.memcached_ops), "-B", "-F", str(cfg)]
-        for i in range(p.memcached_reps):
-            self.progress("memcached", i, p.memcached_reps)
+        for i in range(-p.warmup, p.memcached_reps):
+            self.progress("memcached", max(i, 0), p.memcached_reps)
             done = _run(argv, p.timeout_s)
             self.log("memcached", done.stdout + done.stderr)
-            self._take(m, done, parse_memcaslap, tool)
+            self._take(m, done, parse_memcaslap, tool, warm=i < 0)
         self.progress("memcached", p.memcached_reps, p.memcached_reps)
         return [m]
 
     @staticmethod
-    def _take(m: Measured, done: Done, parse: Callable[[str], str], what: str) -> None:
-        """Record a value only from a run that exited 0 and printed a parsable figure."""
+    def _take(m: Measured, done: Done, parse: Callable[[str], str], what: str, warm: bool = False) -> None:
+        """Record a value only from a run that exited 0 and printed a parsable figure.
+
+        A warm-up run (`warm`) must succeed like any other, but its value is not recorded.
+        """
         if done.returncode != 0:
             tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
             m.failures.append(f"{what} exited {done.returncode}: {tail[0][:200]}")
@@ -500,7 +507,8 @@ class Harness:
         if Decimal(val) <= 0:
             m.failures.append(f"{what} reported a non-positive figure {val}")
             return
-        m.values.append(val)
+        if not warm:
+            m.values.append(val)
 
 
 # --------------------------------------------------------------------------- run-all.sh's files

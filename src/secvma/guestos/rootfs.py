@@ -2,10 +2,10 @@
 
 What it holds: a minimal base, rt-tests (`hackbench`), apache2 (binary + our config) serving a
 static tree at /gcc/ (the artifact served the GCC manual, which Debian ships only in non-free),
-memcached, iperf3, qperf (request/response), gcc + make for the kernbench build, and the
+memcached, iperf3, sockperf (request/response), gcc + make for the kernbench build, and the
 serial-console agent (`secvma-agent`, guestos/agent.py's other half). netperf is in Debian's
 non-free component, which the host's sources do not list, so it is not installed (iperf3 and
-qperf stand in, as in the harness).
+sockperf stand in, as in the harness).
 
 How: apt with a private arm64 state (fixtures' `_PrivateApt`, its own directory) resolves and
 downloads the package closure; each .deb's data tarball is unpacked in Python with the /usr
@@ -43,16 +43,16 @@ PACKAGES: tuple[str, ...] = (
     "grep", "gzip", "hostname", "libc-bin", "login", "mawk", "ncurses-base", "sed", "tar",
     "util-linux", "mount", "procps", "kmod", "iproute2", "netbase",
     # the benchmarks' servers and workloads
-    "rt-tests", "apache2-bin", "media-types", "memcached", "iperf3", "qperf", "gcc", "make", "libc6-dev",
+    "rt-tests", "apache2-bin", "media-types", "memcached", "iperf3", "sockperf", "gcc", "make", "libc6-dev",
     # the initramfs
     "busybox-static",
 )
 BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4")
 IMAGE_MB = 1536
 KERNBENCH_FILES = 16  # the generated C tree in /opt/kernbench (scaled for TCG)
+KERNBENCH_QUICK_FILES = 4  # /opt/kernbench-quick, for --quick
 AGENT_PATH = "/usr/sbin/secvma-agent"
-GUEST_PORTS = {"apache_port": 80, "memcached_port": 11211, "iperf3_port": 5201, "qperf_port": 19765,
-               "qperf_data_port": 19766}
+GUEST_PORTS = {"apache_port": 80, "memcached_port": 11211, "iperf3_port": 5201, "sockperf_port": 11111}
 
 Progress = Callable[[str], None]
 
@@ -174,7 +174,8 @@ def gcc_like_tree() -> dict[str, bytes]:
 def _key(release: str) -> str:
     h = hashlib.sha256()
     # This file (package list, guest files, configuration steps) and the generated trees.
-    for part in (Path(__file__).read_bytes(), release.encode(), kernbench_tree(KERNBENCH_FILES)):
+    for part in (Path(__file__).read_bytes(), release.encode(), kernbench_tree(KERNBENCH_FILES),
+                 kernbench_tree(KERNBENCH_QUICK_FILES)):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()[:16]
 
@@ -324,8 +325,9 @@ def _configure(root: Path) -> None:
     _write(root, "etc/apache2/secvma.conf", APACHE_CONF)
     for name, data in gcc_like_tree().items():
         _write(root, f"var/www/html/gcc/{name}", data)
-    with tarfile.open(fileobj=io.BytesIO(kernbench_tree(KERNBENCH_FILES))) as tar:
-        tar.extractall(root / "opt/kernbench", filter="data")
+    for sub, n in (("kernbench", KERNBENCH_FILES), ("kernbench-quick", KERNBENCH_QUICK_FILES)):
+        with tarfile.open(fileobj=io.BytesIO(kernbench_tree(n))) as tar:
+            tar.extractall(root / "opt" / sub, filter="data")
     _write(root, AGENT_PATH.lstrip("/"), AGENT, 0o755)
     for d in ("proc", "sys", "dev", "run", "tmp", "root", "var/tmp", "var/log/apache2", "var/lib/memcached"):
         (root / d).mkdir(parents=True, exist_ok=True)
