@@ -53,7 +53,6 @@ QUICK = replace(DEFAULT, hackbench_groups=2, hackbench_loops=20, hackbench_reps=
 SERVERS = (
     "setsid apache2 -f /etc/apache2/secvma.conf -k start",
     "setsid memcached -d -u nobody -l 0.0.0.0 -p 11211 -m 64 -U 0",
-    "setsid iperf3 -s -D -p 5201",
     "(setsid sockperf sr --tcp -p 11111 </dev/null >/dev/null 2>&1 &)",
 )
 
@@ -74,6 +73,42 @@ class ConfigRun:
     traps: dict[str, int] = field(default_factory=dict)
     banner: str = ""
     error: str = ""
+    per_bench: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _trap_snapshot(hv: Hypervisor | None) -> dict[str, int]:
+    """The hypervisor's trap counters by class (NullHypervisor.events, a policy's stats)."""
+    for attr in ("events", "stats"):
+        c = getattr(hv, attr, None)
+        if isinstance(c, dict):
+            return {str(k): int(v) for k, v in c.items() if isinstance(v, int)}
+    return {}
+
+
+def operations(bench: str, p: Params) -> tuple[float, str] | None:
+    """How many operations one bench's runs (warm-up included) performed, and their name."""
+    runs = {"hackbench": p.hackbench_reps, "apache": p.apache_reps, "memcached": p.memcached_reps}
+    n = runs.get(bench, 0) + p.warmup
+    if bench == "hackbench":  # 20 senders x 20 receivers per group, `loops` messages each
+        return float(n * p.hackbench_groups * 400 * p.hackbench_loops), "message"
+    if bench == "apache":
+        return float(n * p.apache_requests), "request"
+    if bench == "memcached":
+        return float(n * p.memcached_ops), "memcached op"
+    if bench == "kernbench":
+        return float(p.kernbench_reps), "build"
+    return None
+
+
+def _accounting(bench: str, p: Params, secs: float, before: dict[str, int],
+                after: dict[str, int]) -> dict[str, Any]:
+    delta = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+    total = sum(delta.values())
+    out: dict[str, Any] = {"seconds": secs, "traps": delta, "traps_per_s": total / secs if secs > 0 else 0.0}
+    ops = operations(bench, p)
+    if ops is not None and ops[0] > 0:
+        out["per_op"] = {"op": ops[1], "ops": ops[0], "traps_per_op": total / ops[0]}
+    return out
 
 
 def _free_port() -> int:
@@ -107,7 +142,8 @@ def hypervisor_for(config: str) -> Hypervisor | None:
 
 def run_config(config: str, benches: list[str], params: Params,
                progress: Callable[[str, int, int], None] = lambda _w, _d, _t: None,
-               status: Callable[[str], None] = lambda _m: None) -> ConfigRun:
+               status: Callable[[str], None] = lambda _m: None,
+               tool_log: Callable[[str, str], None] | None = None) -> ConfigRun:
     """Boot the guest in `config`, run `benches` against it, power it off."""
     fs = fx.available()
     if fs is None:
@@ -147,9 +183,16 @@ def run_config(config: str, benches: list[str], params: Params,
                                      f"{d.stderr.strip()[-200:]}")
             time.sleep(1)
             p = params.override(f"{k}={v}" for k, v in ports.items())
-            h = Harness(guest, "127.0.0.1", p, prep=False, progress=progress)
+            h = Harness(guest, "127.0.0.1", p, prep=False, progress=progress, restart_iperf3=True)
+            if tool_log is not None:
+                h.log = tool_log
             t0 = time.perf_counter()
-            run.measured = h.run(benches)
+            for b in benches:
+                before, tb = _trap_snapshot(hv), time.perf_counter()
+                got = h.run([b])
+                secs = time.perf_counter() - tb
+                run.measured.extend(got)
+                run.per_bench[b] = _accounting(b, p, secs, before, _trap_snapshot(hv))
             run.bench_s = time.perf_counter() - t0
             run.notes.extend(h.notes)
             guest.run("sync", 60)

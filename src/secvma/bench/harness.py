@@ -313,6 +313,7 @@ class Harness:
     progress: Progress = _quiet
     log: Callable[[str, str], None] = lambda _stem, _text: None  # (log stem, raw tool output)
     notes: list[str] = field(default_factory=list)
+    restart_iperf3: bool = False  # a fresh iperf3 server per run (only for a server we own: the guest)
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -431,6 +432,9 @@ class Harness:
                 continue
             for i in range(-p.warmup, p.netperf_reps):
                 self.progress(f"netperf {test}", max(i, 0), p.netperf_reps)
+                if argv[0] == "iperf3" and self.restart_iperf3:
+                    self.server.run(f"pkill -x iperf3; sleep 0.5; setsid iperf3 -s -D -p {p.iperf3_port}; "
+                                    "sleep 0.5", 60)
                 done = _run(argv, p.netperf_seconds * 3 + 60)
                 self.log("netperf", done.stdout + done.stderr)
                 self._take(m, done, parse, argv[0], warm=i < 0)

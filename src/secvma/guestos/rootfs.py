@@ -180,12 +180,12 @@ def _key(release: str) -> str:
     return h.hexdigest()[:16]
 
 
-def cached() -> Rootfs | None:
+def cached(base: Path | None = None) -> Rootfs | None:
     """The built root filesystem for the fetched kernel, or None."""
     fs = fx.available()
     if fs is None:
         return None
-    out = rootfs_root() / _key(fs.kernel_version)
+    out = (base or rootfs_root()) / _key(fs.kernel_version)
     try:
         meta = json.loads((out / "rootfs.json").read_text())
     except (OSError, ValueError):
@@ -194,20 +194,25 @@ def cached() -> Rootfs | None:
     return r if r.image.is_file() and r.initramfs.is_file() else None
 
 
-def build(progress: Progress = lambda _m: None) -> Rootfs:
-    """Build (or return the cached) root filesystem and initramfs. Raises RootfsError."""
+def build(progress: Progress = lambda _m: None, base: Path | None = None) -> Rootfs:
+    """Build (or return the cached) root filesystem and initramfs. Raises RootfsError.
+
+    `base` (default: the secvma cache's rootfs/) holds the builds; the downloaded .debs stay in
+    the cache's private apt either way.
+    """
+    base = base or rootfs_root()
     try:
         fs = fx.fetch()
     except fx.FixturesUnavailable as exc:
         raise RootfsError(f"Debian fixtures unavailable: {exc}") from exc
-    have = cached()
+    have = cached(base)
     if have is not None:
         return have
     for exe in ("mke2fs", "dpkg-deb", "apt-get"):
         if shutil.which(exe) is None:
             raise RootfsError(f"{exe} is not installed (Debian: e2fsprogs, dpkg, apt)")
     key = _key(fs.kernel_version)
-    out = rootfs_root() / key
+    out = base / key
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -234,7 +239,7 @@ def build(progress: Progress = lambda _m: None) -> Rootfs:
     initramfs.write_bytes(_initramfs(stage, fs))
     shutil.rmtree(stage)
     pkgs = [p for p, _ in debs]
-    for old in rootfs_root().iterdir():  # earlier package lists' builds
+    for old in base.iterdir():  # earlier package lists' builds
         if old.is_dir() and old.name not in ("apt", key):
             shutil.rmtree(old, ignore_errors=True)
     (out / "rootfs.json").write_text(json.dumps({"key": key, "packages": pkgs, "release": fs.kernel_version,
