@@ -120,3 +120,13 @@ def test_norm_cli_refuses_missing_average(tmp_path: Path) -> None:
 def test_bc_style_averages_without_leading_zero_parse() -> None:
     rf = parse("Hackbench Result (sec):\n0.4\n0.6\nAverage: .5000\n")
     assert rf.sections[0].average == Decimal("0.5")
+
+
+def test_lenient_load_then_normalize_refuses_or_skips_a_missing_average() -> None:
+    # Regression: normalize() asserted on a file loaded with strict=False (an internal error).
+    base = load(DATA / "bm_linux.txt")
+    res = load(DATA / "bm_secvma_maerts_failed.txt", strict=False)
+    with pytest.raises(ResultFileError, match="TCP_MAERTS"):
+        normalize(base, res)
+    rows = normalize(base, res, skip_missing=True)
+    assert "TCP_MAERTS" not in [r.label for r in rows] and len(rows) == 6

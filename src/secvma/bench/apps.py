@@ -16,6 +16,7 @@ result.
 from __future__ import annotations
 
 import inspect
+import shutil
 import tempfile
 import threading
 import time
@@ -223,6 +224,7 @@ def run_config(config: str, benches: list[str], params: Params,
         done.set()
         guest.close()
         th.join(30)
+        shutil.rmtree(work, ignore_errors=True)
     if hasattr(hv, "events"):
         run.traps = {**run.traps, **{f"events.{k}": v for k, v in hv.events.items()}}  # type: ignore[union-attr]
     return run

@@ -85,23 +85,24 @@ def cost(result: BenchResult, base: BenchResult) -> tuple[float, float]:
     return norm, norm * rel
 
 
-def normalized(results: Results) -> dict[str, dict[str, dict[str, float | None]]]:
+def normalized(results: Results, baselines: tuple[str, ...] = BASELINES
+               ) -> dict[str, dict[str, dict[str, float | None]]]:
     """normalized[config][bench] = {"plain": cost, "null": cost} (None without that baseline)."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for cfg, benches in results.items():
         row: dict[str, dict[str, float | None]] = {}
         for bench, r in benches.items():
             row[bench] = {}
-            for b in BASELINES:
+            for b in baselines:
                 base = results.get(b, {}).get(bench)
                 row[bench][b] = cost(r, base)[0] if base is not None else None
         out[cfg] = row
     return out
 
 
-def to_json(results: Results) -> dict[str, Any]:
+def to_json(results: Results, baselines: tuple[str, ...] = BASELINES) -> dict[str, Any]:
     return {"results": {c: {b: r.to_json() for b, r in benches.items()} for c, benches in results.items()},
-            "normalized": normalized(results),
+            "normalized": normalized(results, baselines),
             "normalization": "normalized cost (norm.sh): result/baseline for times, baseline/result "
                              "for throughputs; 1.0 = baseline, above 1 = slower"}
 
@@ -115,12 +116,14 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.0f}"
 
 
-def table(results: Results, title: str = "application benchmarks") -> Table:
-    """bench × config: mean, median, spread (sample sd, n), normalized vs plain and null."""
+def table(results: Results, title: str = "application benchmarks",
+          baselines: tuple[str, ...] = BASELINES) -> Table:
+    """bench × config: mean, median, spread (sample sd, n), normalized vs each baseline."""
     t = Table(title=title)
-    for col in ("bench", "config", "mean", "median", "spread (sd, n)", "unit", "vs plain", "vs null"):
+    cols = ("bench", "config", "mean", "median", "spread (sd, n)", "unit", *(f"vs {b}" for b in baselines))
+    for col in cols:
         t.add_column(col, justify="right" if col not in ("bench", "config", "unit") else "left")
-    norm = normalized(results)
+    norm = normalized(results, baselines)
     for bench in _bench_order(results):
         first = True
         for cfg, benches in results.items():
@@ -128,7 +131,7 @@ def table(results: Results, title: str = "application benchmarks") -> Table:
             if r is None:
                 continue
             cells = []
-            for b in BASELINES:
+            for b in baselines:
                 v = norm[cfg][bench][b]
                 if v is None or cfg == b:
                     cells.append("—" if v is None else "1")
@@ -142,7 +145,8 @@ def table(results: Results, title: str = "application benchmarks") -> Table:
     return t
 
 
-def plot(results: Results, path: Path, baseline: str | None = None, title: str = "") -> str:
+def plot(results: Results, path: Path, baseline: str | None = None, title: str = "",
+         baselines: tuple[str, ...] = BASELINES) -> str:
     """A Figure-6-style PNG: normalized cost per bench, one bar per config, error bars.
 
     Returns the baseline used (`plain` if measured, else `null`, else the first config).
@@ -154,7 +158,7 @@ def plot(results: Results, path: Path, baseline: str | None = None, title: str =
 
     if not results:
         raise ValueError("nothing to plot")
-    base = baseline or next((b for b in BASELINES if b in results), next(iter(results)))
+    base = baseline or next((b for b in baselines if b in results), next(iter(results)))
     if base not in results:
         raise ValueError(f"baseline {base!r} was not measured")
     benches = [b for b in _bench_order(results) if b in results[base]]

@@ -232,11 +232,12 @@ class NormRow:
     higher_is_better: bool
 
 
-def normalize(base: ResultFile, res: ResultFile) -> list[NormRow]:
+def normalize(base: ResultFile, res: ResultFile, skip_missing: bool = False) -> list[NormRow]:
     """norm.sh: for each baseline section, the first result section with the same label.
 
     Times: result/baseline; throughputs: baseline/result. A label norm.sh does not know the
-    direction of is an error rather than a guess.
+    direction of is an error rather than a guess, and so is a section without an Average
+    (files loaded with `strict=False`), unless `skip_missing` leaves that label out.
     """
     rows: list[NormRow] = []
     done: set[str] = set()
@@ -251,7 +252,11 @@ def normalize(base: ResultFile, res: ResultFile) -> list[NormRow]:
         if kind is None:
             raise ResultFileError(f"{base.path}:{b.line}: unknown label {b.label!r}: "
                                   f"known labels are {', '.join(BY_LABEL)}")
-        assert b.average is not None and r.average is not None, "check() guarantees averages"
+        if b.average is None or r.average is None:
+            if skip_missing:
+                continue
+            where = f"{base.path}:{b.line}" if b.average is None else f"{res.path}:{r.line}"
+            raise ResultFileError(f"{where}: section {b.label!r} has no Average line")
         y1, y2 = b.average, r.average
         if (y1 if not kind.higher_is_better else y2) == 0:
             raise ResultFileError(f"{b.label}: zero {'baseline' if not kind.higher_is_better else 'result'} "
