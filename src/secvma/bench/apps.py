@@ -37,7 +37,7 @@ from secvma.platform import Hypervisor
 CONFIGS = ("plain", "null", "transparent", "transparent-4k")
 GUEST_RAM_MB = 1024
 GUEST_CPUS = 1
-APPEND = "console=ttyAMA0 panic=-1 quiet loglevel=1 rdinit=/init"
+APPEND = "console=ttyAMA0 panic=-1 rdinit=/init"  # the agent turns console messages off (dmesg -n 1)
 
 # Scaled for TCG (a guest instruction costs ~10-50 host instructions). `--quick`: seconds each.
 DEFAULT = Params(hackbench_groups=10, hackbench_loops=100, hackbench_reps=4, kernbench_reps=2,
