@@ -85,3 +85,25 @@ def test_parsers_refuse_what_would_hide_a_failure() -> None:
     assert Decimal(parse_sockperf_rr(sp)) == Decimal("16274.73")
     with pytest.raises(ValueError):
         parse_iperf3('{"start": {}, "error": "unable to connect"}')
+
+
+def test_server_side_commands_use_the_server_s_port() -> None:
+    # Regression: behind a forwarded port the guest's iperf3 was restarted on the *host* port.
+    from secvma.bench.harness import Done, Harness, Params
+
+    seen: list[str] = []
+
+    class Rec:
+        name = "rec"
+
+        def run(self, script: str, timeout: float, stdin: bytes | None = None) -> Done:
+            seen.append(script)
+            return Done(0, "", "")
+
+    h = Harness(Rec(), "127.0.0.1", Params(iperf3_port=40001, netperf_reps=1, netperf_seconds=1, warmup=0),
+                prep=False, restart_iperf3=True, server_ports={"iperf3_port": 5201})
+    if shutil.which("iperf3") is None:
+        pytest.skip("iperf3 not installed")
+    h.run_netperf()
+    restarts = [s for s in seen if "iperf3 -s" in s]
+    assert restarts and all("-p 5201" in s and "40001" not in s for s in restarts)

@@ -184,7 +184,8 @@ def run_config(config: str, benches: list[str], params: Params,
                                      f"{d.stderr.strip()[-200:]}")
             time.sleep(1)
             p = params.override(f"{k}={v}" for k, v in ports.items())
-            h = Harness(guest, "127.0.0.1", p, prep=False, progress=progress, restart_iperf3=True)
+            h = Harness(guest, "127.0.0.1", p, prep=False, progress=progress, restart_iperf3=True,
+                        server_ports=dict(rootfs_mod.GUEST_PORTS))
             if tool_log is not None:
                 h.log = tool_log
             t0 = time.perf_counter()

@@ -228,11 +228,14 @@ def parse_iperf3(out: str) -> str:
     """Mbit/s received over the test (10^6 bit/s, netperf's unit)."""
     try:
         doc = json.loads(out)
-        bps = float(doc["end"]["sum_received"]["bits_per_second"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError("iperf3 printed no end.sum_received.bits_per_second") from exc
-    if "error" in doc:
+    except ValueError as exc:
+        raise ValueError("iperf3 printed no JSON") from exc
+    if isinstance(doc, dict) and "error" in doc:
         raise ValueError(f"iperf3: {doc['error']}")
+    try:
+        bps = float(doc["end"]["sum_received"]["bits_per_second"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError("iperf3 printed no end.sum_received.bits_per_second") from exc
     return f"{bps / 1e6:.2f}"
 
 
@@ -313,7 +316,13 @@ class Harness:
     progress: Progress = _quiet
     log: Callable[[str, str], None] = lambda _stem, _text: None  # (log stem, raw tool output)
     notes: list[str] = field(default_factory=list)
+    server_ports: dict[str, int] = field(default_factory=dict)  # where the server listens, when the
+    # client reaches it through a forwarded port (the guest): {"iperf3_port": 5201, ...}
     restart_iperf3: bool = False  # a fresh iperf3 server per run (only for a server we own: the guest)
+
+    def _sport(self, name: str) -> int:
+        """A port as the server sees it (the params hold the client's view)."""
+        return self.server_ports.get(name, int(getattr(self.params, name)))
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -401,7 +410,8 @@ class Harness:
             script = ("(service netperf start || netserver -p {np}) >/dev/null 2>&1" if use_netperf else
                       "(iperf3 -s -D -p {ip} && "
                       "(setsid sockperf sr --tcp -p {sp} </dev/null >/dev/null 2>&1 &)) >/dev/null 2>&1")
-            self.server.run(script.format(np=p.netperf_port, ip=p.iperf3_port, sp=p.sockperf_port), 60)
+            self.server.run(script.format(np=self._sport("netperf_port"), ip=self._sport("iperf3_port"),
+                                          sp=self._sport("sockperf_port")), 60)
             time.sleep(1)
         if not use_netperf:
             self._note("netperf is not installed (Debian non-free): TCP_STREAM/TCP_MAERTS by iperf3, "
@@ -433,8 +443,12 @@ class Harness:
             for i in range(-p.warmup, p.netperf_reps):
                 self.progress(f"netperf {test}", max(i, 0), p.netperf_reps)
                 if argv[0] == "iperf3" and self.restart_iperf3:
-                    self.server.run(f"pkill -x iperf3; sleep 0.5; setsid iperf3 -s -D -p {p.iperf3_port}; "
-                                    "sleep 0.5", 60)
+                    # Not -D: a daemonized iperf3 in the guest refused every later client.
+                    port = self._sport("iperf3_port")
+                    self.server.run(f"pkill -x iperf3; sleep 0.5; (setsid iperf3 -s -p {port} "
+                                    "</dev/null >/dev/null 2>&1 &); for i in $(seq 100); do "
+                                    f"ss -ltn | grep -q ':{port} ' && break; sleep 0.2; done; "
+                                    "sleep 0.5", 90)
                 done = _run(argv, p.netperf_seconds * 3 + 60)
                 self.log("netperf", done.stdout + done.stderr)
                 self._take(m, done, parse, argv[0], warm=i < 0)
