@@ -46,6 +46,7 @@ def test_error_bar_grows_with_spread() -> None:
     assert cost(tight, tight) == (1.0, 0.0)
     n, e = cost(loose, tight)
     assert n == pytest.approx(1.0) and e == pytest.approx(0.2)
+    assert cost(loose, loose)[1] == pytest.approx(0.2)  # a baseline's own bar: its spread once
 
 
 def test_table_and_png(tmp_path: Path) -> None:

@@ -81,7 +81,10 @@ def cost(result: BenchResult, base: BenchResult) -> tuple[float, float]:
     if result.mean <= 0 or base.mean <= 0:
         raise ValueError("non-positive mean: cannot normalize")
     norm = base.mean / result.mean if result.higher_is_better else result.mean / base.mean
-    rel = math.hypot(result.stdev / result.mean, base.stdev / base.mean)
+    if result is base:  # the baseline's own bar: its spread, not counted twice
+        rel = result.stdev / result.mean
+    else:
+        rel = math.hypot(result.stdev / result.mean, base.stdev / base.mean)
     return norm, norm * rel
 
 
