@@ -80,7 +80,7 @@ def run_cmd(server: str, test: str, reps: int, name: str | None, local: bool, us
         try:
             measured = h.run(benches)
         except HarnessError as e:
-            fail(str(e))
+            fail(str(e), "the server must take passwordless root ssh (as run-all.sh assumes), or use --local")
     append_results(files, measured)
 
     failed = [m for m in measured if m.failures]
