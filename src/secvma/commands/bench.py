@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.table import Table
 
@@ -109,4 +111,188 @@ def _fail_on_errors(errors: dict[str, str]) -> None:
              "refusals", code=1)
 
 
+
+
+
+@bench.command()
+@click.option("--config", "configs", multiple=True,
+              type=click.Choice(["plain", "null", "transparent", "transparent-4k"]),
+              help="Configurations, in order (default: plain null; transparent's userspace is still "
+                   "far slower, so it is opt-in).")
+@click.option("--bench", "benches", multiple=True,
+              type=click.Choice(["kernbench", "hackbench", "netperf", "apache", "memcached"]),
+              help="Benchmarks (default: all, in run-all.sh's order).")
+@click.option("--reps", type=click.IntRange(1, 1000), default=None,
+              help="Repetitions of every bench (default: the scaled defaults, printed).")
+@click.option("--quick", is_flag=True, help="Small parameters: a few minutes per configuration.")
+@click.option("-o", "name", default=None,
+              help="Write results/NAME.<config> and log/<bench>_log.NAME.<config> (run-all.sh format).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a Figure-6-style bar chart (PNG) of the normalized costs.")
+def apps(configs: tuple[str, ...], benches: tuple[str, ...], reps: int | None, quick: bool, name: str | None,
+         as_json: bool, plot_path: Path | None) -> None:
+    """The paper's application benchmarks on the Debian guest, normalized (Figures 6/7)."""
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from secvma.bench import apps as apps_mod
+    from secvma.bench import report
+    from secvma.bench.harness import BENCHES, OutputFiles, append_results, output_files, params_line
+    from secvma.bench.resultfile import ROUNDING_NOTE, load, norm_text, normalize
+
+    cfgs = list(configs) or ["plain", "null"]
+    chosen = apps_mod.check_benches(list(benches) or list(BENCHES))
+    params = apps_mod.QUICK if quick else apps_mod.DEFAULT
+    if reps is not None:
+        params = replace(params, hackbench_reps=reps, kernbench_reps=reps, netperf_reps=reps,
+                         apache_reps=reps, memcached_reps=reps)
+    results: report.Results = {}
+    runs: dict[str, apps_mod.ConfigRun] = {}
+    files: dict[str, OutputFiles] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=as_json) as prog:
+        status_task = prog.add_task("starting", total=None)
+        for cfg in cfgs:
+            tasks: dict[str, object] = {}
+
+            def progress(what: str, done: int, total: int, cfg: str = cfg,
+                         tasks: dict[str, object] = tasks) -> None:
+                if what not in tasks:
+                    tasks[what] = prog.add_task(f"{cfg}: {what}", total=total)
+                prog.update(tasks[what], completed=done)  # type: ignore[arg-type]
+
+            def status(msg: str) -> None:
+                prog.update(status_task, description=msg)
+
+            log = None
+            if name:
+                files[cfg] = output_files(Path("."), f"{name}.{cfg}")
+
+                def log(stem: str, text: str, f: OutputFiles = files[cfg]) -> None:
+                    with f.log(stem).open("a") as fh:
+                        fh.write(text)
+            try:
+                run = apps_mod.run_config(cfg, chosen, params, progress=progress, status=status,
+                                          tool_log=log)
+            except apps_mod.BenchUnavailable as e:
+                run = apps_mod.ConfigRun(cfg, error=str(e))
+            runs[cfg] = run
+            got = report.from_measured(run.measured)
+            if got:
+                results[cfg] = got
+            if name and run.measured:
+                append_results(files[cfg], run.measured)
+    files = {c: f for c, f in files.items() if f.results.exists()}
+    if name and "plain" in files:  # norm.sh against the bare-metal baseline, appended as norm.sh does
+        base = load(files["plain"].results, strict=False)
+        for cfg, f in files.items():
+            if cfg != "plain":
+                rows = normalize(base, load(f.results, strict=False), skip_missing=True)
+                with f.results.open("a") as fh:
+                    fh.write(norm_text(files["plain"].results.name, rows))
+    if plot_path is not None and results:
+        report.plot(results, plot_path)
+    failures = {c: r.error for c, r in runs.items() if r.error}
+    failed_runs = {c: [f"{m.kind.label}: {m.failures[0]}" for m in r.measured if m.failures]
+                   for c, r in runs.items()}
+    if as_json:
+        doc = report.to_json(results)
+        doc["params"] = {c: {m.kind.key: m.params for m in r.measured} for c, r in runs.items()}
+        doc["runs"] = {c: {"error": r.error, "notes": r.notes, "wall_s": r.wall_s, "bench_s": r.bench_s,
+                           "traps": r.traps, "guest": r.banner, "per_bench": r.per_bench,
+                           "failed": failed_runs[c], "skipped": {m.kind.key: m.skipped for m in r.measured
+                                                                 if m.skipped}}
+                       for c, r in runs.items()}
+        emit_json(doc)
+    else:
+        console.print(report.table(results, title="secvma bench apps" + (" --quick" if quick else "")))
+        seen: set[str] = set()
+        for r in runs.values():
+            for m in r.measured:
+                line = f"{m.kind.key}: {m.tool}; {params_line(m)}"
+                if line not in seen:
+                    seen.add(line)
+                    console.print(f"[dim]{line}[/]")
+            for note in r.notes:
+                if note not in seen:
+                    seen.add(note)
+                    console.print(f"[dim]note: {note}[/]")
+        for c, r in runs.items():
+            if r.traps:
+                n = sum(v for k, v in r.traps.items() if not k.startswith("events."))
+                per_s = n / max(r.wall_s, 1e-9)
+                console.print(f"[dim]{c}: {per_s:.0f} traps/s over {r.wall_s:.0f} s "
+                              f"({', '.join(f'{k}={v}' for k, v in sorted(r.traps.items()))})[/]")
+            for b, acc in r.per_bench.items():
+                if acc["traps"]:
+                    op = acc.get("per_op")
+                    console.print(f"[dim]{c}: {b}: {acc['traps_per_s']:.0f} traps/s"
+                                  + (f", {op['traps_per_op']:.2f} traps per {op['op']}" if op else "")
+                                  + f" ({', '.join(f'{k}={v}' for k, v in sorted(acc['traps'].items()))})[/]")
+            for m in r.measured:
+                if m.skipped:
+                    console.print(f"[yellow]{c}: {m.kind.key} skipped: {m.skipped}[/]")
+        console.print(f"[dim]guest: Debian 6.1 arm64, {apps_mod.GUEST_CPUS} vCPU, "
+                      f"{apps_mod.GUEST_RAM_MB} MiB, "
+                      f"TCG; clients on this host through QEMU user networking; {ROUNDING_NOTE} "
+                      "in the results files[/]")
+        if plot_path is not None and results:
+            console.print(f"chart: {plot_path}")
+        if name:
+            for f in files.values():
+                console.print(f"results: {f.results}")
+    bad = {c: e for c, e in failures.items()} | {c: "; ".join(v) for c, v in failed_runs.items() if v}
+    if bad:
+        fail("; ".join(f"{c}: {e}" for c, e in bad.items()), "see the table above; rerun one "
+             "configuration with --config C --bench B", code=1)
+
+
+
+@bench.command()
+@click.option("--config", "configs", multiple=True,
+              type=click.Choice(["none", "secvma2024-huge", "secvma2024-4k", "hardened-huge", "hardened-4k"]),
+              help="Configurations (default: all five).")
+@click.option("--reps", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Boots per configuration.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def emu(configs: tuple[str, ...], reps: int, as_json: bool, plot_path: Path | None) -> None:
+    """The testbed kernel's hackbench and kernbench per policy, normalized against `none`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from secvma.bench import emu as emu_mod
+    from secvma.bench import report
+
+    cfgs = list(configs) or list(emu_mod.CONFIGS)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=as_json) as prog:
+        tasks: dict[str, object] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = prog.add_task(what, total=total)
+            prog.update(tasks[what], completed=done)  # type: ignore[arg-type]
+
+        try:
+            run = emu_mod.run_emu(cfgs, reps, progress)
+        except MachineError as e:
+            fail(str(e), e.hint)
+    if plot_path is not None and run.results:
+        report.plot(run.results, plot_path, baselines=emu_mod.BASELINE,
+                    title="Testbed kernel: workloads normalized to none")
+    if as_json:
+        doc = report.to_json(run.results, emu_mod.BASELINE)
+        doc["traps"] = run.traps
+        doc["errors"] = run.errors
+        emit_json(doc)
+    else:
+        console.print(report.table(run.results, "secvma bench emu (testbed kernel, guest-timed)",
+                                   emu_mod.BASELINE))
+        for cfg, traps in run.traps.items():
+            console.print(f"[dim]{cfg}: {', '.join(f'{k}={v}' for k, v in sorted(traps.items()))}[/]")
+    if run.errors:
+        fail("; ".join(f"{c}: {e}" for c, e in run.errors.items()), "rerun with `secvma run --policy P`",
+             code=1)
 COMMANDS: list[click.Command] = [bench]

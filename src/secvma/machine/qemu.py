@@ -61,6 +61,11 @@ class MachineConfig:
     dma_disk_mb: int = 0
     """> 0: a virtio-blk-pci disk of this size (a fresh zeroed file), modern only and behind the
     SMMU (iommu_platform=on): the DMA-capable device of the testbed's `dma` workload."""
+    extra_args: list[str] = field(default_factory=list)
+    """More QEMU arguments (devices, drives, netdevs), appended in both modes."""
+    console_socket: Path | None = None
+    """Also put the serial console on this Unix socket (QEMU listens) so the host can type into
+    it; the log file is written either way."""
 
     def validate(self) -> None:
         """Check what can be checked before QEMU starts; raise ImageError/ValueError."""
@@ -131,16 +136,19 @@ class QemuProcess:
             raise ToolchainError("qemu-system-aarch64 not found",
                                  hint="run `bash scripts/setup.sh` (installs qemu-system-arm)")
         mib = c.ram_mb
+        serial = ["-serial", f"file:{self.log_path}"]
+        if c.console_socket is not None:
+            serial = ["-chardev", f"socket,id=con0,path={c.console_socket},server=on,wait=off,"
+                      f"logfile={self.log_path}", "-serial", "chardev:con0"]
         cmd = [qemu, "-nodefaults", "-display", "none", "-no-reboot",
-               "-cpu", c.cpu, "-smp", str(c.ncpus), "-m", f"{mib}M",
-               "-serial", f"file:{self.log_path}",
+               "-cpu", c.cpu, "-smp", str(c.ncpus), "-m", f"{mib}M", *serial,
                "-monitor", f"unix:{self.monitor_path},server,nowait"]
         if c.plain:
             cmd += ["-machine", f"virt,highmem=off,gic-version={layout.GIC_VERSION}",
                     "-kernel", str(c.kernel), "-append", c.append]
             if c.initrd:
                 cmd += ["-initrd", str(c.initrd)]
-            return cmd
+            return cmd + c.extra_args
         tramp = build_trampoline()
         dtb = make_dtb(build_dir() / "dtb", c.ncpus, self.ram_size, c.cpu, self.workdir / "board.dtb",
                        c.dtb_seed)
@@ -156,7 +164,7 @@ class QemuProcess:
             p = self.workdir / f"blob{i}.bin"
             p.write_bytes(b.data)
             cmd += ["-device", f"loader,file={p},addr={b.addr:#x},force-raw=on"]
-        return cmd
+        return cmd + c.extra_args
 
     def _device_args(self) -> list[str]:
         """SMMU access for the hypervisor (qtest socket: MMIO from Python, TCG still runs the

@@ -1,0 +1,1 @@
+"""The Debian guest's userspace for the application benchmarks: root filesystem and console agent."""

@@ -1,0 +1,43 @@
+"""`secvma bench apps --quick`: every bench in the Debian guest under plain and null, real tools."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from secvma import fixtures as fx
+from secvma.bench.resultfile import KINDS, load
+from secvma.cli import main
+
+CLIENTS = ("ab", "memcaslap", "iperf3", "sockperf")
+pytestmark = [pytest.mark.qemu, pytest.mark.debian, pytest.mark.slow,
+              pytest.mark.skipif(any(shutil.which(t) is None for t in CLIENTS),
+                                 reason=f"needs {', '.join(CLIENTS)} (scripts/setup.sh installs them)")]
+
+
+def test_every_bench_quick_under_plain_and_null(debian: fx.FixtureSet, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["bench", "apps", "--quick", "--config", "plain", "--config", "null",
+                                  "-o", "t", "--json", "--plot", str(tmp_path / "fig.png")])
+    assert r.exit_code == 0, r.output[-3000:]
+    doc = json.loads(r.stdout)
+    for cfg in ("plain", "null"):
+        res = doc["results"][cfg]
+        assert set(res) == {k.key for k in KINDS}, doc["runs"][cfg]
+        for bench, b in res.items():
+            assert b["samples"] and all(v > 0 for v in b["samples"]), bench
+            assert b["mean"] > 0 and b["median"] > 0 and b["params"], bench
+        rf = load(tmp_path / "results" / f"t.{cfg}")  # strict: every section has its Average
+        assert [s.heading for s in rf.sections] == [k.heading for k in KINDS]
+    n = doc["normalized"]["null"]
+    assert all(v["plain"] is not None and v["plain"] > 0 for v in n.values())
+    assert all(v["null"] == pytest.approx(1.0) for v in n.values())
+    assert load(tmp_path / "results" / "t.null").normalized[0][0] == "t.plain"
+    assert doc["runs"]["null"]["traps"]  # the hypervisor saw the run
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "log" / "apache_log.t.plain").stat().st_size > 0
