@@ -290,7 +290,7 @@ class Platform(Protocol):
         """Write instruction bytes so that every CPU fetches them (text patching).
 
         A plain `write` into guest RAM bypasses an emulator's tracking of translated code
-        (qemu-platform.md issue 6); this store is carried out by `cpu` at EL2 before it resumes.
+        (docs/qemu-platform.md issue 6); this store is carried out by `cpu` at EL2 before it resumes.
         """
         ...
 

@@ -1,4 +1,4 @@
-"""`secvma bench apps`: the paper's application benchmarks on the Debian guest (eval-spec §1).
+"""`secvma bench apps`: the paper's application benchmarks on the Debian guest (docs/eval-spec.md §1).
 
 Each configuration boots the unmodified Debian 6.1 kernel with the Debian root filesystem
 (guestos/rootfs.py) on a virtio-blk disk and virtio-net with QEMU user networking (both PCI,

@@ -1,4 +1,4 @@
-"""run-all.sh in Python: a client drives a server's benchmarks with the real tools (eval-spec §1).
+"""run-all.sh in Python: a client drives a server's benchmarks with the real tools (docs/eval-spec.md §1).
 
 The *server* runs what the artifact runs remotely (hackbench, the kernbench build, the daemons);
 the *client* (this host) runs the load generators. A `Server` is anything that can run a shell
@@ -96,7 +96,7 @@ class SshServer:
 
 @dataclass(frozen=True)
 class Params:
-    """Every knob, printed with every result. Defaults are the artifact's (eval-spec §1.3)."""
+    """Every knob, printed with every result. Defaults are the artifact's (docs/eval-spec.md §1.3)."""
 
     hackbench_groups: int = 100
     hackbench_loops: int = 500

@@ -1,6 +1,6 @@
 """Application results, done right: per-bench statistics, normalization, table, Figure-6 chart, JSON.
 
-Normalization is norm.sh's (eval-spec §1.4): a *normalized cost*, 1.0 = the baseline and
+Normalization is norm.sh's (docs/eval-spec.md §1.4): a *normalized cost*, 1.0 = the baseline and
 above 1 = slower, i.e. result/baseline for times and baseline/result for throughputs; here
 on the means, unrounded (the results files keep the artifact's truncated 4-decimal form). The
 error bar of a ratio combines both sides' relative sample standard deviations (first order:

@@ -1,4 +1,4 @@
-"""run-all.sh's results file, read and written byte-compatibly (eval-spec §1.2), and norm.sh (§1.4).
+"""run-all.sh's results file, read and written byte-compatibly (docs/eval-spec.md §1.2), and norm.sh (§1.4).
 
 A results file is a list of sections, each
 
@@ -7,7 +7,7 @@ A results file is a list of sections, each
     Average: <mean, truncated to 4 decimals>
 
 and norm.sh appends `Normalized Result (against NAME):` followed by `Label : value` lines.
-Fixed here, against the artifact (eval-spec §1.5): values and averages are paired *by section*
+Fixed here, against the artifact (docs/eval-spec.md §1.5): values and averages are paired *by section*
 (norm.sh pairs the i-th label with the i-th `Average` line, so one section without an average
 shifts every later pairing), a section without an `Average` line is an error, an `Average`
 that disagrees with its section's samples is an error, an already-appended normalized block is

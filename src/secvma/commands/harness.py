@@ -1,4 +1,4 @@
-"""`secvma harness run|norm`: the artifact's run-all.sh and norm.sh for real hosts (eval-spec §1)."""
+"""`secvma harness run|norm`: the artifact's run-all.sh and norm.sh for real hosts (docs/eval-spec.md §1)."""
 
 from __future__ import annotations
 

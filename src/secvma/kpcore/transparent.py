@@ -1,8 +1,8 @@
 """Transparent mode: KPCore's policy for an *unmodified* kernel (Debian arm64 Linux 6.1).
 
 A stock kernel makes no SECvma hypercalls, so the roots, table pages and kernel text are
-learned from traps instead of HVC 6 (ARCHITECTURE.md "transparent mode",
-qemu-platform.md §3.4, §4 issues 9-11). The same page-usage table (`pages.PageTable`),
+learned from traps instead of HVC 6 (docs/ARCHITECTURE.md "transparent mode",
+docs/qemu-platform.md §3.4, §4 issues 9-11). The same page-usage table (`pages.PageTable`),
 stage-2 manager (`stage2.Stage2`) and hardened table-store rules (`kpt.plan_kpt_slot`) as
 the testbed policy are used; only the discovery and the register rules differ.
 

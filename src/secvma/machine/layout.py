@@ -38,6 +38,8 @@ SMMU_POOL_SIZE = 0x80_0000  # the transparent identity map of 3 GiB needs ~6 MiB
 SMMU_POOL_BASE = HYP_BASE + HYP_SIZE - SMMU_POOL_SIZE
 GIC_V2M_BASE = 0x0802_0000  # the GICv2m MSI frame (virt with GICv2): PCI MSI-X doorbells
 GIC_V2M_SIZE = 0x1000
+GIC_ITS_TRANSLATER_BASE = 0x0809_0000  # GICv3 ITS translation frame (GITS_TRANSLATER at +0x40)
+GIC_ITS_TRANSLATER_SIZE = 0x1_0000
 
 MAX_RAM = 3 << 30  # highmem=off puts RAM in [1 GiB, 4 GiB)
 DEVICE_LIMIT = RAM_BASE
@@ -148,6 +150,9 @@ MAINT_PPI = 25  # GICv3 maintenance interrupt (list-register underflow)
 HCR_GUARD = 0x18  # HCR_EL2.IMO | FMO
 GIC_PRIO = 0xA0  # priority of the virtual interrupts (Linux's and the testbed's default)
 GIC_VERSION = 3  # the board's GIC: v3 has the virtual CPU interface (list registers) used here
+# where a PCI device's MSI-X writes land (devices behind the SMMU need it mapped)
+GIC_MSI_FRAME = ((GIC_ITS_TRANSLATER_BASE, GIC_ITS_TRANSLATER_SIZE) if GIC_VERSION == 3
+                 else (GIC_V2M_BASE, GIC_V2M_SIZE))
 GICD_BASE = 0x0800_0000
 GICR_BASE = 0x080A_0000  # virt, gic-version=3: one 128 KB redistributor per CPU
 GICR_STRIDE = 0x2_0000

@@ -400,7 +400,7 @@ class MailboxServer:
             return None
         return SmmuWindow(PhysAddr(layout.SMMU_BASE), layout.SMMU_SIZE,
                           PhysAddr(layout.SMMU_POOL_BASE), layout.SMMU_POOL_SIZE,
-                          (PhysAddr(layout.GIC_V2M_BASE), layout.GIC_V2M_SIZE))
+                          (PhysAddr(layout.GIC_MSI_FRAME[0]), layout.GIC_MSI_FRAME[1]))
 
     def _mmio(self, pa: int, size: int) -> QtestClient:
         if not self.qemu.config.smmu or not (
