@@ -1,4 +1,4 @@
-"""run-all.sh's results file and norm.sh on sample files shaped like the artifact's (docs/eval-spec.md §1.2, §1.4)."""
+"""run-all.sh's results file and norm.sh on artifact-shaped samples (docs/eval-spec.md §1.2, §1.4)."""
 
 from __future__ import annotations
 
