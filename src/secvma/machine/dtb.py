@@ -29,7 +29,7 @@ def _need(exe: str, package: str) -> str:
 def dump_base_dts(out_dir: Path, ncpus: int, ram_bytes: int, cpu: str) -> str:
     """QEMU's DTB for this configuration, as DTS text (cached in `out_dir`)."""
     mib = ram_bytes >> 20
-    dts_path = out_dir / f"virt-gicv{layout.GIC_VERSION}-{cpu}-{ncpus}cpu-{mib}M.dts"
+    dts_path = out_dir / f"virt-{layout.GIC_BOARD.replace(',', '-')}-{cpu}-{ncpus}cpu-{mib}M.dts"
     if dts_path.exists():
         return dts_path.read_text()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def dump_base_dts(out_dir: Path, ncpus: int, ram_bytes: int, cpu: str) -> str:
     qemu = _need("qemu-system-aarch64", "qemu-system-arm")
     subprocess.run(
         [qemu, "-machine",
-         f"virt,virtualization=on,highmem=off,gic-version={layout.GIC_VERSION},dumpdtb={dtb_path}",
+         f"virt,virtualization=on,highmem=off,{layout.GIC_BOARD},dumpdtb={dtb_path}",
          "-cpu", cpu, "-smp", str(ncpus), "-m", f"{mib}M", "-nographic", "-nodefaults"],
         capture_output=True, timeout=60, check=False,
     )

@@ -150,9 +150,11 @@ MAINT_PPI = 25  # GICv3 maintenance interrupt (list-register underflow)
 HCR_GUARD = 0x18  # HCR_EL2.IMO | FMO
 GIC_PRIO = 0xA0  # priority of the virtual interrupts (Linux's and the testbed's default)
 GIC_VERSION = 3  # the board's GIC: v3 has the virtual CPU interface (list registers) used here
-# where a PCI device's MSI-X writes land (devices behind the SMMU need it mapped)
-GIC_MSI_FRAME = ((GIC_ITS_TRANSLATER_BASE, GIC_ITS_TRANSLATER_SIZE) if GIC_VERSION == 3
-                 else (GIC_V2M_BASE, GIC_V2M_SIZE))
+# The board has no ITS: an LPI cannot be handed to EL1 through a list register with HW=1 as
+# the interrupt guard does for SPIs/PPIs, so PCI devices use their INTx lines (SPIs) instead of
+# MSI-X, and no MSI doorbell frame needs to be reachable through the SMMU.
+GIC_BOARD = f"gic-version={GIC_VERSION},its=off"
+GIC_MSI_FRAME: tuple[int, int] | None = None if GIC_VERSION == 3 else (GIC_V2M_BASE, GIC_V2M_SIZE)
 GICD_BASE = 0x0800_0000
 GICR_BASE = 0x080A_0000  # virt, gic-version=3: one 128 KB redistributor per CPU
 GICR_STRIDE = 0x2_0000

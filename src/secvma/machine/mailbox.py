@@ -400,6 +400,7 @@ class MailboxServer:
             return None
         return SmmuWindow(PhysAddr(layout.SMMU_BASE), layout.SMMU_SIZE,
                           PhysAddr(layout.SMMU_POOL_BASE), layout.SMMU_POOL_SIZE,
+                          None if layout.GIC_MSI_FRAME is None else
                           (PhysAddr(layout.GIC_MSI_FRAME[0]), layout.GIC_MSI_FRAME[1]))
 
     def _mmio(self, pa: int, size: int) -> QtestClient:

@@ -144,7 +144,7 @@ class QemuProcess:
                "-cpu", c.cpu, "-smp", str(c.ncpus), "-m", f"{mib}M", *serial,
                "-monitor", f"unix:{self.monitor_path},server,nowait"]
         if c.plain:
-            cmd += ["-machine", f"virt,highmem=off,gic-version={layout.GIC_VERSION}",
+            cmd += ["-machine", f"virt,highmem=off,{layout.GIC_BOARD}",
                     "-kernel", str(c.kernel), "-append", c.append]
             if c.initrd:
                 cmd += ["-initrd", str(c.initrd)]
@@ -152,7 +152,7 @@ class QemuProcess:
         tramp = build_trampoline()
         dtb = make_dtb(build_dir() / "dtb", c.ncpus, self.ram_size, c.cpu, self.workdir / "board.dtb",
                        c.dtb_seed)
-        board = f"virt,virtualization=on,highmem=off,gic-version={layout.GIC_VERSION},memory-backend=ram"
+        board = f"virt,virtualization=on,highmem=off,{layout.GIC_BOARD},memory-backend=ram"
         cmd += ["-machine", board + (",iommu=smmuv3" if c.smmu else ""),
                 "-object", f"memory-backend-file,id=ram,size={mib}M,mem-path={self.ram_path},share=on",
                 "-kernel", str(tramp.path), "-dtb", str(dtb), "-append", c.append,
