@@ -18,8 +18,8 @@ ESR_UNKNOWN = 0x0200_0000
 
 
 def test_layout_keys_are_the_msr_iss_keys() -> None:
-    assert layout.TTBR0_ISS_KEY == sysreg_iss_key(SysReg.TTBR0_EL1)
-    assert layout.TTBR1_ISS_KEY == sysreg_iss_key(SysReg.TTBR1_EL1)
+    assert sysreg_iss_key(SysReg.TTBR0_EL1) == layout.TTBR0_ISS_KEY
+    assert sysreg_iss_key(SysReg.TTBR1_EL1) == layout.TTBR1_ISS_KEY
     assert layout.ROOT_BUCKETS == 1 << layout.ROOT_BUCKET_BITS and layout.ROOT_WAYS == 4
     assert layout.ROOTTAB_BASE >= layout.MBOX_BASE + layout.MAX_CPUS * layout.MBOX_STRIDE
     assert layout.ROOTTAB_BASE + 2 * layout.ROOT_TABLE_SIZE <= layout.S2_POOL_BASE

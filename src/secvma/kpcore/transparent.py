@@ -185,12 +185,15 @@ class TransparentKPCore:
     `image` is the kernel Image the machine boots (bytes, read before it runs): its declared
     patch sites and pristine text. Without it no text patch can be validated (all refused).
     `protect_tables=False` keeps only the register rules (the boot phase forever).
+    `root_fast_path=False` keeps every TTBR write trapping (the trampoline's root fast path
+    off: for measuring what it saves).
     """
 
     def __init__(self, *, protect_tables: bool = True, s2: str = "huge",
                  image: bytes | None = None, sites: PatchSites | None = None,
-                 check_invariants: bool = False) -> None:
+                 check_invariants: bool = False, root_fast_path: bool = True) -> None:
         self.protect_tables = protect_tables
+        self.root_fast_path = root_fast_path  # False: every TTBR write traps (measurements)
         self.policy = policy_named("hardened", s2=s2)
         self.image = image
         self.sites = sites if sites is not None else _sites_of(image)
@@ -405,7 +408,7 @@ class TransparentKPCore:
         """Once a CPU is locked (its TTBR1 writes teach nothing more), its writes of learned
         TTBR1 roots; once the tables are protected, of validated user roots: at EL2."""
         want: set[SysReg] = set()
-        if c.locked and self.learned.swapper is not None:
+        if self.root_fast_path and c.locked and self.learned.swapper is not None:
             want.add(SysReg.TTBR1_EL1)
             if self.protect_tables and self.armed:
                 want.add(SysReg.TTBR0_EL1)
