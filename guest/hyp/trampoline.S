@@ -315,7 +315,9 @@ do_msr:
     b.ne    1f
     adr     x30, 2f
     b       msr_dispatch
-2:  str     x2, [sp, #MB_CUR_TTBR0]
+2:  str     x2, [sp, #MB_CUR_TTBR0]     // loaded; Python set NEXT when it decided
+    dmb     ish
+    str     xzr, [sp, #MB_NEXT_TTBR0]
     b       cmd_loop
 1:  adr     x30, cmd_loop
 msr_dispatch:                           // x1 = SysReg index, x2 = value, returns to x30

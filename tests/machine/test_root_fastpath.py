@@ -32,6 +32,7 @@ class Roots(Recorder):
         super().__init__(trap_sysregs=True)
         self.trapped: list[tuple[SysReg, int]] = []
         self.in_use: set[int] = set()
+        self.in_use_at_trap: list[set[int]] = []
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
         if isinstance(event, CpuStart):
@@ -47,6 +48,9 @@ class Roots(Recorder):
                 self.events["refused"] += 1
                 cpu.inject_abort(ESR_UNKNOWN, 0)
                 return
+            super().handle(platform, cpu, event)  # performs it
+            self.in_use_at_trap.append(platform.roots_in_use(SysReg.TTBR0_EL1))
+            return
         super().handle(platform, cpu, event)
 
 
@@ -82,5 +86,8 @@ def test_listed_root_loaded_at_el2_refused_root_traps_released_root_traps_again(
     assert res.fast_root_traps == 101 and res.fast_traps == 101
     assert h.trapped == [(SysReg.TTBR0_EL1, ROOT_A | asid | 1), (SysReg.TTBR0_EL1, ROOT_K),
                          (SysReg.TTBR0_EL1, ROOT_BAD | asid)]
+    # a root Python has decided to load is in use before the CPU resumes (another CPU's trap
+    # must not release it meanwhile)
+    assert h.in_use_at_trap == [{ROOT_A}, {ROOT_A, ROOT_K}]
     assert [r[0] for r in h.reports] == [1, 2]  # report 3 never reached: refused
     assert h.events["refused"] == 1 and h.exceptions and h.exceptions[0][0] == ESR_UNKNOWN

@@ -75,7 +75,8 @@ CMD_SIZE = 32
 MAX_CMDS = 64
 MB_FASTTAB = 0xA00  # fast-path table (see FAST_*), up to MB_FASTTAB_END
 MB_FASTTAB_END = 0xD60
-MB_NEXT_TTBR0 = 0xD70  # TTBR0_EL1 value the root fast path is loading (0: none); see ROOTTAB
+MB_NEXT_TTBR0 = 0xD70  # TTBR0_EL1 value being loaded (0: none): by the root fast path, or
+# queued by Python (OP_MSR) and not yet done; see ROOTTAB
 MB_FAST_ROOTS = 0xD78  # of MB_FAST: TTBR writes answered by the root fast path
 MB_IRQQ = 0xD80  # interrupts waiting for a free list register: IRQQ_MAX u32 INTIDs
 IRQQ_MAX = 16
@@ -132,7 +133,9 @@ FAST_ALLOW = 1
 # the table, is performed at EL2. Removal protocol (Dekker): for TTBR0 the trampoline writes
 # the value to MB_NEXT_TTBR0, DMB, reads the table, loads the root, records MB_CUR_TTBR0 and
 # clears MB_NEXT_TTBR0; Python removes the entry, fences, then reads every CPU's CUR/NEXT: either
-# the CPU sees the removal (and traps) or Python sees the root as in use (and keeps it).
+# the CPU sees the removal (and traps) or Python sees the root as in use (and keeps it). A TTBR0
+# write Python queues sets NEXT at once (OP_MSR sets CUR, then clears NEXT): a root another CPU's
+# trap is about to load counts as in use before that CPU has resumed.
 ROOTTAB_BASE = HYP_BASE + 0x18_0000
 ROOT_BUCKET_BITS = 8  # the trampoline indexes buckets with these BADDR bits above bit 12
 ROOT_BUCKETS = 1 << ROOT_BUCKET_BITS

@@ -201,6 +201,8 @@ class MailboxCpu:
         self.cmds.append((layout.OP_MSR, int(reg), value & MASK64))
         self.shadow[reg] = value & MASK64
         self.written[reg] = value & MASK64
+        if reg is SysReg.TTBR0_EL1:  # in use from this decision on (roots_in_use), not only
+            self.q[(self.off + layout.MB_NEXT_TTBR0) >> 3] = value & MASK64  # once loaded
 
     def read_sysreg(self, reg: SysReg) -> int:
         """The register's value as this trap sees it.
