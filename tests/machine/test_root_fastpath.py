@@ -91,3 +91,22 @@ def test_listed_root_loaded_at_el2_refused_root_traps_released_root_traps_again(
     assert h.in_use_at_trap == [{ROOT_A}, {ROOT_A, ROOT_K}]
     assert [r[0] for r in h.reports] == [1, 2]  # report 3 never reached: refused
     assert h.events["refused"] == 1 and h.exceptions and h.exceptions[0][0] == ESR_UNKNOWN
+
+
+def test_root_table_buckets_bounded_and_removal_frees_a_slot() -> None:
+    from secvma.machine.mailbox import RootTable
+
+    ram = bytearray(2 * layout.ROOT_TABLE_SIZE)
+    q = memoryview(ram).cast("Q")
+    t = RootTable(q, layout.ROOT_TABLE_SIZE)
+    stride = layout.ROOT_BUCKETS << 12  # same bucket
+    same = [0x4100_0000 + i * stride for i in range(layout.ROOT_WAYS + 1)]
+    assert not t.set(set(same))
+    listed = set(t.slots)
+    assert len(listed) == layout.ROOT_WAYS and t.left_out == 1  # the fifth keeps trapping
+    bucket = q[layout.ROOT_TABLE_SIZE // 8:][(0x4100_0000 >> 12) % layout.ROOT_BUCKETS * 4:][:4]
+    assert set(bucket) == listed
+    gone = sorted(listed)[0]
+    assert t.set(set(same) - {gone})  # a removal is reported (the caller fences)
+    assert gone not in set(q) and set(t.slots) == set(same) - {gone}  # the fifth took the slot
+    assert not any(q[: layout.ROOT_TABLE_SIZE // 8])  # the other table untouched
