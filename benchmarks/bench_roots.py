@@ -8,7 +8,10 @@ Usage: python3 benchmarks/bench_roots.py [--n N] [--workloads forkexec,pipe] [--
    performs it), and CONTEXTIDR_EL1 N times through the older ISS-keyed fast path (the cost
    of the trap itself, without the root lookup); guest-measured µs per write (CNTVCT),
    median of 5 batches;
-2. Debian: `run --guest linux` workloads under `none`, `transparent` with every TTBR write
+2. Debian /init's fork + sched_yield loop (SECVMA_YIELDS) under the NullHypervisor,
+   `transparent` with every TTBR write trapping (before) and with the root fast path (after):
+   ns per context switch as the guest measures it, traps by class, trapped MSRs by register;
+3. Debian: `run --guest linux` workloads under `none`, `transparent` with every TTBR write
    trapping (before) and `transparent` with the root fast path (after): workload seconds as the
    guest measures them, trap counts by class, trapped MSRs by register, fast-path answers.
 
@@ -19,11 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 
+from secvma import fixtures
+from secvma.kpcore.transparent import TransparentKPCore
 from secvma.linux.session import run_linux_workloads
 from secvma.machine.build import assemble_payload
+from secvma.machine.initramfs import INIT_BANNER, build_initramfs
 from secvma.machine.null import NullHypervisor
 from secvma.machine.qemu import MachineConfig
 from secvma.machine.runner import boot
@@ -117,11 +124,43 @@ def micro(n: int) -> dict[str, object]:
             "fast_answers": res.fast_root_traps, "python_traps": res.traps.get("SysregTrap", 0)}
 
 
+def yields(n: int) -> dict[str, object]:
+    """Debian's /init forks and yields n times (SECVMA_YIELDS): every yield a context switch,
+    every return to EL0 two TTBR1 writes (KPTI)."""
+    fx = fixtures.fetch()
+    image = fx.kernel_image.read_bytes()
+    out: dict[str, object] = {}
+    for label, hv in (("none", NullHypervisor()),
+                      ("transparent_before", TransparentKPCore(image=image, root_fast_path=False)),
+                      ("transparent_after", TransparentKPCore(image=image))):
+        res = boot(MachineConfig(kernel=fx.kernel_image, initrd=build_initramfs(), ncpus=1,
+                                 timeout_s=600,
+                                 append=f"console=ttyAMA0 panic=-1 SECVMA_YIELDS={n}"),
+                   hv, watch=(INIT_BANNER,))
+        m = re.search(r"sched_yield ns/switch (\d+)", res.console)
+        refused = len(hv.refusals) if isinstance(hv, TransparentKPCore) else 0
+        stats = hv.stats if isinstance(hv, TransparentKPCore) else {}
+        out[label] = {"ok": res.exit == "poweroff" and m is not None and not refused,
+                      "wall_s": round(res.wall_s, 2), "ns_per_switch": int(m.group(1)) if m else None,
+                      "traps": dict(res.traps), "refusals": refused,
+                      "sysreg_traps": {k[4:]: v for k, v in sorted(stats.items()) if k.startswith("msr.")},
+                      "fast_traps": {"total": res.fast_traps, "roots": res.fast_root_traps}}
+        print(f"yields {label}: {out[label]}", file=sys.stderr)
+    base = out["none"]
+    assert isinstance(base, dict)
+    for label in ("transparent_before", "transparent_after"):
+        row = out[label]
+        assert isinstance(row, dict)
+        if row["ns_per_switch"] and base["ns_per_switch"]:
+            row["ratio_to_none"] = round(row["ns_per_switch"] / base["ns_per_switch"], 2)
+    return out
+
+
 def debian(workloads: tuple[str, ...]) -> dict[str, object]:
     out: dict[str, object] = {}
     for label, policy, fast in (("none", "none", True), ("transparent_before", "transparent", False),
                                 ("transparent_after", "transparent", True)):
-        r = run_linux_workloads(policy, workloads=workloads, root_fast_path=fast)
+        r = run_linux_workloads(policy, workloads=workloads, root_fast_path=fast, timeout_s=300)
         out[label] = {"ok": r.ok, "wall_s": round(r.wall_s, 2), "refusals": len(r.refusals),
                       "workloads_s": {n: w.seconds for n, w in r.workloads.items()},
                       "traps": r.traps, "sysreg_traps": r.sysreg_traps, "fast_traps": r.fast_traps}
@@ -141,15 +180,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000, help="fast-path writes per batch")
     ap.add_argument("--workloads", default="forkexec,pipe")
-    ap.add_argument("--no-debian", action="store_true")
+    ap.add_argument("--yields", type=int, default=500, help="Debian /init yields (0: skip)")
+    ap.add_argument("--no-debian", action="store_true", help="skip the `run --guest linux` part")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     result: dict[str, object] = {"micro": micro(a.n)}
     print(f"micro: {result['micro']}", file=sys.stderr)
+    if a.yields:
+        result["yields"] = yields(a.yields)
     if not a.no_debian:
         result["debian"] = debian(tuple(a.workloads.split(",")))
     print(json.dumps(result, indent=None if a.json else 2))
-    bad = [k for k, v in result.get("debian", {}).items()  # type: ignore[union-attr]
+    bad = [k for part in ("yields", "debian")
+           for k, v in dict(result.get(part, {})).items()  # type: ignore[call-overload]
            if not v["ok"]]
     return 1 if bad else 0
 
