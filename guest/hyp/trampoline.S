@@ -86,6 +86,10 @@ _start:
     str     xzr, [sp, #MB_IRQQ_N]
     str     xzr, [sp, #MB_LR_OVF]
     str     xzr, [sp, #MB_SGIS]
+    str     xzr, [sp, #MB_ROOT_EN]      // root fast paths off until Python enables them
+    str     xzr, [sp, #MB_CUR_TTBR0]
+    str     xzr, [sp, #MB_NEXT_TTBR0]
+    str     xzr, [sp, #MB_FAST_ROOTS]
     str     wzr, [sp, #MB_GUARDTAB + 4] // empty guard table (state 0 ends it)
     // boot frame: x0 = DTB / context id, x1..x30 = 0, EL1h with DAIF masked
     add     x2, sp, #MB_X
@@ -132,6 +136,12 @@ lower_sync:                             // x0, x1 already saved by the vector
     ldr     w3, =SGI1R_ISS_KEY          // an IPI while interrupts go through EL2 (IMO)
     cmp     w2, w3
     b.eq    sgi_forward
+    ldr     w3, =TTBR0_ISS_KEY
+    cmp     w2, w3
+    b.eq    root_fast0
+    ldr     w3, =TTBR1_ISS_KEY
+    cmp     w2, w3
+    b.eq    root_fast1
     add     x3, sp, #MB_FASTTAB
 fast_scan:
     ldr     w4, [x3]
@@ -157,6 +167,72 @@ fast_hit:
     str     x4, [sp, #MB_ELR]
     adr     x30, restore_eret           // return address for the MSR table
     b       msr_dispatch
+
+// root fast path (layout "root fast path"): a TTBR write of a root Python has validated
+root_fast0:
+    ldr     x4, [sp, #MB_ROOT_EN]
+    tbz     x4, #0, slow_path
+    bl      rt_value
+    str     x2, [sp, #MB_NEXT_TTBR0]    // announce the root before reading the table (Python
+    dmb     ish                         // removes, fences, then reads NEXT/CUR: Dekker)
+    mov     x7, xzr
+    bl      root_lookup
+    cbz     x3, 1f
+    msr     ttbr0_el1, x2
+    isb
+    str     x2, [sp, #MB_CUR_TTBR0]     // loaded: CUR before NEXT is cleared
+    dmb     ish
+    str     xzr, [sp, #MB_NEXT_TTBR0]
+    b       root_done
+1:  str     xzr, [sp, #MB_NEXT_TTBR0]   // not in the table: Python decides
+    b       slow_path
+root_fast1:
+    ldr     x4, [sp, #MB_ROOT_EN]
+    tbz     x4, #1, slow_path
+    bl      rt_value
+    mov     x7, #ROOT_TABLE_SIZE
+    bl      root_lookup
+    cbz     x3, slow_path
+    msr     ttbr1_el1, x2
+    isb
+root_done:
+    ldr     x4, [sp, #MB_FAST]
+    add     x4, x4, #1
+    str     x4, [sp, #MB_FAST]
+    ldr     x4, [sp, #MB_FAST_ROOTS]
+    add     x4, x4, #1
+    str     x4, [sp, #MB_FAST_ROOTS]
+    ldr     x4, [sp, #MB_ELR]
+    add     x4, x4, #4
+    str     x4, [sp, #MB_ELR]
+    b       restore_eret
+rt_value:                               // x0 = ESR -> x2 = x[Rt] (XZR reads 0)
+    ubfx    x5, x0, #5, #5
+    mov     x2, xzr
+    cmp     x5, #31
+    b.eq    1f
+    add     x6, sp, #MB_X
+    ldr     x2, [x6, x5, lsl #3]
+1:  ret
+root_lookup:                            // x2 = TTBR value, x7 = table offset -> x3 = 1 if listed
+    and     x4, x2, #ROOT_BADDR         // ASID and CnP do not matter
+    cbz     x4, 2f                      // 0 marks a free slot: never a root
+    ldr     x5, =ROOTTAB_BASE
+    add     x5, x5, x7
+    ubfx    x6, x4, #12, #ROOT_BUCKET_BITS
+    add     x5, x5, x6, lsl #5          // ROOT_WAYS u64 per bucket
+    ldp     x6, x3, [x5]
+    cmp     x6, x4
+    ccmp    x3, x4, #4, ne
+    b.eq    1f
+    ldp     x6, x3, [x5, #16]
+    cmp     x6, x4
+    ccmp    x3, x4, #4, ne
+    b.eq    1f
+2:  mov     x3, xzr
+    ret
+1:  mov     x3, #1
+    ret
 
 sgi_forward:                            // EL2 sends the SGI EL1 asked for (IMO traps it)
     ubfx    x5, x0, #5, #5
@@ -237,7 +313,15 @@ cmd_loop:
 
 do_msr:
     mov     w1, w1
-    adr     x30, cmd_loop
+    cmp     x1, #1                      // TTBR0_EL1: record what this CPU has loaded
+    b.ne    1f
+    adr     x30, 2f
+    b       msr_dispatch
+2:  str     x2, [sp, #MB_CUR_TTBR0]     // loaded; Python set NEXT when it decided
+    dmb     ish
+    str     xzr, [sp, #MB_NEXT_TTBR0]
+    b       cmd_loop
+1:  adr     x30, cmd_loop
 msr_dispatch:                           // x1 = SysReg index, x2 = value, returns to x30
     cmp     x1, #MSR_COUNT
     b.hs    1f

@@ -20,6 +20,7 @@ instruction (`Vcpu.skip`), inject an abort, or leave ELR alone to retry the inst
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NewType, Protocol, runtime_checkable
 
@@ -241,6 +242,12 @@ class Vcpu(Protocol):
         """Stop checking `reg` on this CPU."""
         ...
 
+    def enable_root_fast_path(self, regs: frozenset[SysReg]) -> None:
+        """Let this CPU load, without a round trip, TTBRs of `regs` (TTBR0_EL1/TTBR1_EL1)
+        whose base is in the machine's allowed set (`Platform.set_allowed_roots`); every other
+        write still traps. Off again after the CPU restarts."""
+        ...
+
 
 class Platform(Protocol):
     """The machine as the hypervisor sees it: guest-physical memory and TLB maintenance."""
@@ -292,6 +299,18 @@ class Platform(Protocol):
         A plain `write` into guest RAM bypasses an emulator's tracking of translated code
         (docs/qemu-platform.md issue 6); this store is carried out by `cpu` at EL2 before it resumes.
         """
+        ...
+
+    def set_allowed_roots(self, reg: SysReg, bases: Iterable[int]) -> None:
+        """The TTBR bases (BADDR: ASID and CnP clear) of `reg` that CPUs with the root fast
+        path load without a trap, replacing the previous set. A base dropped here is never
+        loaded without a trap once this returns (removal is ordered before `roots_in_use`);
+        the set is bounded: a base that does not fit is left out (its writes keep trapping)."""
+        ...
+
+    def roots_in_use(self, reg: SysReg) -> set[int]:
+        """TTBR0_EL1 bases (BADDR) some CPU has loaded, or is loading through the fast path,
+        now (`reg` must be TTBR0_EL1: user roots are the ones a kernel frees)."""
         ...
 
     def halt(self, reason: str) -> None:

@@ -7,6 +7,7 @@ executes one store instruction at a time through the real stage-1 + stage-2 walk
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from secvma.arch.insn import decode_store
 from secvma.arch.walk import AccessType, Fault, translate
 from secvma.hvabi import BOOT_INFO_MAGIC, BOOT_INFO_VERSION, BootInfo
 from secvma.kpcore import KPCore, make_policy
+from secvma.kpcore.sysregs import TTBR_BADDR
 from secvma.platform import (
     CpuStart,
     Event,
@@ -94,6 +96,9 @@ class FakePlatform:
         self.code_flushes = 0
         self.posted = 0
         self.smmu_dev: FakeSmmu | None = FakeSmmu(self) if smmu else None
+        self.vcpus: list[FakeVcpu] = []  # CPUs whose TTBR0 counts for roots_in_use
+        self.allowed: dict[SysReg, set[int]] = {SysReg.TTBR0_EL1: set(), SysReg.TTBR1_EL1: set()}
+        self.allowed_log: list[tuple[str, SysReg, int]] = []  # ("add"|"remove", reg, base)
 
     @property
     def ram_base(self) -> PhysAddr:
@@ -150,6 +155,17 @@ class FakePlatform:
         self.write(pa, data)
         self.code_flushes += 1
 
+    def set_allowed_roots(self, reg: SysReg, bases: Iterable[int]) -> None:
+        new = {b & TTBR_BADDR for b in bases} - {0}
+        old = self.allowed[reg]
+        self.allowed_log += [("remove", reg, b) for b in sorted(old - new)]
+        self.allowed_log += [("add", reg, b) for b in sorted(new - old)]
+        self.allowed[reg] = new
+
+    def roots_in_use(self, reg: SysReg) -> set[int]:
+        assert reg is SysReg.TTBR0_EL1
+        return {v.sysregs.get(reg, 0) & TTBR_BADDR for v in self.vcpus} - {0}
+
     def halt(self, reason: str) -> None:
         self.halted = reason
 
@@ -189,6 +205,7 @@ class FakeVcpu:
     writes: list[tuple[SysReg, int]] = field(default_factory=list)
     guard_us: int | None = None  # armed interrupt guard (arm_guard)
     pins: dict[SysReg, tuple[int, int, int]] = field(default_factory=dict)  # reg -> (mask, value, alt)
+    root_fast: frozenset[SysReg] = frozenset()  # enable_root_fast_path
 
     def x(self, n: int) -> int:
         if not 0 <= n <= 31:
@@ -234,6 +251,17 @@ class FakeVcpu:
 
     def unpin_sysreg(self, reg: SysReg) -> None:
         self.pins.pop(reg, None)
+
+    def enable_root_fast_path(self, regs: frozenset[SysReg]) -> None:
+        self.root_fast = regs
+
+    def fast_root(self, plat: FakePlatform, reg: SysReg, value: int) -> bool:
+        """What the trampoline's root fast path would do with MSR reg, value: True if it
+        loads it at EL2 (no trap)."""
+        if reg not in self.root_fast or value & TTBR_BADDR not in plat.allowed[reg]:
+            return False
+        self.sysregs[reg] = value & MASK64
+        return True
 
     def guard_check(self) -> GuardTrip | None:
         """What the machine's guard would report at an interrupt exit now (first mismatch)."""
@@ -405,6 +433,7 @@ class FakeMachine:
         self.kernel = FakeKernel(self.plat)
         self.kernel.build()
         self.cpu = FakeVcpu()
+        self.plat.vcpus.append(self.cpu)
         self.traps = 0
         self.hv.handle(self.plat, self.cpu, CpuStart(KERNEL_PA, 0))
         if boot:

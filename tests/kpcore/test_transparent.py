@@ -81,6 +81,7 @@ def booted(protect: bool) -> tuple[TransparentKPCore, FakePlatform, FakeVcpu]:
     """reserved_pg_dir, init_pg_dir, swapper_pg_dir (= reserved + 4 KB) loaded in order."""
     hv = TransparentKPCore(protect_tables=protect, image=_image(), sites=_sites())
     plat, cpu = FakePlatform(), FakeVcpu()
+    plat.vcpus.append(cpu)
     _kernel(plat)
     hv.handle(plat, cpu, CpuStart(0x4020_0000, 0))
     cpu.sysregs[SysReg.TCR_EL1] = TCR
@@ -449,7 +450,8 @@ def test_debian_registers_only_without_table_protection(debian: object) -> None:
                              ncpus=1, timeout_s=120), hv, watch=(INIT_BANNER,))
     assert res.exit == "poweroff", res.console[-2000:]
     assert not hv.refusals and not hv.internal_errors and not hv.armed
-    assert hv.stats["ttbr1_checked"] > 0
+    assert hv.stats["ttbr1_checked"] > 0  # before the CPU locked: Python checked them
+    assert res.fast_root_traps > 0  # after: learned roots loaded at EL2
 
 
 @pytest.mark.qemu
@@ -471,4 +473,81 @@ def test_debian_fork_and_context_switches_use_validated_roots(debian: object, sm
     assert res.exit == "poweroff", res.console[-2000:]
     assert "sched_yield ns/switch" in res.console
     assert not hv.refusals and not hv.internal_errors, hv.summary()
-    assert hv.roots.accepted >= 2 and hv.stats["ttbr0_checked"] > 0
+    assert hv.roots.accepted >= 2
+    # switches between validated roots: checked by Python, or loaded at EL2 from the table
+    # Python filled (the root fast path; TTBR1 switches too, with KPTI)
+    assert hv.stats["ttbr0_checked"] + res.fast_root_traps > 0
+    assert res.fast_root_traps > res.traps.get("SysregTrap", 0) // 10
+
+
+# --- root fast path (issue 14): the machine's allowed roots follow Python's decisions ---------
+
+
+def test_root_fast_path_enabled_when_locked_and_armed() -> None:
+    hv, plat, cpu = booted(protect=True)
+    tramp = RESERVED - 0x1000
+    assert cpu.root_fast == {SysReg.TTBR1_EL1}  # locked on swapper; tables not yet armed
+    assert plat.allowed[SysReg.TTBR1_EL1] == {SWAPPER, RESERVED, tramp}
+    assert plat.allowed[SysReg.TTBR0_EL1] == set()
+    assert cpu.fast_root(plat, SysReg.TTBR1_EL1, SWAPPER | (9 << 48) | 1)  # ASID, CnP free
+    assert not cpu.fast_root(plat, SysReg.TTBR1_EL1, INIT_PG)  # not a root: traps, refused
+    assert not _trap(hv, plat, cpu, TTBR1_ENC, SysReg.TTBR1_EL1, INIT_PG)
+    assert [r.rule for r in hv.refusals] == ["ttbr1-root"]
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    assert cpu.root_fast == {SysReg.TTBR0_EL1, SysReg.TTBR1_EL1}
+    assert plat.allowed[SysReg.TTBR0_EL1] == {USER_ROOT, RESERVED, RESERVED - 0x2000}  # idmap
+
+
+def test_root_fast_path_refused_root_never_listed() -> None:
+    hv, plat, cpu = armed()
+    bad = 0x4430_0000
+    plat.write_u64(PhysAddr(bad), USER_PUD | 3)  # no PXNTable
+    assert not cpu.fast_root(plat, SysReg.TTBR0_EL1, bad)
+    assert not _load_ttbr0(hv, plat, cpu, bad)
+    assert [r.rule for r in hv.refusals] == ["user-root"]
+    assert bad not in plat.allowed[SysReg.TTBR0_EL1]
+    assert not cpu.fast_root(plat, SysReg.TTBR0_EL1, bad | (3 << 48))
+
+
+def test_root_fast_path_entry_removed_at_release() -> None:
+    hv, plat, cpu = armed()
+    other = 0x4440_0000
+    assert _load_ttbr0(hv, plat, cpu, other)
+    assert other in plat.allowed[SysReg.TTBR0_EL1]
+    assert cpu.fast_root(plat, SysReg.TTBR0_EL1, USER_ROOT | (4 << 48))  # back, no trap
+    assert cpu.fast_root(plat, SysReg.TTBR0_EL1, other)
+    plat.allowed_log.clear()
+    _store(hv, plat, cpu, USER_ROOT + 16, 0x1234_5678)  # the kernel freed and reused it
+    assert hv.roots.released == 1
+    assert plat.allowed_log == [("remove", SysReg.TTBR0_EL1, USER_ROOT)]
+    assert not cpu.fast_root(plat, SysReg.TTBR0_EL1, USER_ROOT)  # traps again
+
+
+def test_root_fast_path_load_seen_by_release_on_another_cpu() -> None:
+    """cpu1 loaded a root through the fast path (Python never saw it): a store into that root
+    from cpu0 must not release it; the entry is removed, found in use, and put back."""
+    hv, plat, cpu = armed()
+    cpu1 = FakeVcpu(index=1)
+    plat.vcpus.append(cpu1)
+    hv.handle(plat, cpu1, CpuStart(0x4020_0000, 0))
+    cpu1.sysregs[SysReg.TCR_EL1] = TCR
+    cpu1.sysregs[SysReg.SCTLR_EL1] = SCTLR_ON
+    assert _trap(hv, plat, cpu1, TTBR1_ENC, SysReg.TTBR1_EL1, SWAPPER)
+    assert cpu1.root_fast == {SysReg.TTBR0_EL1, SysReg.TTBR1_EL1}
+    assert cpu1.fast_root(plat, SysReg.TTBR0_EL1, USER_ROOT | (2 << 48))
+    other = 0x4440_0000
+    assert _load_ttbr0(hv, plat, cpu, other)  # cpu0 leaves USER_ROOT
+    plat.allowed_log.clear()
+    _store(hv, plat, cpu, USER_ROOT + 16, 0x1234_5678)
+    assert [r.rule for r in hv.refusals] == ["user-pgd"]  # still a live root: refused
+    assert hv.roots.released == 0 and hv.roots.fast_kept == 1
+    assert USER_ROOT in hv.roots.valid and USER_ROOT in plat.allowed[SysReg.TTBR0_EL1]
+    assert plat.allowed_log == [("remove", SysReg.TTBR0_EL1, USER_ROOT),
+                                ("add", SysReg.TTBR0_EL1, USER_ROOT)]
+
+
+def test_root_fast_path_off_after_cpu_restart() -> None:
+    hv, plat, cpu = armed()
+    hv.handle(plat, cpu, CpuStart(0x4020_0000, 0))
+    assert hv.cpus[cpu.index].fast == frozenset()

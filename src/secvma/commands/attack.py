@@ -71,7 +71,7 @@ def attack(guest: str, policies: tuple[str, ...], only: tuple[str, ...], s2: str
 def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: bool, echo: bool,
                   as_json: bool) -> None:
     from secvma.fixtures import FixturesUnavailable
-    from secvma.linux.attacks import ATTACKS, EXPECT, NAMES, run_linux_suite
+    from secvma.linux.attacks import ATTACKS, NAMES, run_linux_suite
     from secvma.linux.session import POLICIES
     from secvma.machine.errors import MachineError
 
@@ -89,7 +89,8 @@ def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: b
             t.add_column(col, overflow="fold")
         for a in ATTACKS:
             t.add_row(a.name, a.goal, a.how, a.rule,
-                      " / ".join(", ".join(sorted(v.value for v in EXPECT[p])) for p in POLICIES))
+                      " / ".join(", ".join(sorted(v.value for v in a.expected(p))) for p in POLICIES)
+                      + (f" (known gap: {a.gap})" if a.gap else ""))
         console.print(t)
         return
     try:

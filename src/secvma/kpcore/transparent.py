@@ -110,7 +110,8 @@ class TCpu:
     mmu_on: bool = False
     locked: bool = False
     pinned: dict[SysReg, int] = field(default_factory=dict)
-    ttbr0: int = 0  # base last loaded (0: none yet)
+    ttbr0: int = 0  # base last loaded through a trap (0: none yet; the fast path may differ)
+    fast: frozenset[SysReg] = frozenset()  # root fast paths enabled on this CPU
 
 
 @dataclass
@@ -151,6 +152,7 @@ class Roots:
     pending: set[int] = field(default_factory=set)  # write-protected, awaiting validation
     accepted: int = 0
     released: int = 0
+    fast_kept: int = 0  # releases undone: a CPU had the root loaded (or was loading it)
 
 
 @dataclass(slots=True)
@@ -183,12 +185,15 @@ class TransparentKPCore:
     `image` is the kernel Image the machine boots (bytes, read before it runs): its declared
     patch sites and pristine text. Without it no text patch can be validated (all refused).
     `protect_tables=False` keeps only the register rules (the boot phase forever).
+    `root_fast_path=False` keeps every TTBR write trapping (the trampoline's root fast path
+    off: for measuring what it saves).
     """
 
     def __init__(self, *, protect_tables: bool = True, s2: str = "huge",
                  image: bytes | None = None, sites: PatchSites | None = None,
-                 check_invariants: bool = False) -> None:
+                 check_invariants: bool = False, root_fast_path: bool = True) -> None:
         self.protect_tables = protect_tables
+        self.root_fast_path = root_fast_path  # False: every TTBR write traps (measurements)
         self.policy = policy_named("hardened", s2=s2)
         self.image = image
         self.sites = sites if sites is not None else _sites_of(image)
@@ -212,6 +217,7 @@ class TransparentKPCore:
         self.vbars = guard.VbarLearner()  # issue 15: VBAR_EL1 checked by the interrupt guard
         self.kaslr = 0  # VA displacement of the kernel image from its link address
         self.init_text: set[int] = set()  # KCODE pfns of init text still mapped at arming
+        self.plat: Platform | None = None  # the machine, for the root fast path's table
 
     # --- public surface -----------------------------------------------------------------
 
@@ -239,6 +245,7 @@ class TransparentKPCore:
             dmaidentity.hide_window(st, platform)  # SMMU registers: the hypervisor's only
             dmaidentity.attach(st, platform)  # devices: IOVA = PA of ordinary pages only
             self.st = st
+            self.plat = platform
         return self.st
 
     def protection_summary(self) -> dict[str, object]:
@@ -407,6 +414,31 @@ class TransparentKPCore:
         cpu.skip()
         if not c.locked and c.on_swapper and c.mmu_on:
             self._lock(cpu, c, value if reg is SysReg.SCTLR_EL1 else None)
+        self._root_fast_path(plat, cpu, c)
+
+    # --- root fast path: validated roots loaded without a trap ---------------------------
+
+    def _root_fast_path(self, plat: Platform, cpu: Vcpu, c: TCpu) -> None:
+        """Once a CPU is locked (its TTBR1 writes teach nothing more), its writes of learned
+        TTBR1 roots; once the tables are protected, of validated user roots: at EL2."""
+        want: set[SysReg] = set()
+        if self.root_fast_path and c.locked and self.learned.swapper is not None:
+            want.add(SysReg.TTBR1_EL1)
+            if self.protect_tables and self.armed:
+                want.add(SysReg.TTBR0_EL1)
+        if frozenset(want) != c.fast:
+            self._sync_roots(plat)
+            c.fast = frozenset(want)
+            cpu.enable_root_fast_path(c.fast)
+
+    def _sync_roots(self, plat: Platform | None) -> None:
+        """The machine's allowed roots := what Python accepts without a further check."""
+        if plat is None:
+            return
+        ln = self.learned
+        plat.set_allowed_roots(SysReg.TTBR1_EL1, ln.roots if ln.swapper is not None else ())
+        ttbr0 = self.roots.valid | ln.ttbr0_kernel if self.protect_tables and self.armed else set()
+        plat.set_allowed_roots(SysReg.TTBR0_EL1, ttbr0)
 
     def _lock(self, cpu: Vcpu, c: TCpu, sctlr: int | None) -> None:
         """The CPU runs on swapper with its MMU on: pin SCTLR/TCR/MAIR at their values."""
@@ -487,6 +519,7 @@ class TransparentKPCore:
             self.roots.pending.discard(base)
             self.roots.valid.add(base)
             self.roots.accepted += 1
+            self._sync_roots(plat)
             return
         if usage is Usage.EL0_PGD and base not in self.roots.valid:
             usage = Usage.NONE if self._release_stale_root(st, pfn) else usage
@@ -507,14 +540,31 @@ class TransparentKPCore:
         return usage is Usage.NONE
 
     def _loaded(self, base: int) -> bool:
-        return any(c.ttbr0 == base for c in self.cpus.values())
+        """Some CPU runs on `base`, or is loading it through the fast path (the machine's
+        view: a fast-path load never reaches Python)."""
+        if self.plat is None:
+            return any(c.ttbr0 == base for c in self.cpus.values())
+        return base in self.plat.roots_in_use(SysReg.TTBR0_EL1)
 
     def _release_stale_root(self, st: KState, pfn: int) -> bool:
-        """Release user root `pfn` if no CPU has it loaded (the kernel freed it)."""
+        """Release user root `pfn` if no CPU has it loaded (the kernel freed it).
+
+        Its fast-path entry goes first (set_allowed_roots fences), then the CPUs' roots are
+        read: a CPU either saw the removal (and traps) or shows the root as in use here."""
         base = pfn << 12
-        if self._loaded(base):
+        if base in self.roots.valid:
+            self.roots.valid.discard(base)
+            self._sync_roots(self.plat)
+            if self._loaded(base):
+                self.roots.valid.add(base)
+                self._sync_roots(self.plat)
+                self.roots.fast_kept += 1
+                return False
+        elif self._loaded(base):
             return False
-        self.roots.valid.discard(base)
+        for c in self.cpus.values():
+            if c.ttbr0 == base:
+                c.ttbr0 = 0  # a stale trap-time view: no CPU runs on it
         self.roots.pending.discard(base)
         self._release_page(st, pfn)
         self.roots.released += 1

@@ -34,6 +34,9 @@ from secvma.linux.session import (
     refusals_of,
 )
 
+BLOCKED = frozenset({Verdict.BLOCKED})
+SUCCEEDS = frozenset({Verdict.SUCCEEDED})
+
 
 @dataclass(frozen=True)
 class LinuxAttack:
@@ -41,6 +44,15 @@ class LinuxAttack:
     goal: str
     how: str
     rule: str  # what must stop it under `transparent`
+    gap: str = ""
+    """Why `transparent` does not stop it yet (an open item of issue 10): then the attack is
+    expected to *succeed* under transparent and is reported as a known gap, like secvma2024's
+    §11 gaps on the testbed. Empty: it must be blocked."""
+
+    def expected(self, policy: str) -> frozenset[Verdict]:
+        if policy == "transparent" and not self.gap:
+            return BLOCKED
+        return SUCCEEDS
 
 
 ATTACKS: tuple[LinuxAttack, ...] = (
@@ -87,9 +99,6 @@ ATTACKS: tuple[LinuxAttack, ...] = (
                 "module text executable only when its signature verifies"),
 )
 NAMES = tuple(a.name for a in ATTACKS)
-BLOCKED = frozenset({Verdict.BLOCKED})
-SUCCEEDS = frozenset({Verdict.SUCCEEDED})
-EXPECT: dict[str, frozenset[Verdict]] = {"none": SUCCEEDS, "transparent": BLOCKED}
 
 _ATK_RE = re.compile(r"^SECVMA-ATK (\S+) ([01]) (\S+) ?(.*)$", re.MULTILINE)
 _ALIVE_RE = re.compile(r"^SECVMA-ALIVE ([01])", re.MULTILINE)
@@ -143,7 +152,7 @@ def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None 
     res = boot_linux(hv, f"SECVMA_ATTACK={attack.name}", timeout_s=timeout_s, echo=echo,
                      guest=guest)
     verdict, detail = judge(res.console, attack.name, res.exit, internal_errors_of(hv))
-    expected = EXPECT[policy]
+    expected = attack.expected(policy)
     refusals = [f"{r['rule']}: {r['reason']}" for r in refusals_of(hv)]
     return LinuxOutcome(attack.name, policy, verdict, detail, sorted(v.value for v in expected),
                         verdict in expected, refusals[:5], time.perf_counter() - t0)

@@ -37,7 +37,7 @@ _WL_RE = re.compile(r"^SECVMA-WL (\S+) ([01]) (\d+) ?(.*)$", re.MULTILINE)
 
 
 def make_linux_hypervisor(policy: str, s2: str = "huge", *,
-                          check_invariants: bool = False) -> Hypervisor:
+                          check_invariants: bool = False, root_fast_path: bool = True) -> Hypervisor:
     """`none` -> NullHypervisor; `transparent` -> TransparentKPCore in stage-2 mode `s2`."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r} for the Debian kernel; one of {POLICIES}")
@@ -48,7 +48,8 @@ def make_linux_hypervisor(policy: str, s2: str = "huge", *,
             raise ValueError("--check-invariants needs a KPCore policy (transparent)")
         return NullHypervisor()
     image = fixtures.fetch().kernel_image.read_bytes()  # its patch sites, read before it runs
-    return TransparentKPCore(s2=s2, image=image, check_invariants=check_invariants)
+    return TransparentKPCore(s2=s2, image=image, check_invariants=check_invariants,
+                             root_fast_path=root_fast_path)
 
 
 def transparent_of(hv: Hypervisor) -> TransparentKPCore | None:
@@ -125,6 +126,8 @@ class LinuxRunReport:
     internal_errors: list[str] = field(default_factory=list)
     traps: dict[str, int] = field(default_factory=dict)
     console: str = ""
+    fast_traps: dict[str, int] = field(default_factory=dict)  # answered at EL2: total, roots
+    sysreg_traps: dict[str, int] = field(default_factory=dict)  # trapped MSRs by register
 
     @property
     def ok(self) -> bool:
@@ -141,7 +144,8 @@ class LinuxRunReport:
                 "workloads": {n: w.to_json() for n, w in self.workloads.items()},
                 "refusals": self.refusals, "invariant_violations": self.invariant_violations,
                 "protection": self.protection, "internal_errors": self.internal_errors,
-                "traps": self.traps}
+                "traps": self.traps, "fast_traps": self.fast_traps,
+                "sysreg_traps": self.sysreg_traps}
 
 
 def parse_workloads(console: str, wanted: tuple[str, ...], why_missing: str) -> dict[str, WorkloadResult]:
@@ -160,13 +164,15 @@ def parse_workloads(console: str, wanted: tuple[str, ...], why_missing: str) -> 
 
 def run_linux_workloads(policy: str, s2: str = "huge", smp: int = 1,
                         workloads: tuple[str, ...] = ("all",), *, check_invariants: bool = False,
-                        timeout_s: float = 900.0, echo: bool = False) -> LinuxRunReport:
+                        timeout_s: float = 900.0, echo: bool = False,
+                        root_fast_path: bool = True) -> LinuxRunReport:
     """Boot Debian under `policy`, run the named workloads (or all), report each one's result."""
     names = WORKLOADS if "all" in workloads else tuple(dict.fromkeys(workloads))
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload(s) {unknown}; one of {WORKLOADS}")
-    hv = make_linux_hypervisor(policy, s2, check_invariants=check_invariants)
+    hv = make_linux_hypervisor(policy, s2, check_invariants=check_invariants,
+                               root_fast_path=root_fast_path)
     res = boot_linux(hv, f"SECVMA_WL={','.join(names)}", smp=smp, timeout_s=timeout_s, echo=echo)
     why = f"the run ended ({res.exit}{': ' + res.reason if res.reason else ''}) first"
     return LinuxRunReport(
@@ -176,4 +182,14 @@ def run_linux_workloads(policy: str, s2: str = "huge", smp: int = 1,
         refusals=refusals_of(hv),
         invariant_violations=invariant_violations_of(hv),
         protection=protection_of(hv), internal_errors=internal_errors_of(hv),
-        traps=dict(res.traps), console=res.console)
+        traps=dict(res.traps), console=res.console,
+        fast_traps={"total": res.fast_traps, "roots": res.fast_root_traps},
+        sysreg_traps=sysreg_traps_of(hv))
+
+
+def sysreg_traps_of(hv: object) -> dict[str, int]:
+    """Trapped MSRs by register, as the hypervisor counted them (empty if it does not)."""
+    stats = getattr(hv, "stats", None)
+    if not isinstance(stats, dict):
+        return {}
+    return {k[4:]: int(v) for k, v in sorted(stats.items()) if isinstance(k, str) and k.startswith("msr.")}

@@ -9,6 +9,7 @@ Guest physical memory (QEMU `virt`, highmem=off: all devices and RAM below 4 GiB
     RAM_BASE     = 0x4000_0000   hypervisor region, HYP_SIZE bytes, `no-map` in the DTB:
       +0x08_0000  trampoline (QEMU loads the raw -kernel file here and enters it at EL2)
       +0x10_0000  mailbox page of CPU n at +n*0x1000 (also that CPU's EL2 stack)
+      +0x18_0000  root fast-path tables (see ROOTTAB_BASE), 2 x ROOT_TABLE_SIZE
       +0x20_0000  page pool for the hypervisor's stage-2 tables, up to HYP_BASE + HYP_SIZE
     KERNEL_BASE  = RAM_BASE + HYP_SIZE   the EL1 kernel / payload (2 MiB aligned)
     RAM_BASE + 128 MiB             QEMU puts the initrd here, then the DTB
@@ -62,6 +63,7 @@ MB_VEC = 0x058  # vector offset for KIND_UNEXPECTED
 MB_MPIDR = 0x060
 MB_CNTFRQ = 0x068
 MB_FAST = 0x070  # traps answered by the fast path (no Python)
+MB_ROOT_EN = 0x078  # root fast paths this CPU may take: bit 0 TTBR0_EL1, bit 1 TTBR1_EL1
 # EL1 state saved at every trap (read-only for Python; used for walks and decode)
 MB_SCTLR = 0x080
 MB_TTBR0 = 0x088
@@ -85,7 +87,10 @@ MB_CMDS = 0x200  # commands: {op, a, b, pad} u64 each; op 0 ends the list
 CMD_SIZE = 32
 MAX_CMDS = 64
 MB_FASTTAB = 0xA00  # fast-path table (see FAST_*), up to MB_FASTTAB_END
-MB_FASTTAB_END = 0xD80
+MB_FASTTAB_END = 0xD60
+MB_NEXT_TTBR0 = 0xD70  # TTBR0_EL1 value being loaded (0: none): by the root fast path, or
+# queued by Python (OP_MSR) and not yet done; see ROOTTAB
+MB_FAST_ROOTS = 0xD78  # of MB_FAST: TTBR writes answered by the root fast path
 MB_IRQQ = 0xD80  # interrupts waiting for a free list register: IRQQ_MAX u32 INTIDs
 IRQQ_MAX = 16
 MB_IRQQ_N = 0xDC0  # how many are queued
@@ -95,6 +100,7 @@ MB_GICR = 0xDD8  # this CPU's redistributor (RD frame) physical address
 MB_LAST_TICK = 0xDE0  # CNTPCT at the last guard timer tick (a late tick re-enables its PPI)
 MB_PPI_FIX = 0xDE8  # times the guard's PPIs were re-enabled because ticks stopped coming
 MB_NLR_MASK = 0xDF0  # (1 << number of list registers) - 1, read once from ICH_VTR_EL2
+MB_CUR_TTBR0 = 0xDF8  # TTBR0_EL1 value this CPU last loaded (fast path or OP_MSR); see ROOTTAB
 MB_GUARDTAB = 0xE00  # guard table (see GUARD_*), up to MB_GUARDTAB_END
 MB_GUARDTAB_END = 0x1000
 
@@ -132,6 +138,25 @@ FAST_ENTRY_SIZE = 16
 FAST_MAX = (MB_FASTTAB_END - MB_FASTTAB) // FAST_ENTRY_SIZE - 1
 FAST_ALLOW = 1
 
+# ---- root fast path: TTBR writes of roots the hypervisor has validated ----------------------
+# One table per machine (shared by all CPUs: a validated root is valid on every CPU, and Python
+# writes an entry once, not once per CPU) for each of TTBR0_EL1 (at ROOTTAB_BASE) and TTBR1_EL1
+# (ROOTTAB_BASE + ROOT_TABLE_SIZE): ROOT_BUCKETS buckets of ROOT_WAYS u64 BADDRs, bucket
+# (BADDR >> 12) % ROOT_BUCKETS, 0 = free slot. A trapped MSR TTBRx (ISS key TTBRx_ISS_KEY) on a
+# CPU whose MB_ROOT_EN has the register's bit, with value & ROOT_BADDR (ASID and CnP masked) in
+# the table, is performed at EL2. Removal protocol (Dekker): for TTBR0 the trampoline writes
+# the value to MB_NEXT_TTBR0, DMB, reads the table, loads the root, records MB_CUR_TTBR0 and
+# clears MB_NEXT_TTBR0; Python removes the entry, fences, then reads every CPU's CUR/NEXT: either
+# the CPU sees the removal (and traps) or Python sees the root as in use (and keeps it). A TTBR0
+# write Python queues sets NEXT at once (OP_MSR sets CUR, then clears NEXT): a root another CPU's
+# trap is about to load counts as in use before that CPU has resumed.
+ROOTTAB_BASE = HYP_BASE + 0x18_0000
+ROOT_BUCKET_BITS = 8  # the trampoline indexes buckets with these BADDR bits above bit 12
+ROOT_BUCKETS = 1 << ROOT_BUCKET_BITS
+ROOT_WAYS = 4  # the trampoline compares exactly four slots (two LDPs)
+ROOT_TABLE_SIZE = ROOT_BUCKETS * ROOT_WAYS * 8
+ROOT_BADDR = 0x0000_FFFF_FFFF_FFFE
+
 # ---- interrupt guard: EL2 takes control at a bounded interval, whatever EL1 does ----------
 # OP_GUARD sets HCR_EL2.IMO|FMO (kept in every later HCR write through MB_HCR_OR), enables the
 # GICv3 virtual CPU interface (ICH_HCR_EL2.En) and the EL2 physical timer (CNTHP, PPI
@@ -144,6 +169,8 @@ FAST_ALLOW = 1
 GUARD_ENTRY_SIZE = 40
 GUARD_MAX = (MB_GUARDTAB_END - MB_GUARDTAB) // GUARD_ENTRY_SIZE - 1
 GUARD_ON = 1
+TTBR0_ISS_KEY = (3 << 20) | (0 << 17) | (0 << 14) | (2 << 10) | (0 << 1)  # MSR TTBR0_EL1, Rt masked
+TTBR1_ISS_KEY = (3 << 20) | (1 << 17) | (0 << 14) | (2 << 10) | (0 << 1)  # MSR TTBR1_EL1
 SGI1R_ISS_KEY = (3 << 20) | (5 << 17) | (12 << 10) | (11 << 1)  # MSR ICC_SGI1R_EL1, Rt masked
 GUARD_PPI = 26  # virt board: EL2 physical timer (CNTHP) PPI 10
 MAINT_PPI = 25  # GICv3 maintenance interrupt (list-register underflow)

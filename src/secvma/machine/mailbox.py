@@ -13,9 +13,10 @@ that long without a trap the loop sleeps between polls, trading latency for a fr
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from secvma.machine import layout
@@ -126,6 +127,7 @@ class RunResult:
     first_seen: dict[str, float] = field(default_factory=dict)
     cntfrq: int = 0
     guard: GuardStats | None = None
+    fast_root_traps: int = 0  # of fast_traps: TTBR writes answered by the root fast path
 
     def roundtrip_stats(self) -> dict[str, float]:
         """Median, p99 and count of the trap round trips measured by the trampoline (µs)."""
@@ -201,6 +203,8 @@ class MailboxCpu:
         self.cmds.append((layout.OP_MSR, int(reg), value & MASK64))
         self.shadow[reg] = value & MASK64
         self.written[reg] = value & MASK64
+        if reg is SysReg.TTBR0_EL1:  # in use from this decision on (roots_in_use), not only
+            self.q[(self.off + layout.MB_NEXT_TTBR0) >> 3] = value & MASK64  # once loaded
 
     def read_sysreg(self, reg: SysReg) -> int:
         """The register's value as this trap sees it.
@@ -289,6 +293,14 @@ class MailboxCpu:
         """A u64 counter of this CPU's mailbox (layout.MB_IRQS, MB_TICKS, ...)."""
         return int(self.q[(self.off + field_off) // 8])
 
+    def enable_root_fast_path(self, regs: frozenset[SysReg]) -> None:
+        bits = 0
+        for reg in regs:
+            if reg not in ROOT_TABLE_INDEX:
+                raise ValueError(f"no root fast path for {reg.name}")
+            bits |= 1 << ROOT_TABLE_INDEX[reg]
+        self.q[(self.off + layout.MB_ROOT_EN) >> 3] = bits
+
     def set_fast_path(self, regs: list[SysReg]) -> None:
         """Let the trampoline perform MSRs to `regs` itself, without a round trip to Python."""
         if len(regs) > layout.FAST_MAX:
@@ -298,6 +310,42 @@ class MailboxCpu:
         for i, reg in enumerate(regs):
             struct.pack_into("<IIQ", mm, base + i * layout.FAST_ENTRY_SIZE, sysreg_iss_key(reg), int(reg), 0)
         struct.pack_into("<IIQ", mm, base + len(regs) * layout.FAST_ENTRY_SIZE, 0, 0, 0)
+
+
+ROOT_TABLE_INDEX = {SysReg.TTBR0_EL1: 0, SysReg.TTBR1_EL1: 1}
+
+
+class RootTable:
+    """One shared root fast-path table in the hypervisor region (layout "root fast path").
+
+    Python is its only writer; every CPU's trampoline reads it. Entries are single aligned
+    u64 stores, so a CPU sees a slot either before or after a change, never torn."""
+
+    def __init__(self, mm: memoryview, off: int) -> None:
+        self.q = mm
+        self.base = off >> 3  # u64 index of slot 0
+        self.slots: dict[int, int] = {}  # BADDR -> slot
+        self.left_out = 0  # bases that found their bucket full (they keep trapping)
+        for i in range(layout.ROOT_BUCKETS * layout.ROOT_WAYS):
+            self.q[self.base + i] = 0
+
+    def set(self, bases: set[int]) -> bool:
+        """Make the table hold `bases` (as far as buckets allow); True if any was removed."""
+        gone = [b for b in self.slots if b not in bases]
+        for b in gone:
+            self.q[self.base + self.slots.pop(b)] = 0
+        for b in bases:
+            if b in self.slots or b == 0:
+                continue
+            first = ((b >> 12) % layout.ROOT_BUCKETS) * layout.ROOT_WAYS
+            for slot in range(first, first + layout.ROOT_WAYS):
+                if self.q[self.base + slot] == 0:
+                    self.q[self.base + slot] = b
+                    self.slots[b] = slot
+                    break
+            else:
+                self.left_out += 1
+        return bool(gone)
 
 
 class MailboxServer:
@@ -320,6 +368,10 @@ class MailboxServer:
         self.rt_ticks: list[int] = []
         self._halt: str | None = None
         self._current: MailboxCpu | None = None
+        tab = layout.ROOTTAB_BASE - layout.RAM_BASE
+        self.root_tables = {reg: RootTable(self.q, tab + i * layout.ROOT_TABLE_SIZE)
+                            for reg, i in ROOT_TABLE_INDEX.items()}
+        self._fence = threading.Lock()
         self.starve_s = STARVE_S
         self._qtest: QtestClient | None = None
 
@@ -339,6 +391,28 @@ class MailboxServer:
     @property
     def hyp_size(self) -> int:
         return layout.HYP_SIZE
+
+    def set_allowed_roots(self, reg: SysReg, bases: Iterable[int]) -> None:
+        table = self.root_tables.get(reg)
+        if table is None:
+            raise ValueError(f"no root fast path for {reg.name}")
+        want = {b & layout.ROOT_BADDR for b in bases}
+        if table.set(want):
+            # store -> load fence before any roots_in_use read (x86 TSO may reorder a store
+            # with a later load; a lock's atomic read-modify-write may not)
+            with self._fence:
+                pass
+
+    def roots_in_use(self, reg: SysReg) -> set[int]:
+        if reg is not SysReg.TTBR0_EL1:
+            raise ValueError("roots in use are tracked for TTBR0_EL1 only")
+        out: set[int] = set()
+        for c in self.cpus:
+            for f in (layout.MB_CUR_TTBR0, layout.MB_NEXT_TTBR0):
+                v = int(self.q[(c.off + f) >> 3]) & layout.ROOT_BADDR
+                if v:
+                    out.add(v)
+        return out
 
     def _off(self, pa: int, size: int) -> int:
         off = pa - layout.RAM_BASE
@@ -620,7 +694,8 @@ class MailboxServer:
         return RunResult(exit_kind, reason, wall, console.text,
                          qemu.proc.returncode if qemu.proc else None, dict(self.traps), fast, ntr, rt,
                          {k.decode(errors="replace"): v for k, v in console.first_seen.items()},
-                         cntfrq, guard)
+                         cntfrq, guard,
+                         sum(int(self.q[(c.off + layout.MB_FAST_ROOTS) >> 3]) for c in self.cpus))
 
     def guard_stats(self, cntfrq: int) -> GuardStats | None:
         """The interrupt guard's counters, or None when no CPU armed it."""
