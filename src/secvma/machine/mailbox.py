@@ -679,7 +679,8 @@ class MailboxServer:
         fast = sum(int(self.q[(c.off + layout.MB_FAST) >> 3]) for c in self.cpus)
         ntr = sum(int(self.q[(c.off + layout.MB_NTR) >> 3]) for c in self.cpus)
         guard = self.guard_stats(cntfrq)
-        if exit_kind != "poweroff":
+        fast_roots = sum(int(self.q[(c.off + layout.MB_FAST_ROOTS) >> 3]) for c in self.cpus)
+        if exit_kind != "poweroff":  # read every counter above: release() unmaps guest RAM
             self.release()
             qemu.stop()
         else:
@@ -694,8 +695,7 @@ class MailboxServer:
         return RunResult(exit_kind, reason, wall, console.text,
                          qemu.proc.returncode if qemu.proc else None, dict(self.traps), fast, ntr, rt,
                          {k.decode(errors="replace"): v for k, v in console.first_seen.items()},
-                         cntfrq, guard,
-                         sum(int(self.q[(c.off + layout.MB_FAST_ROOTS) >> 3]) for c in self.cpus))
+                         cntfrq, guard, fast_roots)
 
     def guard_stats(self, cntfrq: int) -> GuardStats | None:
         """The interrupt guard's counters, or None when no CPU armed it."""
