@@ -407,6 +407,7 @@ do_smc:                                 // the guest's (possibly rewritten) PSCI
     b       cmd_loop
 do_str32:                               // a = PA (4-aligned), b = word; EL2 runs MMU-off, so
     str     w2, [x1]                    // the store goes through QEMU's code-write tracking
+    b       cmd_loop
 do_doorbell:                            // a = device register (the SMMU's CMDQ_PROD), b = PA of
     dsb     sy                          // a u32 in hypervisor memory: its value *now* is
     ldr     w3, [x2]                    // written (never a stale one, whichever CPU rings
