@@ -123,7 +123,7 @@ def test_debian_boots_with_the_guard_armed_smp2(debian: fx.FixtureSet) -> None:
 @pytest.mark.parametrize("smp", [1, 2])
 def test_debian_transparent_pins_vbar_with_zero_refusals(debian: fx.FixtureSet, smp: int) -> None:
     """transparent: VBAR_EL1 learned and pinned on every CPU, boot to /init, zero refusals."""
-    hyp = TransparentKPCore()
+    hyp = TransparentKPCore(image=debian.kernel_image.read_bytes())  # its patch sites
     res = boot(MachineConfig(kernel=debian.kernel_image, initrd=build_initramfs(), ncpus=smp,
                              timeout_s=120), hyp, watch=(INIT_BANNER,))
     assert res.exit == "poweroff", res.console[-2000:]
