@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from secvma.attacks.scenarios import Verdict
+from secvma.attacks.suite import Outcome
 from secvma.linux.guestbuild import LinuxGuest, build_linux_guest
 from secvma.linux.session import (
     POLICIES,
@@ -104,21 +105,7 @@ _ATK_RE = re.compile(r"^SECVMA-ATK (\S+) ([01]) (\S+) ?(.*)$", re.MULTILINE)
 _ALIVE_RE = re.compile(r"^SECVMA-ALIVE ([01])", re.MULTILINE)
 
 
-@dataclass
-class LinuxOutcome:
-    attack: str
-    policy: str
-    verdict: Verdict
-    detail: str
-    expected: list[str]
-    matches: bool
-    refusals: list[str]
-    seconds: float
-
-    def as_json(self) -> dict[str, Any]:
-        return {"attack": self.attack, "policy": self.policy, "verdict": self.verdict.value,
-                "detail": self.detail, "expected": self.expected, "matches": self.matches,
-                "refusals": self.refusals, "seconds": round(self.seconds, 3)}
+LinuxOutcome = Outcome  # one outcome record for the testbed and the Linux suites
 
 
 def judge(console: str, name: str, exit_kind: str, internal: list[str]) -> tuple[Verdict, str]:
