@@ -1046,11 +1046,19 @@ class TransparentKPCore:
                 self._release_table(st, plat, child)
 
     def _root_store(self, st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
-        """A store into a user root: a valid entry, or the root was freed (release, retry)."""
+        """A store into a user root: validated while a CPU runs on it; otherwise released.
+
+        A root no CPU has loaded may be released at any time (it is validated afresh when it is
+        loaded again), so the first store into one releases it and is retried natively: a freed
+        root that the kernel reuses (cleared with DC ZVA, ~64-256 stores) costs one trap.
+        """
+        pfn = ev.ipa >> 12
+        if not self._loaded(pfn << 12) and self._release_stale_root(st, pfn):
+            self.stats["root_store_released"] += 1
+            raise _Retry()
         store = self._decode(st, plat, cpu, ev)
         slots = kpt.merge_slots(plat, store)
         plan = kpt.Plan()
-        pfn = store.page >> 12
         try:
             for slot, (old, new) in slots.items():
                 if new != 0 and new & 3 == 3:
