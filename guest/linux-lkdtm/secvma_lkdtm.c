@@ -14,6 +14,7 @@
  * Result:  cat /sys/kernel/debug/secvma_lkdtm/result   ("<NAME> effect=<0|1> <detail>")
  */
 #include <linux/module.h>
+#include <linux/delay.h>
 #include <linux/debugfs.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
@@ -403,6 +404,12 @@ static int a_vbar_write(unsigned long arg)
 	local_irq_save(flags);
 	write_sysreg(forged, vbar_el1);
 	isb();
+	/*
+	 * No trap guards VBAR_EL1 (no FEAT_FGT): what counts is whether the forged value survives.
+	 * Wait five 10 ms guard intervals with EL1's interrupts masked (so no exception uses the
+	 * forged vectors and the kernel survives either way); interrupts routed to EL2 still come.
+	 */
+	mdelay(50);
 	back = read_sysreg(vbar_el1);
 	write_sysreg(old, vbar_el1);
 	isb();
