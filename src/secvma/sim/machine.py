@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from secvma.arch.esr import DataAbort
-from secvma.arch.insn import decode_store
+from secvma.arch.insn import Access, AddrMode, StoreKind, StoreOp, decode_store
 from secvma.arch.walk import AccessType, Fault, translate
 from secvma.hvabi import BOOT_INFO_MAGIC, BOOT_INFO_VERSION, BootInfo
 from secvma.kpcore import KPCore, make_policy
@@ -29,6 +29,7 @@ from secvma.platform import (
     Stage2Abort,
     SysReg,
     SysregTrap,
+    VirtAddr,
 )
 
 if TYPE_CHECKING:
@@ -86,9 +87,10 @@ SCTLR = 0x30D00800 | 1 | 4 | 8 | (1 << 12) | (1 << 16) | (1 << 18)
 class FakePlatform:
     """`Platform` over a bytearray, recording flushes and halts."""
 
-    def __init__(self, ram_size: int = RAM_SIZE, *, smmu: bool = False) -> None:
+    def __init__(self, ram_size: int = RAM_SIZE, *, smmu: bool = False, ncpus: int = 2) -> None:
         from secvma.sim.smmu import FakeSmmu
 
+        self._ncpus = ncpus
         self.ram = bytearray(ram_size)
         self._size = ram_size
         self.flushes: list[tuple[str, int]] = []
@@ -118,7 +120,7 @@ class FakePlatform:
 
     @property
     def ncpus(self) -> int:
-        return 2
+        return self._ncpus
 
     def _off(self, pa: int, n: int) -> int:
         off = pa - RAM_BASE
@@ -376,7 +378,7 @@ _SIZE_BITS = {1: 0, 2: 1, 4: 2, 8: 3}
 def enc_store(form: str, width: int, t: int = 2, n: int = 1, t2: int = 3, s: int = 4,
               m: int = 5) -> int:
     """One store instruction: Xt (value), [Xn] (address), Xt2 (pair), Ws (status), Xm (index)."""
-    sz = _SIZE_BITS[width] << 30
+    sz = _SIZE_BITS.get(width, 0) << 30
     if form == "str":
         return sz | 0x39000000 | n << 5 | t
     if form == "stur":
@@ -401,16 +403,63 @@ def enc_store(form: str, width: int, t: int = 2, n: int = 1, t2: int = 3, s: int
         return sz | 0x089FFC00 | n << 5 | t
     if form == "dc_zva":
         return 0xD50B7420 | n
+    if form == "stlxr":
+        return sz | 0x0800FC00 | s << 16 | n << 5 | t
+    if form == "cas":  # CAS Ws/Xs (expected), Wt/Xt (new), [Xn]
+        return sz | 0x08A07C00 | s << 16 | n << 5 | t
+    if form == "swp":  # SWP Xs (stored), Xt (old value), [Xn]
+        return sz | 0x38208000 | s << 16 | n << 5 | t
+    if form == "ldadd":  # LDADD Xs (addend), Xt (old value), [Xn]
+        return sz | 0x38200000 | s << 16 | n << 5 | t
+    if form == "str_q":  # STR Qt, [Xn]
+        return 0x3D800000 | n << 5 | t
+    if form == "st1":  # ST1 {Vt.16B}, [Xn]
+        return 0x4C007000 | n << 5 | t
     raise ValueError(form)
 
 
 ISV_FORMS = {"str", "stur", "str_reg", "sttr", "stlr"}
 FORMS = ("str", "stur", "str_reg", "str_pre", "str_post", "sttr", "stp", "stp_xzr", "stnp",
          "stxr", "stlr", "dc_zva")
+# forms `decode_store` does not emulate (FEAT_LSE atomics; SIMD stores without V registers):
+# the CPU model executes them itself (`_unemulated`), KPCore must refuse them when they trap
+RMW_FORMS = ("cas", "swp", "ldadd")
+SIMD_FORMS = ("str_q", "st1")
+EXTRA_FORMS = ("stlxr", *RMW_FORMS, *SIMD_FORMS)
 INSN_SLOT = TEXT + 0x3000  # a text page where the CPU model "executes" its instruction
 
 
 # --- the machine ------------------------------------------------------------------------------
+
+
+def _page_chunks(va: int, data: bytes) -> list[tuple[int, bytes]]:
+    """One access split at 4 KB boundaries: each part is translated (and may fault) alone, as
+    the MMU does for an unaligned access that crosses a page."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        here = (va + pos) & MASK64
+        n = min(len(data) - pos, 0x1000 - (here & 0xFFF))
+        out.append((here, data[pos:pos + n]))
+        pos += n
+    return out
+
+
+def _unemulated(insn: int, form: str, width: int, c: FakeVcpu) -> StoreOp:
+    """The memory write of a form `decode_store` refuses, as the CPU performs it: an atomic
+    writes Xs-derived data of `width` bytes at [X1] (the model ignores the value read); a
+    128-bit SIMD store writes Q2 (here X2 in both halves) at [X1]."""
+    addr = c.regs[1]
+    if form in SIMD_FORMS:
+        v = c.regs[2] | (c.regs[2] << 64)
+        acc = Access(VirtAddr(addr), 16, v)
+    else:
+        acc = Access(VirtAddr(addr), width, c.regs[2] & ((1 << (8 * width)) - 1))
+    return StoreOp(StoreKind.PLAIN, form, AddrMode.BASE, (acc,))
+
+
+class KernelFault(Exception):
+    """The fake kernel's own access was refused (earlier guest actions broke its premise)."""
 
 
 @dataclass
@@ -427,9 +476,10 @@ class StoreResult:
 class FakeMachine:
     """A booted fake testbed under a hypervisor, with an EL1 CPU model."""
 
-    def __init__(self, hv: Hypervisor, *, boot: bool = True, smmu: bool = False) -> None:
+    def __init__(self, hv: Hypervisor, *, boot: bool = True, smmu: bool = False,
+                 ncpus: int = 2) -> None:
         self.hv = hv
-        self.plat = FakePlatform(smmu=smmu)
+        self.plat = FakePlatform(smmu=smmu, ncpus=ncpus)
         self.kernel = FakeKernel(self.plat)
         self.kernel.build()
         self.cpu = FakeVcpu()
@@ -500,18 +550,22 @@ class FakeMachine:
         traps = 0
         for _ in range(max_traps):
             n_inj = len(c.injected)
-            op = decode_store(insn, lambda r: c.regs[r] if r < 31 else 0)
+            op = _unemulated(insn, form, width, c) if form in RMW_FORMS + SIMD_FORMS \
+                else decode_store(insn, lambda r: c.regs[r] if r < 31 else 0)
             fault = None
+            chunks: list[tuple[int, bytes]] = []
             for acc in op.accesses:
-                res = self.translate(acc.address, AccessType.STORE, c)
-                if isinstance(res, Fault):
-                    fault = res
+                for va_part, data in _page_chunks(acc.address, acc.data):
+                    res = self.translate(va_part, AccessType.STORE, c)
+                    if isinstance(res, Fault):
+                        fault = res
+                        break
+                    chunks.append((res.pa, data))  # type: ignore[attr-defined]
+                if fault is not None:
                     break
             if fault is None:
-                for acc in op.accesses:
-                    res = self.translate(acc.address, AccessType.STORE, c)
-                    assert not isinstance(res, Fault)
-                    self.plat.write(PhysAddr(res.pa), acc.data)  # type: ignore[attr-defined]
+                for pa, data in chunks:  # every part of every access translated: now write
+                    self.plat.write(PhysAddr(pa), data)
                 if op.writeback is not None:
                     c.set_x(op.writeback.reg, op.writeback.value)
                 if op.status_reg is not None:
@@ -531,8 +585,10 @@ class FakeMachine:
         return StoreResult(False, traps, stalled=True)
 
     def _abort(self, fault: Fault, insn: int, form: str, width: int) -> Stage2Abort:
+        """The stage-2 data abort the trampoline would report (ISV only for single-register
+        forms without writeback, as the architecture gives it)."""
         isv = form in ISV_FORMS and not fault.s1ptw
-        esr = DataAbort(lower_el=True, il=True, isv=isv, sas=_SIZE_BITS[width] if isv else 0,
+        esr = DataAbort(lower_el=True, il=True, isv=isv, sas=_SIZE_BITS.get(width, 3) if isv else 0,
                         sse=False, srt=2 if isv else 0, sf=isv and width == 8,
                         ar=isv and form == "stlr", vncr=False, fnv=False, ea=False, cm=False,
                         s1ptw=fault.s1ptw, wnr=True, dfsc=fault.fsc).encode()
@@ -554,6 +610,24 @@ class FakeMachine:
             self.event(Stage2Abort(esr, va, PhysAddr(res.ipa), False, False, False,
                                    res.s1ptw), c)
         return False
+
+    def kernel_write(self, pa: int, data: bytes, cpu: FakeVcpu | None = None) -> None:
+        """The kernel's memcpy to `pa` through the linear map. A page stage 2 lets the CPU write
+        is written at once; any other part is written by 8-byte (or byte) stores, each trap
+        judged by the hypervisor: the kernel cannot write what a CPU could not. Raises
+        `KernelFault` at the first store that does not complete."""
+        for va, chunk in _page_chunks(lva(pa), data):
+            res = self.translate(va, AccessType.STORE, cpu)
+            if not isinstance(res, Fault):
+                self.plat.write(PhysAddr(res.pa), chunk)  # type: ignore[attr-defined]
+                continue
+            pos = 0
+            while pos < len(chunk):
+                w = 8 if (va + pos) % 8 == 0 and len(chunk) - pos >= 8 else 1
+                r = self.store(va + pos, int.from_bytes(chunk[pos:pos + w], "little"), w, cpu=cpu)
+                if not r.done:
+                    raise KernelFault(f"kernel store to {va + pos:#x} did not complete: {r}")
+                pos += w
 
     def entry(self, table_pa: int, idx: int) -> int:
         return self.plat.read_u64(PhysAddr(table_pa + 8 * idx))

@@ -96,10 +96,11 @@ def fake_keys(modules: dict[str, bytes], key: Ed25519PrivateKey | None = None) -
 
 
 def boot_with_exports(policy: str, keys: ModuleKeys | None, *, s2: str = "huge",
-                      check_invariants: bool = True) -> tuple[FakeMachine, KPCore]:
+                      check_invariants: bool = True, smmu: bool = False,
+                      ncpus: int = 2) -> tuple[FakeMachine, KPCore]:
     """A booted fake machine whose boot info lists KERNEL_EXPORTS in its rodata ksymtab."""
     hv = make_policy(policy, s2=s2, check_invariants=check_invariants, module_keys=keys)
-    m = FakeMachine(hv, boot=False)
+    m = FakeMachine(hv, boot=False, smmu=smmu, ncpus=ncpus)
     plain = sorted(n for n, (_v, g) in KERNEL_EXPORTS.items() if not g)
     gpl = sorted(n for n, (_v, g) in KERNEL_EXPORTS.items() if g)
     names = b""
@@ -180,7 +181,7 @@ class FakeModuleKernel:
         self.va_next += (pages + 1) * PAGE
         for i in range(pages):
             map_vmalloc(self.m, va + i * PAGE, pa + i * PAGE, pxn=False)
-            self.m.plat.write(PhysAddr(pa + i * PAGE), bytes(PAGE))
+            self.m.kernel_write(pa + i * PAGE, bytes(PAGE))
         return Run(va, pa, pages)
 
     def unmap_run(self, pool: int, run: Run) -> None:
@@ -190,7 +191,7 @@ class FakeModuleKernel:
         self.free_runs.setdefault((pool, run.pages), []).append(run.pa)
 
     def write_va(self, va: int, data: bytes, run: Run) -> None:
-        self.m.plat.write(PhysAddr(run.pa + va - run.va), data)
+        self.m.kernel_write(run.pa + va - run.va, data)
 
     # the load path
     def prepare(self, ko: bytes) -> tuple[bytearray, list[int], ElfModule]:
@@ -289,6 +290,8 @@ class FakeModuleKernel:
         """HVC 32 + HVC 31, then the kernel unmaps its runs (module_free)."""
         r32 = self.m.hvc(32, km.modid) if init_free else 0
         r31 = self.m.hvc(31, km.modid)
+        if r31 != 0:
+            return r32, r31  # still loaded (e.g. in use): the kernel keeps its runs
         self.unmap_run(0, km.text)
         self.unmap_run(1, km.ro)
         self.unmap_run(2, km.data)
