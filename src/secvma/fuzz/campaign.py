@@ -100,11 +100,13 @@ def module_keys(modules: dict[str, bytes]) -> ModuleKeys | None:
 class Rig:
     """A booted simulated testbed under one KPCore, with every CPU through head.S."""
 
-    def __init__(self, cfg: Config, modules: dict[str, bytes], keys: ModuleKeys | None) -> None:
+    def __init__(self, cfg: Config, modules: dict[str, bytes], keys: ModuleKeys | None,
+                 ram: bytearray | None = None) -> None:
+        """`ram`: the RAM buffer of a discarded rig to reuse (zeroed)."""
         self.cfg = cfg
         self.modules = modules
         self.m, self.hv = boot_with_exports(cfg.policy, keys, s2=cfg.s2, check_invariants=False,
-                                            smmu=True, ncpus=max(cfg.smp, 1))
+                                            smmu=True, ncpus=max(cfg.smp, 1), ram=ram)
         self.cpus: list[FakeVcpu] = [self.m.cpu]
         for i in range(1, cfg.smp):
             c = FakeVcpu(index=i)
@@ -256,6 +258,7 @@ class Result:
 
     seed: int
     cfg: Config
+    requested: int = 0
     steps: int = 0
     seconds: float = 0.0
     ops: Counter[str] = field(default_factory=Counter)
@@ -280,7 +283,7 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "steps": self.steps, "seed": self.seed, "smp": self.cfg.smp,
+            "steps": self.steps, "steps_requested": self.requested, "seed": self.seed, "smp": self.cfg.smp,
             "policy": self.cfg.policy, "s2": self.cfg.s2, "tier": "sim",
             "seconds": round(self.seconds, 3),
             "steps_per_second": round(self.steps / self.seconds, 1) if self.seconds else None,
@@ -296,9 +299,11 @@ class Result:
 
 def run_campaign(steps: int, seed: int, cfg: Config, modules: dict[str, bytes],
                  *, cases_dir: Path | None = None,
-                 progress: Callable[[int], None] | None = None) -> Result:
-    """`steps` random ops from `seed`; a failing sequence is shrunk and saved under `cases_dir`."""
-    res = Result(seed, cfg, modules=sorted(modules))
+                 progress: Callable[[int], None] | None = None, shrink_s: float = 60.0,
+                 max_failures: int = 50) -> Result:
+    """`steps` random ops from `seed`; a failing sequence is shrunk and saved under `cases_dir`
+    (once per failure signature); stops early after `max_failures` failures."""
+    res = Result(seed, cfg, steps, modules=sorted(modules))
     keys = module_keys(modules)
     gen = OpGenerator(seed)
     rig = Rig(cfg, modules, keys)
@@ -323,18 +328,21 @@ def run_campaign(steps: int, seed: int, cfg: Config, modules: dict[str, bytes],
             res.failures.append(f)
             if f.signature not in saved and cases_dir is not None:
                 saved.add(f.signature)
-                res.cases.append(str(save_case(cases_dir, seed, cfg, trail, f, modules)))
+                res.cases.append(str(save_case(cases_dir, seed, cfg, trail, f, modules,
+                                               shrink_s=shrink_s)))
         reboot = _reboot_reason(rig, found, outcome if not found else "")
         if reboot:
             res.reboots[reboot] += 1
             res.refusals.update(rig.new_refusals())
-            rig = Rig(cfg, modules, keys)
+            rig = Rig(cfg, modules, keys, ram=rig.m.plat.ram)
             trail = []
         elif len(trail) > 2 * MAX_CASE_OPS:
             trail = trail[-MAX_CASE_OPS:]
         if progress is not None:
             progress(step + 1)
-    res.steps = steps
+        res.steps = step + 1
+        if len(res.failures) >= max_failures:
+            break
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -395,11 +403,11 @@ def shrink(ops: list[Op], cfg: Config, modules: dict[str, bytes], signature: str
 
 
 def save_case(cases_dir: Path, seed: int, cfg: Config, trail: list[Op], failure: Failure,
-              modules: dict[str, bytes]) -> Path:
+              modules: dict[str, bytes], *, shrink_s: float = 60.0) -> Path:
     """Shrink the failing trail and write it as `<seed>[-n].json` (never overwriting a case)."""
     ops = trail[-MAX_CASE_OPS:]
     if replay(ops, cfg, modules, failure.signature) is not None:
-        ops = shrink(ops, cfg, modules, failure.signature)
+        ops = shrink(ops, cfg, modules, failure.signature, shrink_s)
     cases_dir.mkdir(parents=True, exist_ok=True)
     path = cases_dir / f"{seed}.json"
     n = 1

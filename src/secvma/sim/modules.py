@@ -97,10 +97,10 @@ def fake_keys(modules: dict[str, bytes], key: Ed25519PrivateKey | None = None) -
 
 def boot_with_exports(policy: str, keys: ModuleKeys | None, *, s2: str = "huge",
                       check_invariants: bool = True, smmu: bool = False,
-                      ncpus: int = 2) -> tuple[FakeMachine, KPCore]:
+                      ncpus: int = 2, ram: bytearray | None = None) -> tuple[FakeMachine, KPCore]:
     """A booted fake machine whose boot info lists KERNEL_EXPORTS in its rodata ksymtab."""
     hv = make_policy(policy, s2=s2, check_invariants=check_invariants, module_keys=keys)
-    m = FakeMachine(hv, boot=False, smmu=smmu, ncpus=ncpus)
+    m = FakeMachine(hv, boot=False, smmu=smmu, ncpus=ncpus, ram=ram)
     plain = sorted(n for n, (_v, g) in KERNEL_EXPORTS.items() if not g)
     gpl = sorted(n for n, (_v, g) in KERNEL_EXPORTS.items() if g)
     names = b""
