@@ -56,6 +56,7 @@ from secvma.sim.machine import (
 from secvma.sim.modules import FakeModuleKernel, KernelModule, boot_with_exports
 
 FULL_EVERY = 256
+EPOCH = 2000  # steps before a fresh machine: random ops slowly wreck the kernel's own mappings
 # the fake kernel could not do what it meant to (its own tables or pages were changed by earlier
 # ops and KPCore refused its access): an outcome, not a failure
 KERNEL_FAILED = (AssertionError, GuestMemoryError, KernelFault)
@@ -182,8 +183,9 @@ class Rig:
             except KERNEL_FAILED:
                 return "kernel-failed"  # the kernel's own tables were damaged by earlier ops
             if r31 != 0:
-                self.loaded.append(km)
-                return "refused"
+                if self.hv.refusals and self.hv.refusals[-1].rule == "mfree-busy":
+                    self.loaded.append(km)  # still loaded: the kernel keeps it
+                return "refused"  # else unloaded behind the kernel's back by a random HVC 31
             return "done"
         assert op.kind is OpKind.CPU_ON
         self._head_s(c)
@@ -351,6 +353,8 @@ def _reboot_reason(rig: Rig, found: list[Failure], outcome: str) -> str:
     """Why the machine cannot go on ('' if it can): a halt, a failure, a hung CPU."""
     if found:
         return "after a failure"
+    if rig.steps % EPOCH == EPOCH - 1:
+        return "epoch"
     if rig.m.plat.halted:
         return "halted: " + rig.m.plat.halted.split(":", 1)[0]
     if outcome == "stalled":

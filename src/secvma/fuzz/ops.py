@@ -234,7 +234,7 @@ class OpGenerator:
                 value = r.getrandbits(64)
             return Op(kind, cpu, (value,), reg.name)
         if kind is OpKind.USER_PGD:
-            pa = PT_POOL + 0x1000 * r.randrange(64) if r.random() < 0.8 else self.page(w)
+            pa = PT_POOL + 0x1000 * r.randrange(512) if r.random() < 0.8 else self.page(w)
             return Op(kind, cpu, (pa, r.randrange(512), self.descriptor(w, pa)))
         if kind is OpKind.MODULE_LOAD:
             mut = r.choice(list(Mutation))
