@@ -86,3 +86,21 @@ def test_cli_json_contract(tmp_path: Path) -> None:
     assert out["steps"] == 40 and out["seed"] == 11 and out["smp"] == 2
     assert out["invariant_violations"] == 0 and out["internal_errors"] == 0
     assert isinstance(out["refusals"], dict) and out["ok"] is True
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_qemu_tier_short_campaign() -> None:
+    """The same ops as real AArch64 code on the testbed: stores of several forms reach KPCore
+    through the trampoline, hardened refuses by rule, no violation, no internal error."""
+    import shutil
+
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("qemu-system-aarch64 not installed")
+    from secvma.fuzz.qemu import run_qemu_campaign
+
+    res = run_qemu_campaign(60, 1, Config("hardened", "huge", 1))
+    assert res.failures == [], res.failures
+    assert res.steps == 60 and res.tier == "qemu"
+    assert res.outcomes["store:faulted"] > 0 and res.outcomes["store:done"] > 0
+    assert any(r.startswith("kpt-") for r in res.refusals), res.refusals

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
-from secvma.ui import console, emit_json, err_console
+from secvma.ui import console, emit_json, err_console, fail
+
+if TYPE_CHECKING:
+    from secvma.fuzz.campaign import Result
 
 
 def default_cases_dir() -> Path:
@@ -42,9 +47,12 @@ def campaign_modules() -> tuple[dict[str, bytes], str]:
 @click.option("--s2", type=click.Choice(["huge", "4k"]), default="huge", show_default=True)
 @click.option("--cases", "cases_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Where failing sequences are saved (default: tests/fuzz_cases).")
+@click.option("--tier", type=click.Choice(["sim", "qemu"]), default="sim", show_default=True,
+              help="sim: KPCore's trap handlers on the simulated machine (~400 steps/s); qemu: "
+                   "the testbed kernel executes each op as real AArch64 code (one CPU).")
 @click.option("--json", "as_json", is_flag=True)
 def fuzz(steps: int, seed: int | None, smp: int, policy: str, s2: str, cases_dir: Path | None,
-         as_json: bool) -> None:
+         tier: str, as_json: bool) -> None:
     """Random EL1 operations against KPCore on the simulated machine, invariants after each.
 
     Stores of every form and width to table pages (pairs, exclusives, LSE atomics, DC ZVA, SIMD,
@@ -57,13 +65,23 @@ def fuzz(steps: int, seed: int | None, smp: int, policy: str, s2: str, cases_dir
 
     if seed is None:
         seed = secrets.randbelow(1 << 32)
-    modules, why = campaign_modules()
+    if tier == "qemu" and smp != 1:
+        fail("the qemu tier runs the testbed on one CPU", "drop --smp or use --tier sim")
+    modules, why = campaign_modules() if tier == "sim" else ({}, "")
     if why:
         err_console.print(f"[yellow]module ops disabled:[/] {why}")
     cfg = Config(policy, s2, smp)
     cases = cases_dir or default_cases_dir()
+
+    def run(progress: Callable[[int], None] | None) -> Result:
+        if tier == "qemu":
+            from secvma.fuzz.qemu import run_qemu_campaign
+
+            return run_qemu_campaign(steps, seed, cfg, progress)
+        return run_campaign(steps, seed, cfg, modules, cases_dir=cases, progress=progress)
+
     if as_json:
-        res = run_campaign(steps, seed, cfg, modules, cases_dir=cases)
+        res = run(None)
     else:
         from rich.progress import (
             BarColumn,
@@ -74,12 +92,12 @@ def fuzz(steps: int, seed: int | None, smp: int, policy: str, s2: str, cases_dir
             TimeRemainingColumn,
         )
 
-        with Progress(TextColumn(f"fuzz seed {seed} ({policy}, {s2}, smp {smp})"), BarColumn(),
+        with Progress(TextColumn(f"fuzz seed {seed} ({tier}, {policy}, {s2}, smp {smp})"),
+                      BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                       console=err_console, transient=True) as bar:
             task = bar.add_task("fuzz", total=steps)
-            res = run_campaign(steps, seed, cfg, modules, cases_dir=cases,
-                               progress=lambda n: bar.update(task, completed=n))
+            res = run(lambda n: bar.update(task, completed=n))
     out = res.to_json()
     if as_json:
         emit_json(out)

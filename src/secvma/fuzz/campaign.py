@@ -270,6 +270,7 @@ class Result:
     failures: list[Failure] = field(default_factory=list)
     cases: list[str] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
+    tier: str = "sim"
 
     @property
     def violations(self) -> int:
@@ -286,7 +287,7 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         return {
             "steps": self.steps, "steps_requested": self.requested, "seed": self.seed, "smp": self.cfg.smp,
-            "policy": self.cfg.policy, "s2": self.cfg.s2, "tier": "sim",
+            "policy": self.cfg.policy, "s2": self.cfg.s2, "tier": self.tier,
             "seconds": round(self.seconds, 3),
             "steps_per_second": round(self.steps / self.seconds, 1) if self.seconds else None,
             "ops": dict(sorted(self.ops.items())), "outcomes": dict(sorted(self.outcomes.items())),
