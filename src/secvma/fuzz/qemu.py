@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from secvma.fuzz.campaign import INVARIANTS_2024, TABLE_CLASSES, Config, Failure, Result
+from secvma.fuzz.campaign import TABLE_CLASSES, Config, Failure, Result, checked_2024
 from secvma.fuzz.ops import Op, OpGenerator, OpKind, World
 from secvma.hvabi import Form
 from secvma.kpcore import KPCore
@@ -99,7 +99,7 @@ class QemuRig:
         self.seen_errors = len(self.hv.internal_errors)
         found = check(self.hv.state, self.session.platform, full=full)
         if self.cfg.policy != "hardened":
-            found = [v for v in found if v.inv in INVARIANTS_2024]
+            found = [v for v in found if v.inv in checked_2024(self.cfg.s2)]
         return out + [Failure("invariant", str(v), step) for v in found]
 
     def new_refusals(self) -> list[str]:
