@@ -289,13 +289,20 @@ class Form(enum.IntEnum):
     STTR = 9
     STNP = 10
     DC_ZVA = 11
+    STLXR = 12
+    STR_Q = 13  # SIMD: value | value2 << 64
+    ST1 = 14  # SIMD structure store, value | value2 << 64
+    CAS = 15  # FEAT_LSE (UNDEFINED on cortex-a57)
+    SWP = 16  # FEAT_LSE
+    LDADD = 17  # FEAT_LSE: memory += value
 
 
 FORM_WIDTHS: dict[Form, tuple[int, ...]] = {
     Form.STR: (1, 2, 4, 8), Form.STUR: (1, 2, 4, 8), Form.STR_REG: (1, 2, 4, 8),
     Form.STR_PRE: (4, 8), Form.STR_POST: (4, 8), Form.STP: (4, 8), Form.STP_XZR: (8,),
     Form.STXR: (4, 8), Form.STLR: (1, 2, 4, 8), Form.STTR: (1, 2, 4, 8), Form.STNP: (8,),
-    Form.DC_ZVA: (8,),
+    Form.DC_ZVA: (8,), Form.STLXR: (4, 8), Form.STR_Q: (16,), Form.ST1: (16,), Form.CAS: (8,),
+    Form.SWP: (8,), Form.LDADD: (8,),
 }
 """Widths the kernel has an instruction for, per form (anything else is ST_BADARG)."""
 

@@ -5,6 +5,7 @@ raw events asserting that no guest input makes `handle` raise or corrupt the sta
 from __future__ import annotations
 
 from fakes import (
+    EXTRA_FORMS,
     FORMS,
     IDMAP,
     PT_POOL,
@@ -44,7 +45,9 @@ POOL_PAGES = [PT_POOL + i * 0x1000 for i in range(1, 24)]
 PAGES = [0x4500_0000 + i * 0x1000 for i in range(8)] + [TEXT, TEXT + 0x1000, SWAPPER]
 WIDTHS = {"str": (1, 2, 4, 8), "stur": (1, 2, 4, 8), "str_reg": (1, 2, 4, 8),
           "str_pre": (4, 8), "str_post": (4, 8), "sttr": (1, 2, 4, 8), "stp": (4, 8),
-          "stp_xzr": (8,), "stnp": (8,), "stxr": (4, 8), "stlr": (1, 2, 4, 8), "dc_zva": (8,)}
+          "stp_xzr": (8,), "stnp": (8,), "stxr": (4, 8), "stlr": (1, 2, 4, 8), "dc_zva": (8,),
+          "stlxr": (4, 8), "cas": (4, 8), "swp": (1, 2, 4, 8), "ldadd": (4, 8), "str_q": (16,),
+          "st1": (16,)}
 
 
 def _invs(m: FakeMachine, hv: object, prefix: str) -> list[str]:
@@ -73,7 +76,7 @@ class KPCoreMachine(RuleBasedStateMachine):
         return new
 
     @rule(table=tables, idx=st.integers(0, 511), dest=st.sampled_from(PAGES + POOL_PAGES),
-          pxn=st.booleans(), form=st.sampled_from(FORMS), data=st.data())
+          pxn=st.booleans(), form=st.sampled_from(FORMS + EXTRA_FORMS), data=st.data())
     def store(self, table: int, idx: int, dest: int, pxn: bool, form: str,
               data: st.DataObject) -> None:
         width = data.draw(st.sampled_from(WIDTHS[form]))
@@ -81,6 +84,8 @@ class KPCoreMachine(RuleBasedStateMachine):
                                            page_desc(dest) & 0xFFFF_FFFF,
                                            data.draw(st.integers(0, (1 << 64) - 1))]))
         off = data.draw(st.sampled_from([0, 4, 6])) if width < 8 else 0
+        if idx == 511 and data.draw(st.booleans()):  # unaligned, crossing into the next page
+            off = data.draw(st.sampled_from([1, 4, 7]))
         self.m.store(lva(table + 8 * idx + off), value, width, form, value2=value)
 
     @rule(table=tables, idx=st.integers(0, 511))

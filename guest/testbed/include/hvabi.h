@@ -156,7 +156,13 @@ struct secvma_mod_report {
 #define FORM_STTR      9   /* STTR* (unprivileged), width 1/2/4/8 */
 #define FORM_STNP      10  /* STNP Xt, Xt2, [Xn], width 8 */
 #define FORM_DC_ZVA    11  /* DC ZVA, Xn (zeroes one cache-line block) */
-#define NR_FORMS       12
+#define FORM_STLXR     12  /* LDXR + STLXR Ws, Xt, [Xn], width 4/8; ret1 = status Ws */
+#define FORM_STR_Q     13  /* STR Qt, [Xn] (SIMD, 128 bits = value | value2 << 64), width 16 */
+#define FORM_ST1       14  /* ST1 {Vt.16B}, [Xn] (SIMD structure store), width 16 */
+#define FORM_CAS       15  /* LDR + CAS Xs, Xt, [Xn] (FEAT_LSE), width 8 */
+#define FORM_SWP       16  /* SWP Xs, Xt, [Xn] (FEAT_LSE), width 8 */
+#define FORM_LDADD     17  /* LDADD Xs, Xt, [Xn] (FEAT_LSE; memory += value), width 8 */
+#define NR_FORMS       18
 
 /* CMD_MODLOAD flags */
 #define MODLOAD_F_NO_INIT 1   /* stop before running init (real modules: link only) */

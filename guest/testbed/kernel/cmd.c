@@ -20,11 +20,12 @@ P(pw_sreg_1) P(pw_sreg_2) P(pw_sreg_4) P(pw_sreg_8) P(pw_pre_4) P(pw_pre_8) P(pw
 P(pw_post_8) P(pw_stp_4) P(pw_stp_8) P(pw_stpz_8) P(pw_stxr_4) P(pw_stxr_8) P(pw_stlr_1)
 P(pw_stlr_2) P(pw_stlr_4) P(pw_stlr_8) P(pw_sttr_1) P(pw_sttr_2) P(pw_sttr_4) P(pw_sttr_8)
 P(pw_stnp_8) P(pw_dczva_8) P(pr_ldr_1) P(pr_ldr_2) P(pr_ldr_4) P(pr_ldr_8) P(px_call)
-P(pm_msr) P(pm_mrs) P(pm_at)
+P(pm_msr) P(pm_mrs) P(pm_at) P(pw_stlxr_4) P(pw_stlxr_8) P(pw_strq_16) P(pw_st1_16) P(pw_cas_8)
+P(pw_swp_8) P(pw_ldadd_8)
 #undef P
 
 /* [form][log2 width] */
-static prim_fn const store_prims[NR_FORMS][4] = {
+static prim_fn const store_prims[NR_FORMS][5] = {
 	[FORM_STR] = { pw_str_1, pw_str_2, pw_str_4, pw_str_8 },
 	[FORM_STUR] = { pw_stur_1, pw_stur_2, pw_stur_4, pw_stur_8 },
 	[FORM_STR_REG] = { pw_sreg_1, pw_sreg_2, pw_sreg_4, pw_sreg_8 },
@@ -37,12 +38,18 @@ static prim_fn const store_prims[NR_FORMS][4] = {
 	[FORM_STTR] = { pw_sttr_1, pw_sttr_2, pw_sttr_4, pw_sttr_8 },
 	[FORM_STNP] = { NULL, NULL, NULL, pw_stnp_8 },
 	[FORM_DC_ZVA] = { NULL, NULL, NULL, pw_dczva_8 },
+	[FORM_STLXR] = { NULL, NULL, pw_stlxr_4, pw_stlxr_8 },
+	[FORM_STR_Q] = { NULL, NULL, NULL, NULL, pw_strq_16 },
+	[FORM_ST1] = { NULL, NULL, NULL, NULL, pw_st1_16 },
+	[FORM_CAS] = { NULL, NULL, NULL, pw_cas_8 },
+	[FORM_SWP] = { NULL, NULL, NULL, pw_swp_8 },
+	[FORM_LDADD] = { NULL, NULL, NULL, pw_ldadd_8 },
 };
 static prim_fn const load_prims[4] = { pr_ldr_1, pr_ldr_2, pr_ldr_4, pr_ldr_8 };
 
 static int width_log2(u64 w)
 {
-	return w == 1 ? 0 : w == 2 ? 1 : w == 4 ? 2 : w == 8 ? 3 : -1;
+	return w == 1 ? 0 : w == 2 ? 1 : w == 4 ? 2 : w == 8 ? 3 : w == 16 ? 4 : -1;
 }
 
 /* Run fn under the probe; on a fault fill status/esr/far. Returns fn's result. */
@@ -86,7 +93,7 @@ static void run_command(struct secvma_cmd *c)
 		break;
 	case CMD_READ:
 		lw = width_log2(a[1]);
-		if (lw < 0) {
+		if (lw < 0 || lw > 3) {
 			c->status = ST_BADARG;
 			break;
 		}

@@ -55,6 +55,47 @@ pw_stxr_8:
 	mov	w0, w4
 	ret
 
+	.globl	pw_stlxr_4
+pw_stlxr_4:
+	ldxr	w3, [x0]
+	stlxr	w4, w1, [x0]
+	mov	w0, w4
+	ret
+	.globl	pw_stlxr_8
+pw_stlxr_8:
+	ldxr	x3, [x0]
+	stlxr	w4, x1, [x0]
+	mov	w0, w4
+	ret
+
+/* SIMD stores of value | value2 << 64 through v0 (FP/SIMD enabled at EL1 first: CPACR.FPEN) */
+	.macro	simd_prim, name, insn:vararg
+	.globl	\name
+\name:
+	mrs	x3, cpacr_el1
+	orr	x3, x3, #(3 << 20)
+	msr	cpacr_el1, x3
+	isb
+	fmov	d0, x1
+	fmov	v0.d[1], x2
+	\insn
+	mov	x0, #0
+	ret
+	.endm
+	simd_prim pw_strq_16, str q0, [x0]
+	simd_prim pw_st1_16, st1 {v0.16b}, [x0]
+
+/* FEAT_LSE atomics (UNDEFINED on a v8.0 CPU such as cortex-a57: the probe reports EC 0) */
+	.arch_extension lse
+	.globl	pw_cas_8
+pw_cas_8:
+	ldr	x3, [x0]
+	cas	x3, x1, [x0]
+	mov	x0, #0
+	ret
+	prim	pw_swp_8, swp x1, x3, [x0]
+	prim	pw_ldadd_8, ldadd x1, x3, [x0]
+
 	.globl	pr_ldr_1, pr_ldr_2, pr_ldr_4, pr_ldr_8
 pr_ldr_1: ldrb	w0, [x0]
 	ret

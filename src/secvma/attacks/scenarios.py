@@ -364,7 +364,7 @@ def _pte_store_attack(form: Form, width: int, pair: bool = False) -> Callable[[T
             return Evidence(Verdict.BLOCKED, "no vmalloc mapping")
         va, slot = _empty_pair_after(s, m.value) if pair else _empty_pte_after(s, m.value)
         desc = pa | VALID_PAGE | AF | SH_INNER
-        if width == 8:
+        if width in (8, 16):  # 16: a 128-bit SIMD store, the descriptor then an empty slot
             value, value2 = desc, 0
         elif pair:
             value, value2 = desc & 0xFFFF_FFFF, desc >> 32
@@ -377,6 +377,22 @@ def _pte_store_attack(form: Form, width: int, pair: bool = False) -> Callable[[T
         return _ran(s, va, slot)
     run.__doc__ = f"{form.name} of {width} bytes{' (pair)' if pair else ''} into an empty PTE."
     return run
+
+
+def pte_str_unaligned(s: TestbedSession) -> Evidence:
+    """An 8-byte STR at slot + 4 of two empty PTE slots: the high half of the first and the low
+    half of the second; the low half is an executable descriptor (PXN, bit 53, not written)."""
+    pa = _plant_shellcode(s)
+    m = s.vmap(pa, 0x1000, 0)
+    if not m.ok:
+        return Evidence(Verdict.BLOCKED, "no vmalloc mapping")
+    va, slot = _empty_pair_after(s, m.value)
+    desc = pa | VALID_PAGE | AF | SH_INNER
+    w = s.write(slot + 4 + _bi(s).linear_offset, (desc & 0xFFFF_FFFF) << 32, 8, Form.STR)
+    if not w.ok:
+        return Evidence(Verdict.BLOCKED, f"the unaligned STR {w.status.name.lower()} "
+                                         f"(ESR {w.esr:#x})")
+    return _ran(s, va + 0x1000, slot + 8)
 
 
 def table_via_alias(s: TestbedSession) -> Evidence:
@@ -580,6 +596,12 @@ ISV0_PANICS = {"none": SUCCEEDS, "secvma2024": frozenset({Verdict.HALTED}), "har
 # an 8-byte store with a syndrome is validated as a whole descriptor in both designs
 FORCED = {"none": SUCCEEDS, "secvma2024": REFUSED, "hardened": REFUSED}
 
+# secvma2024 lets an 8-byte store straddle two PTE slots (it validates the value as the one entry
+# at FAR, gap 1): the executable low half lands in the second slot unchecked, but the C code's
+# reading of the value as a descriptor reclassifies the planted page as data, so the fetch
+# faults at stage 2 and the CPU stalls forever (gap 11): no code runs, the machine stops
+STRADDLE = {"none": SUCCEEDS, "secvma2024": frozenset({Verdict.HALTED}), "hardened": REFUSED}
+
 # ---- DMA: a device told to write where the MMU protects ------------------------------------
 
 DMA_SECTOR = 200  # the attacker's payload on the virtio disk
@@ -766,6 +788,16 @@ ATTACKS: list[Attack] = [
            fixed_up=_PXN),
     Attack("pte-str-pre-4", "make data executable: 4-byte pre-index STR of the low half",
            _pte_store_attack(Form.STR_PRE, 4), ISV0_PANICS, fixed_up=_PXN),
+    Attack("pte-stlxr-8", "make data executable: STLXR (release exclusive) of a descriptor",
+           _pte_store_attack(Form.STLXR, 8), ISV0_PANICS, fixed_up=_PXN),
+    Attack("pte-stlxr-4", "make data executable: 32-bit STLXR of the low half",
+           _pte_store_attack(Form.STLXR, 4), ISV0_PANICS, fixed_up=_PXN),
+    Attack("pte-str-q", "make data executable: 128-bit SIMD STR Q of a descriptor + empty slot",
+           _pte_store_attack(Form.STR_Q, 16, pair=True), ISV0_PANICS),
+    Attack("pte-st1", "make data executable: SIMD ST1 {V.16B} of a descriptor + empty slot",
+           _pte_store_attack(Form.ST1, 16, pair=True), ISV0_PANICS),
+    Attack("pte-str-unaligned", "make data executable: 8-byte STR straddling two PTE slots",
+           pte_str_unaligned, STRADDLE),
     Attack("text-alias-dc-zva", "zero a block of kernel text with DC ZVA through an alias",
            _text_alias_store(Form.DC_ZVA, 8), BLOCKED),
     Attack("text-alias-stp", "patch kernel text with one STP through an alias",

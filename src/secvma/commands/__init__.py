@@ -7,7 +7,7 @@ import importlib
 import click
 
 # Each name is a module of this package owned by one area of the code base.
-_MODULES = ("demo", "attack", "machine", "bench", "harness", "fixtures", "module", "run", "inspect")
+_MODULES = ("demo", "attack", "machine", "bench", "harness", "fixtures", "module", "run", "inspect", "fuzz")
 
 
 def all_commands() -> list[click.Command]:

@@ -40,6 +40,13 @@ def _fsc(esr: int) -> int:
     return 0
 
 
+STALE_RETRIES = 3
+"""Invalidate-and-retry rounds for one permission fault (same CPU, PC, page, syndrome) whose
+leaf already permits the access; one more is refused. The leaf is read as an ARMv8.0 CPU reads
+stage-2 XN; a CPU with FEAT_XNX (cortex-a76) denies EL1 fetches from a KERNEL-kind leaf
+(XN = 01), so without the bound the CPU faulted again forever (a silent livelock)."""
+
+
 def _allowed_now(st: KState, ev: Stage2Abort) -> bool:
     """Whether the current stage-2 leaf permits this access (the fault was a stale TLB)."""
     hit = st.s2.leaf(ev.ipa)
@@ -70,8 +77,18 @@ def handle_abort(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> Outc
         st.s2.pending_flush.add(ipa & ~0xFFF)  # present: a stale translation fault
         return Outcome.RETRY
     if _allowed_now(st, ev):
+        key = (cpu.elr, ipa & ~0xFFF, ev.esr)
+        prev = st.stale_retries.get(cpu.index)
+        n = prev[1] + 1 if prev is not None and prev[0] == key else 1
+        if n > STALE_RETRIES:
+            st.stale_retries.pop(cpu.index, None)
+            raise HypRefusal(Errno.EPERM, "s2-stale", "permission fault persists after TLB "
+                             "invalidation (does the CPU read stage-2 XN with FEAT_XNX?)",
+                             ipa=ipa, esr=ev.esr)
+        st.stale_retries[cpu.index] = (key, n)
         st.s2.pending_flush.add(ipa & ~0xFFF)
         return Outcome.RETRY
+    st.stale_retries.pop(cpu.index, None)
     owner = st.pages.owner_of(pfn)
     usage = st.pages.usage_of(pfn)
     if ev.is_write and not ev.is_fetch and owner is Owner.HOST and st.installed:

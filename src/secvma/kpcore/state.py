@@ -69,6 +69,8 @@ class KState:
     refusals: list[Refusal] = field(default_factory=list)
     events: Counter[str] = field(default_factory=Counter)
     stalls: dict[int, Stall] = field(default_factory=dict)
+    stale_retries: dict[int, tuple[tuple[int, int, int], int]] = field(default_factory=dict)
+    """Per CPU: (pc, page, ESR) of the last permission fault retried as a stale TLB, rounds."""
     dirty_tables: set[int] = field(default_factory=set)
     mod: ModState = field(default_factory=ModState)
     dma: DmaState | None = None

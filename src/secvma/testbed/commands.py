@@ -375,9 +375,10 @@ DMA_DISK_MB = 4
 """The testbed board: SMMUv3 owned by the hypervisor and a virtio-blk-pci disk behind it."""
 
 
-def _machine(image: TestbedImage, timeout_s: float, echo: bool, ram_mb: int) -> MachineConfig:
+def _machine(image: TestbedImage, timeout_s: float, echo: bool, ram_mb: int,
+             cpu: str = "cortex-a57") -> MachineConfig:
     return MachineConfig(kernel=image.kernel_bin, timeout_s=timeout_s, echo_console=echo,
-                         ram_mb=ram_mb, smmu=True, dma_disk_mb=DMA_DISK_MB)
+                         ram_mb=ram_mb, smmu=True, dma_disk_mb=DMA_DISK_MB, cpu=cpu)
 
 
 @dataclass
@@ -447,12 +448,14 @@ class TestbedSession(Primitives):
 
     def __init__(self, hypervisor: Hypervisor, *, image: TestbedImage | None = None,
                  timeout_s: float = 600.0, command_timeout_s: float = 60.0,
-                 echo_console: bool = False, ram_mb: int = 1024):
+                 echo_console: bool = False, ram_mb: int = 1024, cpu: str = "cortex-a57"):
+        """`cpu`: QEMU's CPU model (cortex-a76 for FEAT_LSE atomics; a57 is ARMv8.0)."""
         self.hypervisor = hypervisor
         self.testbed = image or build_testbed()
         self.image = KernelImage(self.testbed.kernel_elf)
         self.command_timeout_s = command_timeout_s
-        self._config = _machine(self.testbed, timeout_s, echo_console, ram_mb)
+        self.cpu = cpu
+        self._config = _machine(self.testbed, timeout_s, echo_console, ram_mb, cpu)
         self._driver = CommandDriver(self.image.pa("secvma_cmd"))
         self._thread: threading.Thread | None = None
         self._server: MailboxServer | None = None
