@@ -470,8 +470,11 @@ class MailboxServer:
         return self.mm[off:off + size]
 
     def write(self, pa: PhysAddr, data: bytes) -> None:
-        off = self._off(pa, len(data))
-        self.mm[off:off + len(data)] = data
+        n = len(data)
+        off = pa - layout.RAM_BASE
+        if off < 0 or off + n > self.qemu.ram_size:
+            raise GuestMemoryError(f"guest-physical range {pa:#x}+{n:#x} is outside RAM")
+        self.mm[off:off + n] = data
 
     def read_u64(self, pa: PhysAddr) -> int:
         off = self._off(pa, 8)
@@ -557,10 +560,10 @@ class MailboxServer:
             if ec == EC_HVC64:
                 return Hvc(esr & 0xFFFF, _X8.unpack_from(mm, off + layout.MB_X))
             if ec in (EC_DABT_LOW, EC_IABT_LOW):
-                iss = esr & 0x1FFFFFF
-                return Stage2Abort(esr, far, PhysAddr(((hpfar >> 4) << 12) | (far & 0xFFF)),
-                                   ec == EC_IABT_LOW, ec == EC_DABT_LOW and bool(iss & (1 << 6)),
-                                   (spsr & 0xF) == 0, bool(iss & (1 << 7)))
+                ipa: PhysAddr = ((hpfar >> 4) << 12) | (far & 0xFFF)  # no NewType call on the hot path
+                return Stage2Abort(esr, far, ipa, ec == EC_IABT_LOW,
+                                   ec == EC_DABT_LOW and esr & (1 << 6) != 0,
+                                   (spsr & 0xF) == 0, esr & (1 << 7) != 0)
             if ec == EC_SYS64:
                 enc, reg = decode_sysreg_iss(esr)
                 rt = (esr >> 5) & 0x1F

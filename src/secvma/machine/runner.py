@@ -28,6 +28,7 @@ def boot(config: MachineConfig, hypervisor: Hypervisor | None, *,
         raise ValueError("a hypervisor is required unless config.plain is set")
     qemu = QemuProcess(config)
     server: MailboxServer | None = None
+    console: Console | None = None
     try:
         qemu.start()
         console = Console(qemu.log_path, echo=config.echo_console, t0=qemu.t_start)
@@ -40,6 +41,8 @@ def boot(config: MachineConfig, hypervisor: Hypervisor | None, *,
             on_started(server)
         return server.serve(console, config.timeout_s, until=until, poll_hook=poll_hook)
     finally:
+        if console is not None:
+            console.close()
         if server is not None:
             server.release()
         qemu.cleanup()
