@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from secvma import fixtures as fx
+from secvma.bench.micro import measure_idle
 from secvma.machine import mailbox
 from secvma.machine.build import assemble_payload
 from secvma.machine.mailbox import MailboxServer, decode_sysreg_iss
@@ -130,3 +132,15 @@ def test_sysreg_decode_cache_is_bounded() -> None:
     for iss in range(0, mailbox.SYSREG_DECODE_CACHE_MAX * 4 << 10, 1 << 10):
         decode_sysreg_iss(iss)
     assert len(mailbox._sysreg_decode) <= mailbox.SYSREG_DECODE_CACHE_MAX
+
+
+@pytest.mark.qemu
+@pytest.mark.debian
+@pytest.mark.slow
+def test_idle_guest_is_measured_and_the_guard_ticks_while_the_loop_sleeps(debian: fx.FixtureSet) -> None:
+    """/init sleeps 1 s under the NullHypervisor with the guard armed: the mailbox loop sleeps,
+    the guard's 10 ms tick keeps coming (handled at EL2), and the figures are measured ones."""
+    fig = measure_idle(debian.kernel_image, idle_ms=1000)
+    assert fig.seconds > 0 and fig.hypervisor_pct >= 0 and fig.qemu_pct >= 0
+    assert fig.idle_sleeps > 0
+    assert fig.guard_ticks_per_s > 0
