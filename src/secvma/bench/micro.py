@@ -46,7 +46,7 @@ class _WriteProtectHypervisor(NullHypervisor):
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
         if isinstance(event, Stage2Abort) and event.ipa & ~0xFFF == WP_PAGE and event.is_write:
-            iss = cpu.esr & 0x1FFFFFF
+            iss = event.esr & 0x1FFFFFF
             if iss >> 24 & 1:  # ISV: width and register from the syndrome
                 size = 1 << ((iss >> 22) & 3)
                 value = cpu.x((iss >> 16) & 0x1F) & ((1 << (8 * size)) - 1)
