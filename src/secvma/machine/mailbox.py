@@ -63,7 +63,7 @@ EC_DABT_LOW = 0x24
 PSCI_CPU_ON = (0xC4000003, 0x84000003)
 PSCI_CPU_OFF = 0x84000002
 STARVE_S = 20.0  # the guard's watchdog: an armed CPU silent this long (wall) halts the machine
-HOUSEKEEP_S = 0.001  # console, QEMU liveness, deadline and watchdog checks at most this often
+HOUSEKEEP_S = 0.002  # console, QEMU liveness, deadline and watchdog checks at most this often
 HOOK_S = 0.0002  # the hypervisor's `poll` and the caller's poll hook at most this often
 DEFAULT_SPIN_US = 1000.0  # spin this long after a trap before sleeping (runner.boot's default)
 IDLE_SLEEP_MIN_S = 0.00005  # first sleep once the spin window has passed without a trap
@@ -643,19 +643,20 @@ class MailboxServer:
         perf_counter = time.perf_counter
         last_trap = next_hook = next_house = perf_counter()
         sleep_s = IDLE_SLEEP_MIN_S
+        polls = 512  # state-word reads per round: 1 once the loop sleeps between rounds
         exit_kind, reason = "poweroff", ""
         while True:
             n = 0
             hit: MailboxCpu | None = None
             if single is not None:
                 c0, s0 = single
-                while n < 512:
+                while n < polls:
                     if u32[s0] == 1:
                         hit = c0
                         break
                     n += 1
             else:
-                while n < 512 and hit is None:
+                while n < polls and hit is None:
                     for c, s in states:
                         if u32[s] == 1:
                             hit = c
@@ -668,7 +669,7 @@ class MailboxServer:
                     break
                 if spin_s is not None:
                     last_trap = perf_counter()
-                    sleep_s = IDLE_SLEEP_MIN_S
+                    sleep_s, polls = IDLE_SLEEP_MIN_S, 512
                 continue
             now = perf_counter()
             if now >= next_hook:  # the hypervisor's and the caller's pollers
@@ -699,6 +700,7 @@ class MailboxServer:
                         last_pc=pcs[0] if pcs else None)
             if spin_s is not None and now - last_trap > spin_s:
                 self.idle_sleeps += 1
+                polls = 1
                 time.sleep(sleep_s)
                 sleep_s = min(sleep_s * 2, IDLE_SLEEP_MAX_S)
         return self._finish(console, exit_kind, reason)
