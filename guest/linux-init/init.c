@@ -1,5 +1,5 @@
 /* secvma's /init for the Debian kernel: print a line from userspace, optionally run
- * micro-benchmarks named on the kernel command line, power off (reboot(2) -> PSCI SYSTEM_OFF).
+ * micro-benchmarks named on the kernel command line (or sleep SECVMA_IDLE_MS), power off (reboot(2) -> PSCI SYSTEM_OFF).
  * Static, no libc: raw AArch64 syscalls. */
 typedef unsigned long u64;
 
@@ -26,6 +26,7 @@ static long sc6(long n, long a, long b, long c, long d, long e)
 #define SYS_pwrite64 68
 #define SYS_mount 40
 #define SYS_finit_module 273
+#define SYS_nanosleep 101
 #define AT_FDCWD -100
 #define O_RDWR 2
 #define O_DIRECT 0200000 /* arm64 */
@@ -112,6 +113,13 @@ void cmain(long *sp)
 	}
 	if (envnum(envp, "SECVMA_DMA"))
 		dma_check();
+	long idle = envnum(envp, "SECVMA_IDLE_MS"); /* an idle guest: what it costs the host */
+	if (idle) {
+		long ts[2] = {idle / 1000, (idle % 1000) * 1000000};
+		puts_("SECVMA-INIT: idle start\n");
+		sc(SYS_nanosleep, (long)ts, 0, 0);
+		puts_("SECVMA-INIT: idle end\n");
+	}
 	puts_("SECVMA-INIT: powering off\n");
 	sc(SYS_sync, 0, 0, 0);
 	sc6(SYS_reboot, 0xfee1dead, 672274793, 0x4321fedc, 0, 0);

@@ -31,13 +31,17 @@ def test_boot_of_a_missing_kernel_says_what_to_do(tmp_path: object) -> None:
 def test_bench_micro_json_keys() -> None:
     """`secvma bench micro --json` prints every contracted key with a measured number."""
     res = CliRunner().invoke(main, ["bench", "micro", "--iterations", "500", "--boot-runs", "0",
-                                    "--json"])
+                                    "--idle-ms", "0", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     for key in ("hvc_roundtrip_us", "stage2_abort_us", "sysreg_trap_us"):
         assert isinstance(out[key], float) and out[key] > 0
+        assert out[key.replace("_us", "_p99_us")] >= out[key]
+        assert out[key.replace("_us", "_cpu_pct")] > 0
     assert out["spin_then_block"]["hvc_roundtrip_us"] > 0
+    assert out["spin_then_block"]["hvc_roundtrip_p99_us"] > 0
     assert out["boot_s_null"] is None and out["boot_s_plain"] is None  # --boot-runs 0
+    assert out["idle_hypervisor_pct"] is None and out["idle_qemu_pct"] is None  # --idle-ms 0
 
 
 def test_boot_exits_non_zero_when_the_guest_halts() -> None:

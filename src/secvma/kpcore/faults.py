@@ -16,7 +16,7 @@ C: sekvm/FaultHandler.c:handle_host_stage2_fault, kint/HostKpt.c:host_kpt_handle
 
 from __future__ import annotations
 
-from secvma.arch.esr import EC, IL, DataAbort, FaultKind, InstructionAbort, decode_esr, encode_fsc
+from secvma.arch.esr import EC, IL, DataAbort, FaultKind, InstructionAbort, encode_fsc
 from secvma.arch.walk import AccessType, s2_perms
 from secvma.kpcore import kpt
 from secvma.kpcore.bootinfo import in_pgtable_pool
@@ -31,13 +31,15 @@ EMULATED_CLASSES = frozenset({Usage.EL1_PGD, Usage.EL1_PUD, Usage.EL1_PMD, Usage
                               Usage.EL0_PGD, Usage.EL1_MOD_TXT, Usage.EL1_MOD_RO})
 
 
+_ABORT_ECS = frozenset(int(e) for e in (EC.DABT_LOW, EC.DABT_CUR, EC.IABT_LOW, EC.IABT_CUR))
+
+
 def _fsc(esr: int) -> int:
-    syn = decode_esr(esr)
-    if isinstance(syn, DataAbort):
-        return syn.dfsc
-    if isinstance(syn, InstructionAbort):
-        return syn.ifsc
-    return 0
+    """DFSC / IFSC (ISS[5:0]) of a data or instruction abort, 0 for any other class.
+
+    Read straight from the syndrome bits: a full `decode_esr` record per stage-2 fault was a
+    visible part of each emulated page-table store (issue 14)."""
+    return esr & 0x3F if (esr >> 26) & 0x3F in _ABORT_ECS else 0
 
 
 STALE_RETRIES = 3

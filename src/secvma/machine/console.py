@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 
 class Console:
@@ -18,6 +19,7 @@ class Console:
         self._pos = 0
         self.first_seen: dict[bytes, float] = {}
         self._watch: list[bytes] = []
+        self._f: BinaryIO | None = None  # kept open: polled every millisecond by the mailbox loop
 
     def watch(self, *patterns: bytes) -> None:
         """Record the time (seconds since t0) when each pattern first appears."""
@@ -25,12 +27,13 @@ class Console:
 
     def poll(self) -> bytes:
         """Read what QEMU appended since the last call; returns the new bytes."""
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self._pos)
-                new = f.read()
-        except FileNotFoundError:
-            return b""
+        if self._f is None:
+            try:
+                self._f = self.path.open("rb")
+            except FileNotFoundError:
+                return b""
+            self._f.seek(self._pos)
+        new = self._f.read()
         if not new:
             return b""
         now = time.perf_counter() - self.t0
@@ -44,6 +47,12 @@ class Console:
             sys.stdout.write(new.decode(errors="replace"))
             sys.stdout.flush()
         return new
+
+    def close(self) -> None:
+        """Stop following the log (a later poll opens it again where it left off)."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
     @property
     def text(self) -> str:

@@ -5,9 +5,15 @@ loop sees `state == REQUEST`, decodes the saved syndrome into an `Event`, calls 
 hypervisor, writes the queued commands and `state = RESPONSE`. Register reads and writes go
 straight to the mailbox words through a `memoryview` over the mapped RAM file (zero copy).
 
-The loop busy-polls by default: one host core is burnt while the guest runs, which gives the
-lowest trap latency (see `secvma bench micro`). `spin_us` switches to spin-then-block: after
-that long without a trap the loop sleeps between polls, trading latency for a free core.
+Hot path (issue 14): a trap's header (ESR, FAR, HPFAR, ELR, SPSR) and an HVC's x0..x7 are
+each read with one precompiled struct operation, MSR/MRS syndromes are decoded once per
+encoding (cached), and an answer without commands is a single store of the state word (the
+trampoline zeroes the command list before it posts a request).
+
+`spin_us=None` busy-polls: one host core is burnt while the guest runs, for the lowest trap
+latency (see `secvma bench micro`). With `spin_us` the loop spins that long after the last
+trap, then sleeps between polls, each sleep longer than the last up to `IDLE_SLEEP_MAX_S`,
+so an idle guest costs the host almost nothing and a busy one keeps the spinning latency.
 """
 
 from __future__ import annotations
@@ -57,6 +63,11 @@ EC_DABT_LOW = 0x24
 PSCI_CPU_ON = (0xC4000003, 0x84000003)
 PSCI_CPU_OFF = 0x84000002
 STARVE_S = 20.0  # the guard's watchdog: an armed CPU silent this long (wall) halts the machine
+HOUSEKEEP_S = 0.002  # console, QEMU liveness, deadline and watchdog checks at most this often
+HOOK_S = 0.0002  # the hypervisor's `poll` and the caller's poll hook at most this often
+DEFAULT_SPIN_US = 1000.0  # spin this long after a trap before sleeping (runner.boot's default)
+IDLE_SLEEP_MIN_S = 0.00005  # first sleep once the spin window has passed without a trap
+IDLE_SLEEP_MAX_S = 0.001  # longest sleep: bounds the extra latency of a trap after idling
 
 # (op0, op1, CRn, CRm, op2) of the registers the trampoline can write
 SYSREG_BY_ENCODING: dict[tuple[int, int, int, int, int], SysReg] = {
@@ -86,6 +97,33 @@ _SAVED_EL1 = {
     SysReg.MAIR_EL1: layout.MB_MAIR,
     SysReg.VBAR_EL1: layout.MB_VBAR,
 }
+
+
+# One struct operation per trap header and per register block (issue 14 item 2).
+_HEADER_FIELDS = (layout.MB_ESR, layout.MB_FAR, layout.MB_HPFAR, layout.MB_ELR, layout.MB_SPSR)
+assert all(f == layout.MB_ESR + 8 * i for i, f in enumerate(_HEADER_FIELDS)), "trap header not contiguous"
+_HEADER = struct.Struct("<5Q")  # ESR, FAR, HPFAR, ELR, SPSR at MB_ESR
+_X8 = struct.Struct("<8Q")
+_X4 = struct.Struct("<4Q")
+_CMD_Q = layout.CMD_SIZE // 8  # u64 words per command slot
+
+SYSREG_DECODE_CACHE_MAX = 512  # distinct MSR/MRS encodings remembered (a guest cannot grow it further)
+_sysreg_decode: dict[int, tuple[tuple[int, int, int, int, int], SysReg | None]] = {}
+
+
+def decode_sysreg_iss(iss: int) -> tuple[tuple[int, int, int, int, int], SysReg | None]:
+    """(op0, op1, CRn, CRm, op2) and the SysReg of an EC 0x18 ISS (Rt and direction ignored).
+
+    Cached per encoding: a handful of registers trap, each thousands of times."""
+    key = iss & 0x3FFC1E
+    hit = _sysreg_decode.get(key)
+    if hit is not None:
+        return hit
+    enc = ((iss >> 20) & 3, (iss >> 14) & 7, (iss >> 10) & 0xF, (iss >> 1) & 0xF, (iss >> 17) & 7)
+    out = (enc, SYSREG_BY_ENCODING.get(enc))
+    if len(_sysreg_decode) < SYSREG_DECODE_CACHE_MAX:
+        _sysreg_decode[key] = out
+    return out
 
 
 def sysreg_iss_key(reg: SysReg) -> int:
@@ -151,6 +189,10 @@ class MailboxCpu:
         self.q_elr = (off + layout.MB_ELR) // 8
         self.q_spsr = (off + layout.MB_SPSR) // 8
         self.q_esr = (off + layout.MB_ESR) // 8
+        self.q_last = (off + layout.MB_LAST) // 8
+        self.q_cmds = (off + layout.MB_CMDS) // 8
+        self.u_state = (off + layout.MB_STATE) // 4
+        self.u_kind = (off + layout.MB_KIND) // 4
         self.cmds: list[tuple[int, int, int]] = []
         self.shadow: dict[SysReg, int] = {}  # last value written, for registers not saved per trap
         self.written: dict[SysReg, int] = {}  # written during the current trap
@@ -180,9 +222,11 @@ class MailboxCpu:
         return int(self.q[self.q_esr])
 
     def x(self, n: int) -> int:
-        if not 0 <= n <= 31:
+        if n == 31:
+            return 0
+        if not 0 <= n < 31:
             raise ValueError(f"no register x{n}")
-        return 0 if n == 31 else int(self.q[self.qx + n])
+        return self.q[self.qx + n]
 
     def set_x(self, n: int, value: int) -> None:
         if not 0 <= n <= 31:
@@ -374,6 +418,7 @@ class MailboxServer:
         self._fence = threading.Lock()
         self.starve_s = STARVE_S
         self._qtest: QtestClient | None = None
+        self.idle_sleeps = 0  # sleeps of the serve loop (spin-then-sleep only)
 
     # ---- Platform ----------------------------------------------------------------------
     @property
@@ -425,8 +470,11 @@ class MailboxServer:
         return self.mm[off:off + size]
 
     def write(self, pa: PhysAddr, data: bytes) -> None:
-        off = self._off(pa, len(data))
-        self.mm[off:off + len(data)] = data
+        n = len(data)
+        off = pa - layout.RAM_BASE
+        if off < 0 or off + n > self.qemu.ram_size:
+            raise GuestMemoryError(f"guest-physical range {pa:#x}+{n:#x} is outside RAM")
+        self.mm[off:off + n] = data
 
     def read_u64(self, pa: PhysAddr) -> int:
         off = self._off(pa, 8)
@@ -504,34 +552,26 @@ class MailboxServer:
 
     # ---- decoding ----------------------------------------------------------------------
     def _event(self, cpu: MailboxCpu) -> Event:
-        q, off = self.q, cpu.off
-        kind = self.u32[(off + layout.MB_KIND) >> 2]
+        kind = self.u32[cpu.u_kind]
         if kind == layout.KIND_TRAP:
-            esr = int(q[(off + layout.MB_ESR) >> 3])
+            mm, off = self.mm, cpu.off
+            esr, far, hpfar, _elr, spsr = _HEADER.unpack_from(mm, off + layout.MB_ESR)
             ec = esr >> 26
-            if ec == EC_SYS64:
-                iss = esr & 0x1FFFFFF
-                enc = ((iss >> 20) & 3, (iss >> 14) & 7, (iss >> 10) & 0xF, (iss >> 1) & 0xF,
-                       (iss >> 17) & 7)
-                rt = (iss >> 5) & 0x1F
-                is_write = not iss & 1
-                value = cpu.x(rt) if is_write else 0
-                return SysregTrap(enc, SYSREG_BY_ENCODING.get(enc), is_write, rt, value)
             if ec == EC_HVC64:
-                qx = cpu.qx
-                return Hvc(esr & 0xFFFF, (int(q[qx]), int(q[qx + 1]), int(q[qx + 2]), int(q[qx + 3]),
-                                          int(q[qx + 4]), int(q[qx + 5]), int(q[qx + 6]), int(q[qx + 7])))
-            far = int(q[(off + layout.MB_FAR) >> 3])
+                return Hvc(esr & 0xFFFF, _X8.unpack_from(mm, off + layout.MB_X))
             if ec in (EC_DABT_LOW, EC_IABT_LOW):
-                hpfar = int(q[(off + layout.MB_HPFAR) >> 3])
-                ipa = ((hpfar >> 4) << 12) | (far & 0xFFF)
-                iss = esr & 0x1FFFFFF
-                s1ptw = bool(iss & (1 << 7))
-                return Stage2Abort(esr, far, PhysAddr(ipa), ec == EC_IABT_LOW,
-                                   ec == EC_DABT_LOW and bool(iss & (1 << 6)),
-                                   (cpu.spsr & 0xF) == 0, s1ptw)
+                ipa: PhysAddr = ((hpfar >> 4) << 12) | (far & 0xFFF)  # no NewType call on the hot path
+                return Stage2Abort(esr, far, ipa, ec == EC_IABT_LOW,
+                                   ec == EC_DABT_LOW and esr & (1 << 6) != 0,
+                                   (spsr & 0xF) == 0, esr & (1 << 7) != 0)
+            if ec == EC_SYS64:
+                enc, reg = decode_sysreg_iss(esr)
+                rt = (esr >> 5) & 0x1F
+                is_write = not esr & 1
+                value = cpu.x(rt) if is_write else 0
+                return SysregTrap(enc, reg, is_write, rt, value)
             if ec == EC_SMC64:
-                return Smc(esr & 0xFFFF, (cpu.x(0), cpu.x(1), cpu.x(2), cpu.x(3)))
+                return Smc(esr & 0xFFFF, _X4.unpack_from(mm, off + layout.MB_X))
             return OtherTrap(esr, far)
         if kind == layout.KIND_HELLO:
             if cpu.pending_entry is not None:
@@ -547,41 +587,45 @@ class MailboxServer:
         if kind == layout.KIND_GUARD:
             return cpu.guard_trip()
         if kind == layout.KIND_UNEXPECTED:
-            vec = int(q[(off + layout.MB_VEC) >> 3])
-            return Unexpected(vec, cpu.esr, int(q[(off + layout.MB_FAR) >> 3]))
+            vec = int(self.q[(cpu.off + layout.MB_VEC) >> 3])
+            return Unexpected(vec, cpu.esr, int(self.q[(cpu.off + layout.MB_FAR) >> 3]))
         raise ProtocolError(f"cpu{cpu.index} mailbox holds unknown request kind {kind}",
                             last_pc=cpu.elr)
 
     def _respond(self, cpu: MailboxCpu) -> None:
         cmds = cpu.cmds
-        if len(cmds) >= layout.MAX_CMDS:
-            raise ProtocolError(f"hypervisor queued {len(cmds)} EL2 commands on cpu{cpu.index}; "
-                                f"the trampoline takes {layout.MAX_CMDS - 1}")
-        base = cpu.off + layout.MB_CMDS
-        mm = self.mm
-        for i, (op, a, b) in enumerate(cmds):
-            struct.pack_into("<QQQ", mm, base + i * layout.CMD_SIZE, op, a, b)
-        struct.pack_into("<Q", mm, base + len(cmds) * layout.CMD_SIZE, layout.OP_END)
-        cmds.clear()
-        self.u32[(cpu.off + layout.MB_STATE) >> 2] = layout.STATE_RESPONSE
+        if cmds:  # else the list is already empty: the trampoline zeroed it before the request
+            if len(cmds) >= layout.MAX_CMDS:
+                raise ProtocolError(f"hypervisor queued {len(cmds)} EL2 commands on cpu{cpu.index}; "
+                                    f"the trampoline takes {layout.MAX_CMDS - 1}")
+            q, i = self.q, cpu.q_cmds
+            for op, a, b in cmds:
+                q[i] = op
+                q[i + 1] = a
+                q[i + 2] = b
+                i += _CMD_Q
+            q[i] = layout.OP_END
+            cmds.clear()
+        self.u32[cpu.u_state] = layout.STATE_RESPONSE
 
     def _serve_one(self, cpu: MailboxCpu) -> None:
-        off = cpu.off
         if cpu.last_rt_valid:
-            self.rt_ticks.append(int(self.q[(off + layout.MB_LAST) >> 3]))
+            self.rt_ticks.append(self.q[cpu.q_last])
         ev = self._event(cpu)
-        if isinstance(ev, Unexpected):
+        kind = type(ev)
+        if kind is Unexpected:
+            assert isinstance(ev, Unexpected)
             self.traps["unexpected"] += 1
             raise UnexpectedException(
                 f"cpu{cpu.index}: exception at EL2 vector {ev.vector:#x} (ESR {ev.esr:#x}, "
                 f"FAR {ev.far:#x}) - the trampoline never expects it", last_pc=cpu.elr)
-        self.traps[type(ev).__name__] += 1
+        self.traps[kind.__name__] += 1
         if cpu.written:
             cpu.written.clear()
         self._current = cpu
         self.hyp.handle(self, cpu, ev)
         self._current = None
-        cpu.last_rt_valid = not isinstance(ev, CpuStart)
+        cpu.last_rt_valid = kind is not CpuStart
         self._respond(cpu)
 
     # ---- the loop ----------------------------------------------------------------------
@@ -590,26 +634,29 @@ class MailboxServer:
               poll_hook: Callable[[MailboxServer], None] | None = None) -> RunResult:
         """Serve traps until QEMU exits, the hypervisor halts, `until(console)` or the timeout."""
         qemu = self.qemu
-        t0 = qemu.t_start
-        deadline = t0 + timeout_s
-        states = [(cpu, (cpu.off + layout.MB_STATE) >> 2) for cpu in self.cpus]
+        deadline = qemu.t_start + timeout_s
+        states = [(cpu, cpu.u_state) for cpu in self.cpus]
         u32 = self.u32
         single = states[0] if len(states) == 1 else None
         spin_s = None if self.spin_us is None else self.spin_us / 1e6
-        last_trap = time.perf_counter()
+        idle_hook = getattr(self.hyp, "poll", None)
+        perf_counter = time.perf_counter
+        last_trap = next_hook = next_house = perf_counter()
+        sleep_s = IDLE_SLEEP_MIN_S
+        polls = 512  # state-word reads per round: 1 once the loop sleeps between rounds
         exit_kind, reason = "poweroff", ""
         while True:
             n = 0
             hit: MailboxCpu | None = None
             if single is not None:
                 c0, s0 = single
-                while n < 2048:
+                while n < polls:
                     if u32[s0] == 1:
                         hit = c0
                         break
                     n += 1
             else:
-                while n < 2048 and hit is None:
+                while n < polls and hit is None:
                     for c, s in states:
                         if u32[s] == 1:
                             hit = c
@@ -621,35 +668,41 @@ class MailboxServer:
                     exit_kind, reason = "halt", self._halt
                     break
                 if spin_s is not None:
-                    last_trap = time.perf_counter()
+                    last_trap = perf_counter()
+                    sleep_s, polls = IDLE_SLEEP_MIN_S, 512
                 continue
-            # housekeeping every ~2048 polls
-            now = time.perf_counter()
-            console.poll()
-            if not qemu.alive():
-                break
-            if until is not None and until(console):
-                exit_kind, reason = "until", "stop condition met"
-                break
-            idle = getattr(self.hyp, "poll", None)
-            if idle is not None:
-                idle(self)
-            if poll_hook is not None:
-                poll_hook(self)
-            if self._halt is not None:
-                exit_kind, reason = "halt", self._halt
-                break
-            starved = self._starved(now)
-            if starved is not None:
-                exit_kind, reason = "halt", starved
-                break
-            if now > deadline:
-                pcs = qemu.last_pcs()
-                raise GuestTimeout(
-                    f"guest still running after {timeout_s:.0f} s; console tail:\n{console.tail()}",
-                    last_pc=pcs[0] if pcs else None)
+            now = perf_counter()
+            if now >= next_hook:  # the hypervisor's and the caller's pollers
+                next_hook = now + HOOK_S
+                if idle_hook is not None:
+                    idle_hook(self)
+                if poll_hook is not None:
+                    poll_hook(self)
+                if self._halt is not None:
+                    exit_kind, reason = "halt", self._halt
+                    break
+            if now >= next_house:  # the machine's housekeeping
+                next_house = now + HOUSEKEEP_S
+                console.poll()
+                if not qemu.alive():
+                    break
+                if until is not None and until(console):
+                    exit_kind, reason = "until", "stop condition met"
+                    break
+                starved = self._starved(now)
+                if starved is not None:
+                    exit_kind, reason = "halt", starved
+                    break
+                if now > deadline:
+                    pcs = qemu.last_pcs()
+                    raise GuestTimeout(
+                        f"guest still running after {timeout_s:.0f} s; console tail:\n{console.tail()}",
+                        last_pc=pcs[0] if pcs else None)
             if spin_s is not None and now - last_trap > spin_s:
-                time.sleep(0.0001)
+                self.idle_sleeps += 1
+                polls = 1
+                time.sleep(sleep_s)
+                sleep_s = min(sleep_s * 2, IDLE_SLEEP_MAX_S)
         return self._finish(console, exit_kind, reason)
 
     def _starved(self, now: float) -> str | None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from secvma.machine.console import Console
 from secvma.machine.errors import GuestTimeout, QemuDied
-from secvma.machine.mailbox import MailboxServer, RunResult
+from secvma.machine.mailbox import DEFAULT_SPIN_US, MailboxServer, RunResult
 from secvma.machine.qemu import MachineConfig, QemuProcess
 from secvma.platform import Hypervisor
 
@@ -16,17 +16,19 @@ def boot(config: MachineConfig, hypervisor: Hypervisor | None, *,
          until: Callable[[Console], bool] | None = None,
          poll_hook: Callable[[MailboxServer], None] | None = None,
          watch: tuple[bytes, ...] = (),
-         spin_us: float | None = None,
+         spin_us: float | None = DEFAULT_SPIN_US,
          on_started: Callable[[MailboxServer], None] | None = None) -> RunResult:
     """Start QEMU, serve the hypervisor until the guest powers off (or `until`), clean up.
 
     `hypervisor=None` requires `config.plain` (no EL2 at all). No QEMU process, RAM file or
-    temporary directory survives this call, whatever happens.
+    temporary directory survives this call, whatever happens. `spin_us` is the mailbox loop's
+    spin window before it sleeps (None: busy-poll all the time, for latency measurements).
     """
     if hypervisor is None and not config.plain:
         raise ValueError("a hypervisor is required unless config.plain is set")
     qemu = QemuProcess(config)
     server: MailboxServer | None = None
+    console: Console | None = None
     try:
         qemu.start()
         console = Console(qemu.log_path, echo=config.echo_console, t0=qemu.t_start)
@@ -39,6 +41,8 @@ def boot(config: MachineConfig, hypervisor: Hypervisor | None, *,
             on_started(server)
         return server.serve(console, config.timeout_s, until=until, poll_hook=poll_hook)
     finally:
+        if console is not None:
+            console.close()
         if server is not None:
             server.release()
         qemu.cleanup()
