@@ -106,6 +106,8 @@ MAX_WALK_LEAVES = 4 << 20
 MAX_TEXT_STORE = 8
 """Largest single access emulated into kernel text (an instruction patch is 4 bytes)."""
 MAX_ARM_PASSES = 16
+STEXT_OFF = 0x1_0000
+"""_stext in the 6.1 arm64 Image: the first byte the kernel keeps reserved."""
 TOP_VA = (1 << 64) - 1
 
 
@@ -629,17 +631,26 @@ class TransparentKPCore:
         self._finish_arming(st, plat, cpu, walks)
 
     def _find_image(self, st: KState, plat: Platform) -> None:
-        """The kernel image's PA range: where guest RAM holds the Image's first 64 bytes."""
+        """The kernel image's PA range: where guest RAM holds the Image's first 64 bytes, or
+        its bytes at 64 KiB (arm64 reserves the image from _stext only: the header's 64 KiB
+        page is ordinary memory by the time a large initramfs was unpacked)."""
         if self.image is None or self.sites is None:
             return
-        head = self.image[:64]
+        anchors = [(0, self.image[:64])]
+        sites = self.sites
+        for off in range(STEXT_OFF, min(len(self.image) - 64, STEXT_OFF + 0x1_0000), 64):
+            if not any(k in sites.ftrace or k - 4 in sites.ftrace or k in sites.jump
+                       or k in sites.alt or k in sites.alt_cb for k in range(off, off + 64, 4)):
+                anchors.append((off, self.image[off:off + 64]))  # no word boot may patch
+                break
         lo = plat.ram_base
         for pa in range(lo, min(lo + (256 << 20), plat.ram_base + plat.ram_size), 1 << 16):
             if not st.is_host_ram(pa):
                 continue
-            if plat.read(PhysAddr(pa), 64) == head:
-                self.learned.image = (pa, pa + self.sites.image_size)
-                return
+            for off, want in anchors:
+                if st.is_host_ram(pa + off) and plat.read(PhysAddr(pa + off), 64) == want:
+                    self.learned.image = (pa, pa + self.sites.image_size)
+                    return
 
     def _walk(self, st: KState, plat: Platform, cpu: Vcpu, root: int, *, ttbr0: bool) -> _Walk:
         """Every table and leaf under `root` (one page read per table: the linear map alone
@@ -1149,11 +1160,8 @@ class TransparentKPCore:
         """One text page asked to become executable: its module authenticated (or not) as a
         whole; returns with the page MOD_TXT (PXN may go) or not (PXN is forced)."""
         va = self._slot_va(plat, slot)
-        if va is None or self.modules is None:
+        if va is None or self.modules is None:  # PXN forced, as on any page not text
             self.stats["mod_exec_unattributed" if va is None else "mod_exec_no_authority"] += 1
-            if self.modules is None and va is not None:
-                self._mod_unknown(st, plat, cpu, va, Verdict(
-                    False, "mod-untrusted", "no module authority: module text stays PXN"))
             return
         found = self._mod_at(va, pfn)
         if found is None:

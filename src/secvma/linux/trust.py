@@ -18,11 +18,14 @@ from cryptography import x509
 from secvma import fixtures
 from secvma.kpcore.kexports import image_exports
 from secvma.kpcore.modauth import ModuleAuthority
+from secvma.machine.initramfs import VIRTIO_BLK_MODULES, XFS_MODULES, debian_module_files
 from secvma.module import linux_sig
 from secvma.module.errors import ModuleError
 from secvma.module.symbols import Export, parse_symvers
 
 _EXPORTS: dict[str, dict[str, Export]] = {}
+DEBIAN_CANDIDATES = (*XFS_MODULES[:1], *VIRTIO_BLK_MODULES)
+"""Debian modules beyond the fixture manifest's four that our guests load."""
 
 
 class TrustError(ValueError):
@@ -51,11 +54,13 @@ def module_authority(image: bytes, *, trust_certs: Sequence[Path] = (),
                      modules: Sequence[Path] = (), fx: fixtures.FixtureSet | None = None,
                      default_trust: bool = True) -> ModuleAuthority:
     """Certificates: the fixture's (unless `default_trust` is off) + `trust_certs`;
-    candidates: the fixture's modules + `modules`."""
+    candidates: the fixture's modules, what they need to load (crc32c_generic for xfs) and
+    the virtio-blk modules, + `modules`."""
     fx = fx or fixtures.fetch()
     certs = load_certs([*(fx.signing_certs if default_trust else []), *trust_certs])
+    tree = debian_module_files(DEBIAN_CANDIDATES)
     files: dict[str, bytes] = {}
-    for p in [*fx.modules.values(), *modules]:
+    for p in [*fx.modules.values(), *tree, *modules]:
         try:
             files[str(p)] = Path(p).read_bytes()
         except OSError as exc:
