@@ -52,16 +52,19 @@ def image_exports(image: bytes, symvers: Mapping[str, SymversEntry]) -> dict[str
     start = max(0, str_lo - MAX_TABLE_SPAN) & ~3
     count = (min(len(image), str_hi) - start) // 4 - 1
     words = struct.unpack_from(f"<{count}i", image, start)
-    out: dict[str, Export] = {}
+    found: dict[int, SymversEntry] = {}
     for k in range(1, count):
         target = start + 4 * k + words[k]
         if not str_lo <= target < str_hi:
             continue
         end = image.find(b"\0", target, target + 256)
-        name = image[target:end] if end > 0 else b""
-        ent = names.get(name)
-        if ent is None or ent.name in out:
-            continue
+        ent = names.get(image[target:end] if end > 0 else b"")
+        if ent is not None:
+            found[k] = ent
+    out: dict[str, Export] = {}
+    for k, ent in found.items():
+        if ent.name in out or (k - 3 not in found and k + 3 not in found):
+            continue  # a stray word that happens to point at a name: not in a 12-byte array
         entry = start + 4 * (k - 1)
         value = KIMAGE_VADDR + entry + words[k - 1]
         out[ent.name] = Export(ent.name, value, ent.kind, "vmlinux", ent.crc)

@@ -953,6 +953,12 @@ class TransparentKPCore:
         store = self._decode(st, plat, cpu, ev)
         slots = kpt.merge_slots(plat, store)
         level = usage.kpt_level
+        invalid: dict[int, int] = {}
+        if level == 3:  # set_direct_map_invalid_noflush: PTE_VALID cleared, other bits kept
+            for slot, (old, new) in list(slots.items()):
+                if new and not new & 1:
+                    invalid[slot] = new
+                    slots[slot] = (old, 0)  # validated as an unmapping, written as given
         if level == 3 and self.armed:
             self._module_exec_requests(st, plat, cpu, slots)  # may retry (pages protected)
         plan = kpt.Plan()
@@ -974,6 +980,9 @@ class TransparentKPCore:
             commit_claim(st, plat, pfn, want)  # RO at stage 2; retried with PC unchanged
             self.stats["tables_claimed"] += 1
             return
+        for slot, raw in invalid.items():
+            if plan.slots.get(slot) == 0:
+                plan.slots[slot] = raw  # the MMU ignores it; the kernel reads it back
         links = self._link_changes(level, slots, plan)
         freed = self._init_text_changes(level, slots, plan) if self.init_text else []
         gone = self._module_text_changes(st, plat, level, slots, plan) \
