@@ -1196,6 +1196,9 @@ class TransparentKPCore:
                     if rec.state == "refused" and self.mod_refused.get(pfn, (0, None))[1] \
                             is not rec:
                         continue
+                    state = rec.state if which == "core" else rec.init_state
+                    if state in ("pending", "authenticated") and pfn not in reg.pfns:
+                        continue  # not the page it protected: that mapping is gone
                     return rec, which
         return None
 
@@ -1405,6 +1408,9 @@ class TransparentKPCore:
         rec.live_pages.discard(pfn)
         self._release_page(st, pfn)
         self.stats["module_pages_released"] += 1
+        init = rec.init
+        if init is not None and init.pfns and not any(p in rec.live_pages for p in init.pfns):
+            rec.init = None  # do_free_init: its VA range may hold another module now
         core = rec.core
         if core is not None and not any(p in rec.live_pages for p in core.pfns) \
                 and rec.state == "authenticated":
