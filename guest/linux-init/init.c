@@ -26,6 +26,7 @@ static long sc6(long n, long a, long b, long c, long d, long e)
 #define SYS_pwrite64 68
 #define SYS_mount 40
 #define SYS_finit_module 273
+#define SYS_delete_module 106
 #define AT_FDCWD -100
 #define O_RDWR 2
 #define O_DIRECT 0200000 /* arm64 */
@@ -91,6 +92,7 @@ static void dma_check(void)
 
 /* SECVMA_MODS=1: load /m/0.ko, /m/1.ko ... each in a child (a refused module's init oopses
  * the loading task, not init), print each one's result, then prove the machine goes on. */
+static char **envp_;
 static void mods_check(void)
 {
 	static char path[] = "/m/0.ko";
@@ -111,6 +113,12 @@ static void mods_check(void)
 		if ((st & 0x7f) == 0) { puts_(" exit "); putn((st >> 8) & 0xff); }
 		else { puts_(" signal "); putn(st & 0x7f); }
 		puts_("\n");
+	}
+	/* SECVMA_MODS=2: unload the last module that loaded (its text pages go back) */
+	static const char *unload = "virtio_crypto";
+	if (envnum(envp_, "SECVMA_MODS") == 2) {
+		long r = sc(SYS_delete_module, (long)unload, 04000 /* O_NONBLOCK */, 0);
+		puts_(r ? "SECVMA-INIT: unload failed\n" : "SECVMA-INIT: unloaded virtio_crypto\n");
 	}
 	long pid = sc(SYS_clone, 17, 0, 0);
 	if (pid == 0)
@@ -143,6 +151,7 @@ void cmain(long *sp)
 	}
 	if (envnum(envp, "SECVMA_DMA"))
 		dma_check();
+	envp_ = envp;
 	if (envnum(envp, "SECVMA_MODS"))
 		mods_check();
 	puts_("SECVMA-INIT: powering off\n");
