@@ -101,6 +101,7 @@ static void mods_check(void)
 		long fd = sc(SYS_openat, AT_FDCWD, (long)path, 0);
 		if (fd < 0)
 			break;
+		u64 t = now();
 		long pid = sc(SYS_clone, 17 /* SIGCHLD */, 0, 0);
 		if (pid == 0) {
 			long r = sc(SYS_finit_module, fd, (long)"", 0);
@@ -112,6 +113,7 @@ static void mods_check(void)
 		puts_("SECVMA-INIT: mod "); puts_(path);
 		if ((st & 0x7f) == 0) { puts_(" exit "); putn((st >> 8) & 0xff); }
 		else { puts_(" signal "); putn(st & 0x7f); }
+		puts_(" us "); putn((now() - t) / 1000);
 		puts_("\n");
 	}
 	/* SECVMA_MODS=2: unload the last module that loaded (its text pages go back) */
