@@ -256,3 +256,14 @@ def test_debian_modules_link_against_the_image_exports(debian: fx.FixtureSet, na
     got = auth.link(by[name], KVA + 0x200_0000, KVA + 0x300_0000, loaded)
     assert isinstance(got, tuple), got
     _ = image_exports  # the exports come from the Image (kexports), not from Module.symvers
+
+
+def test_invariants_hold_for_module_text_then_catch_a_changed_word(debian: fx.FixtureSet) -> None:
+    from secvma.kpcore.tinvariants import check
+
+    hv, plat, cpu, _lay = _loaded(debian)
+    _exec(hv, plat, cpu, CORE_SLOT)
+    _exec(hv, plat, cpu, INIT_SLOT)
+    assert check(hv, plat, full=True) == []
+    plat.write(PhysAddr(MOD_PA + 0x40), NOP.to_bytes(4, "little"))  # behind stage 2's back
+    assert [v.inv for v in check(hv, plat, full=True)] == ["T-MOD"]
