@@ -1,5 +1,6 @@
 /* secvma's /init for the Debian kernel: print a line from userspace, optionally run
- * micro-benchmarks named on the kernel command line (or sleep SECVMA_IDLE_MS), power off (reboot(2) -> PSCI SYSTEM_OFF).
+ * micro-benchmarks or module loads named on the kernel command line (or sleep SECVMA_IDLE_MS),
+ * power off (reboot(2) -> PSCI SYSTEM_OFF).
  * Static, no libc: raw AArch64 syscalls. */
 typedef unsigned long u64;
 
@@ -27,6 +28,7 @@ static long sc6(long n, long a, long b, long c, long d, long e)
 #define SYS_mount 40
 #define SYS_finit_module 273
 #define SYS_nanosleep 101
+#define SYS_delete_module 106
 #define AT_FDCWD -100
 #define O_RDWR 2
 #define O_DIRECT 0200000 /* arm64 */
@@ -90,6 +92,46 @@ static void dma_check(void)
 	putn(t / 1000); puts_("\n");
 }
 
+/* SECVMA_MODS=1: load /m/0.ko, /m/1.ko ... each in a child (a refused module's init oopses
+ * the loading task, not init), print each one's result, then prove the machine goes on. */
+static char **envp_;
+static void mods_check(void)
+{
+	static char path[] = "/m/0.ko";
+	for (char c = '0'; c <= '9'; c++) {
+		path[3] = c;
+		long fd = sc(SYS_openat, AT_FDCWD, (long)path, 0);
+		if (fd < 0)
+			break;
+		u64 t = now();
+		long pid = sc(SYS_clone, 17 /* SIGCHLD */, 0, 0);
+		if (pid == 0) {
+			long r = sc(SYS_finit_module, fd, (long)"", 0);
+			sc(SYS_exit, r < 0 ? -r : 0, 0, 0);
+		}
+		sc(SYS_close, fd, 0, 0);
+		int st = 0;
+		sc6(SYS_wait4, pid, (long)&st, 0, 0, 0);
+		puts_("SECVMA-INIT: mod "); puts_(path);
+		if ((st & 0x7f) == 0) { puts_(" exit "); putn((st >> 8) & 0xff); }
+		else { puts_(" signal "); putn(st & 0x7f); }
+		puts_(" us "); putn((now() - t) / 1000);
+		puts_("\n");
+	}
+	/* SECVMA_MODS=2: unload the last module that loaded (its text pages go back) */
+	static const char *unload = "virtio_crypto";
+	if (envnum(envp_, "SECVMA_MODS") == 2) {
+		long r = sc(SYS_delete_module, (long)unload, 04000 /* O_NONBLOCK */, 0);
+		puts_(r ? "SECVMA-INIT: unload failed\n" : "SECVMA-INIT: unloaded virtio_crypto\n");
+	}
+	long pid = sc(SYS_clone, 17, 0, 0);
+	if (pid == 0)
+		sc(SYS_exit, 7, 0, 0);
+	int st = 0;
+	sc6(SYS_wait4, pid, (long)&st, 0, 0, 0);
+	puts_(((st >> 8) & 0xff) == 7 ? "SECVMA-INIT: alive after modules\n" : "SECVMA-INIT: fork broken\n");
+}
+
 void cmain(long *sp)
 {
 	char **envp = (char **)(sp + 1 + sp[0] + 1);
@@ -120,6 +162,9 @@ void cmain(long *sp)
 		sc(SYS_nanosleep, (long)ts, 0, 0);
 		puts_("SECVMA-INIT: idle end\n");
 	}
+	envp_ = envp;
+	if (envnum(envp, "SECVMA_MODS"))
+		mods_check();
 	puts_("SECVMA-INIT: powering off\n");
 	sc(SYS_sync, 0, 0, 0);
 	sc6(SYS_reboot, 0xfee1dead, 672274793, 0x4321fedc, 0, 0);

@@ -2,7 +2,7 @@
 
 A legal workload must never be refused and must never break an invariant, in every policy
 and stage-2 mode. The `modules` workload goes through the in-hypervisor loader (HVC 30-32)
-with a signature table made for this process (`modkeys.testbed_module_keys`).
+with a signature table made for this process (`testbed.keys.testbed_module_keys`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_all_workloads_without_refusals_or_violations(policy: str, s2: str) -> N
     reason = _have_testbed()
     if reason:
         pytest.skip(reason)
-    from secvma.kpcore.modkeys import testbed_module_keys
+    from secvma.testbed.keys import testbed_module_keys
     from secvma.testbed.run import run_workloads
 
     hv = make_policy(policy, s2=s2, check_invariants=True, module_keys=testbed_module_keys())

@@ -661,3 +661,25 @@ def test_root_fast_path_off_after_cpu_restart() -> None:
     hv, plat, cpu = armed()
     hv.handle(plat, cpu, CpuStart(0x4020_0000, 0))
     assert hv.cpus[cpu.index].fast == frozenset()
+
+
+def test_image_found_after_its_header_page_was_reused() -> None:
+    """arm64 reserves the image from _stext (Image + 64 KiB) only: with a large initramfs the
+    header's page holds other data by arming time. The image is still found (by bytes past
+    _stext that boot does not patch); before the fix it was not, text got PXN, and the
+    kernel hung right after arming."""
+    img = bytearray(0x1_2000)
+    img[:64] = b"MZ secvma test header".ljust(64, b"\0")
+    for off in range(0x1_0000, len(img), 4):
+        img[off:off + 4] = ((off * 2654435761) & 0xFFFF_FFFF).to_bytes(4, "little")
+    sites = PatchSites(image_size=len(img), text=[(0x1_0000, len(img))], ftrace={0x1_0000})
+    hv = TransparentKPCore(image=bytes(img), sites=sites)
+    plat = FakePlatform()
+    base = 0x4280_0000
+    live = bytearray(img)
+    live[:0x1_0000] = b"x" * 0x1_0000  # the header page reused
+    live[0x1_0000:0x1_0004] = MOV_X9_X30.to_bytes(4, "little")  # ftrace site patched at boot
+    plat.write(PhysAddr(base), bytes(live))
+    st = hv.attach(plat)
+    hv._find_image(st, plat)
+    assert hv.learned.image == (base, base + len(img))

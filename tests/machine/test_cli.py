@@ -64,3 +64,22 @@ def test_boot_exits_non_zero_when_the_guest_halts() -> None:
     res = CliRunner().invoke(main, ["boot", "--kernel", str(kernel), "--json", "--timeout", "30"])
     assert res.exit_code == 1
     assert json.loads(res.stdout)["exit"] == "halt"
+
+
+def test_trust_cert_is_checked_and_named(tmp_path: object, debian: object) -> None:
+    """`--trust-cert` is for the Debian kernel's modules under transparent; a file that is no
+    certificate is refused with its cause, before any machine starts."""
+    from pathlib import Path
+
+    from secvma.linux.guestbuild import signing_key
+
+    _key, _cert, pem = signing_key()
+    junk = Path(str(tmp_path)) / "junk.pem"
+    junk.write_text("not a certificate\n")
+    res = CliRunner().invoke(main, ["boot", "--policy", "none", "--trust-cert", str(pem)])
+    assert res.exit_code != 0 and "--policy transparent" in res.output
+    res = CliRunner().invoke(main, ["attack", "--trust-cert", str(pem)])
+    assert res.exit_code != 0 and "--guest linux" in res.output
+    res = CliRunner().invoke(main, ["boot", "--policy", "transparent", "--trust-cert", str(junk),
+                                    "--quiet"])
+    assert res.exit_code != 0 and "junk.pem" in res.output

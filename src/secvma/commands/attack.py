@@ -30,15 +30,21 @@ _STYLE = {"succeeded": "red", "blocked": "green", "blocked (machine halted)": "g
               help="testbed: also write a Markdown report to FILE.md and the verdict matrix to "
                    "FILE.png.")
 @click.option("--console", "echo", is_flag=True, help="linux: echo the kernel console.")
+@click.option("--trust-cert", "trust_certs", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="linux, transparent: also trust modules signed for this certificate (PEM or "
+                   "DER; repeatable). Debian's module-signing certificate is always trusted.")
 @click.option("--json", "as_json", is_flag=True)
 def attack(guest: str, policies: tuple[str, ...], only: tuple[str, ...], s2: str, list_only: bool,
-           report: Path | None, echo: bool, as_json: bool) -> None:
+           report: Path | None, echo: bool, trust_certs: tuple[Path, ...], as_json: bool) -> None:
     """A compromised kernel's attacks, each judged by its effect, under each policy."""
     if guest == "linux":
         if report is not None:
             fail("--report is for the testbed suite", "drop --report with --guest linux")
-        _attack_linux(policies, only, list_only, echo, as_json)
+        _attack_linux(policies, only, list_only, echo, as_json, trust_certs)
         return
+    if trust_certs:
+        fail("--trust-cert is for the Debian kernel's modules", "use --guest linux")
     if "transparent" in policies:
         fail("policy transparent is for the Debian kernel", "use --guest linux")
     from secvma.attacks.scenarios import ATTACKS, Verdict
@@ -69,10 +75,11 @@ def attack(guest: str, policies: tuple[str, ...], only: tuple[str, ...], s2: str
 
 
 def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: bool, echo: bool,
-                  as_json: bool) -> None:
+                  as_json: bool, trust_certs: tuple[Path, ...] = ()) -> None:
     from secvma.fixtures import FixturesUnavailable
     from secvma.linux.attacks import ATTACKS, NAMES, run_linux_suite
     from secvma.linux.session import POLICIES
+    from secvma.linux.trust import TrustError
     from secvma.machine.errors import MachineError
 
     bad = [p for p in policies if p not in POLICIES]
@@ -96,11 +103,14 @@ def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: b
     try:
         with console.status("attacking Debian (one fresh boot per attack and policy)...",
                             spinner="dots"):
-            res = run_linux_suite(policies or POLICIES, only, echo=echo and not as_json)
+            res = run_linux_suite(policies or POLICIES, only, echo=echo and not as_json,
+                                  trust_certs=trust_certs)
     except MachineError as exc:
         fail(exc.message, exc.hint or "rerun with --console to see the kernel's output")
     except FixturesUnavailable as exc:
         fail(f"Debian fixtures: {exc}", "run `secvma fixtures fetch` with the archive reachable")
+    except TrustError as exc:
+        fail(str(exc), "--trust-cert takes a PEM or DER X.509 certificate")
     _report(res, "secvma attack --guest linux", as_json)
 
 

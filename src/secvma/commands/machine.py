@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
 from secvma.machine.errors import MachineError
 from secvma.ui import console, emit_json, fail
+
+if TYPE_CHECKING:
+    from secvma.kpcore.modauth import ModuleAuthority
 
 
 @click.command()
@@ -84,10 +88,15 @@ def build(as_json: bool) -> None:
               help="Board with the SMMUv3 (owned by the hypervisor, hidden from the kernel) "
                    "and a virtio-blk-pci disk behind it; transparent: IOVA = PA of ordinary "
                    "pages only.")
+@click.option("--trust-cert", "trust_certs", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="linux, transparent: also trust modules signed for this certificate (PEM or "
+                   "DER; repeatable). Debian's module-signing certificate is always trusted.")
 @click.option("--json", "as_json", is_flag=True)
 def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, append: str,
              plain: bool, quiet: bool, timeout: float, policy: str, protect_tables: bool,
-             s2_mode: str, check_invariants: bool, smmu: bool, as_json: bool) -> None:
+             s2_mode: str, check_invariants: bool, smmu: bool, trust_certs: tuple[Path, ...],
+             as_json: bool) -> None:
     """Boot a kernel at EL1 under the NullHypervisor or the transparent KPCore policy.
 
     Exit status 0 when the guest powers off, 1 when the machine is halted instead or the
@@ -110,9 +119,13 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
         initrd = initrd or build_initramfs()
     if plain and policy != "none":
         fail("--plain runs no hypervisor; it cannot be combined with --policy")
-    transparent = TransparentKPCore(protect_tables=protect_tables, s2=s2_mode,
-                                    image=kernel.read_bytes() if kernel.is_file() else None,
-                                    check_invariants=check_invariants) \
+    if trust_certs and policy != "transparent":
+        fail("--trust-cert is for the transparent policy's module authentication",
+             "add --policy transparent")
+    image = kernel.read_bytes() if policy == "transparent" and kernel.is_file() else None
+    transparent = TransparentKPCore(protect_tables=protect_tables, s2=s2_mode, image=image,
+                                    check_invariants=check_invariants,
+                                    modules=_authority(image, trust_certs)) \
         if policy == "transparent" else None
     hv: Hypervisor | None = None if plain else transparent or NullHypervisor()
     try:
@@ -176,3 +189,21 @@ def _exit_unless_powered_off(how: str, reason: str) -> None:
 
 
 COMMANDS: list[click.Command] = [build, boot_cmd]
+
+
+def _authority(image: bytes | None, trust_certs: tuple[Path, ...]) -> ModuleAuthority | None:
+    """Module authentication for the Debian fixture kernel (`linux.trust`); None when the
+    fixtures are not fetched (then every module's text stays PXN) or the Image is unknown."""
+    from secvma import fixtures
+    from secvma.linux.trust import TrustError, module_authority
+
+    fx = fixtures.available()
+    if image is None or fx is None:
+        if trust_certs:
+            fail("--trust-cert needs the Debian fixtures (the kernel's exports)",
+                 "run `secvma fixtures fetch`")
+        return None
+    try:
+        return module_authority(image, trust_certs=trust_certs, fx=fx)
+    except TrustError as exc:
+        fail(str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -51,12 +52,17 @@ LINUX_WORKLOADS = ("forkexec", "mmap", "pipe", "threads", "fileio", "modules")
                    "(default: a per-run key signing the testbed's own modules).")
 @click.option("--module-sigs", "module_sigs", type=click.Path(exists=True, dir_okay=False),
               help="Module signature table: JSON {name: hex} or 'name hex' lines.")
+@click.option("--trust-cert", "trust_certs", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="linux, transparent: also trust modules signed for this certificate (PEM or "
+                   "DER; repeatable). Debian's module-signing certificate is always trusted.")
 @click.option("--check-invariants", is_flag=True,
               help="Check every invariant of docs/kpcore-spec.md §9 after every trap "
                    "(slow; not for --policy none).")
 def run_cmd(guest: str, policy: str | None, s2: str, smp: int, workloads: tuple[str, ...],
             timeout: float | None, echo: bool, as_json: bool, module_key: str | None,
-            module_sigs: str | None, check_invariants: bool) -> None:
+            module_sigs: str | None, check_invariants: bool,
+            trust_certs: tuple[Path, ...]) -> None:
     """Boot a kernel under a policy, run workloads, print a summary.
 
     Per workload: ok and wall time (measured from the host); traps by class; hypervisor
@@ -69,7 +75,7 @@ def run_cmd(guest: str, policy: str | None, s2: str, smp: int, workloads: tuple[
             fail("--module-keys/--module-sigs are for the testbed kernel",
                  "the Debian kernel's modules carry their own Linux signatures")
         _run_linux(policy or "transparent", s2, smp, workloads, timeout or 900.0, echo, as_json,
-                   check_invariants)
+                   trust_certs, check_invariants)
         return
     if smp != 1:
         fail("the testbed kernel runs on one CPU", "drop --smp, or use --guest linux")
@@ -117,9 +123,11 @@ def run_cmd(guest: str, policy: str | None, s2: str, smp: int, workloads: tuple[
 
 
 def _run_linux(policy: str, s2: str, smp: int, workloads: tuple[str, ...], timeout: float,
-               echo: bool, as_json: bool, check_invariants: bool) -> None:
+               echo: bool, as_json: bool, trust_certs: tuple[Path, ...],
+               check_invariants: bool) -> None:
     from secvma.fixtures import FixturesUnavailable
     from secvma.linux.session import run_linux_workloads
+    from secvma.linux.trust import TrustError
 
     if policy not in LINUX_POLICIES:
         fail(f"policy {policy!r} is for the testbed kernel",
@@ -131,11 +139,14 @@ def _run_linux(policy: str, s2: str, smp: int, workloads: tuple[str, ...], timeo
         fail("--check-invariants needs a KPCore policy", "use --policy transparent")
     try:
         report = run_linux_workloads(policy, s2, smp, workloads, check_invariants=check_invariants,
-                                     timeout_s=timeout, echo=echo and not as_json)
+                                     timeout_s=timeout, echo=echo and not as_json,
+                                     trust_certs=trust_certs)
     except MachineError as exc:
         fail(exc.message, exc.hint or "rerun with --console to see the kernel's output")
     except FixturesUnavailable as exc:
         fail(f"Debian fixtures: {exc}", "run `secvma fixtures fetch` with the archive reachable")
+    except TrustError as exc:
+        fail(str(exc), "--trust-cert takes a PEM or DER X.509 certificate")
     if as_json:
         emit_json(report.to_json())
     else:

@@ -39,7 +39,7 @@ class QemuRig:
 
     def __init__(self, cfg: Config) -> None:
         from secvma.kpcore import make_policy
-        from secvma.kpcore.modkeys import testbed_module_keys
+        from secvma.testbed.keys import testbed_module_keys
 
         self.hv: KPCore = make_policy(cfg.policy, s2=cfg.s2, module_keys=testbed_module_keys())
         self.session = TestbedSession(self.hv, command_timeout_s=20)

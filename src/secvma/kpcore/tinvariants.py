@@ -1,9 +1,10 @@
 """The invariants of transparent mode (`TransparentKPCore`) as one function, once armed.
 
     T-KPT-RO    kernel table pages and user roots are never writable at stage 2
-    T-CODE-RO   kernel text and rodata pages are never writable at stage 2
+    T-CODE-RO   kernel text, rodata and module text (authenticated or being authenticated)
+                pages are never writable at stage 2
     T-S2-WX     no stage-2 leaf is writable and EL1-executable; an EL1-executable leaf (XN read
-                with FEAT_XNX semantics) maps only kernel text once armed
+                with FEAT_XNX semantics) maps only kernel or authenticated module text
     T-ROOTS     the learned roots are EL1_PGD pages, reserved_pg_dir is empty; every CPU's
                 TTBR1 base is a learned root and its TTBR0 base is a kernel TTBR0 root
                 (reserved, idmap) or a validated user root
@@ -11,7 +12,9 @@
                 descriptors with PXNTable
     T-LINKS     (full) every table link in the kernel tables points at a page of the next
                 level's class, and the link counts equal the links found
-    T-PXN       (full) every EL1-executable kernel leaf maps kernel text only
+    T-PXN       (full) every EL1-executable kernel leaf maps kernel or authenticated module text
+    T-MOD       (full) every module text page is one the hypervisor authenticated, and its bytes
+                are the ones it computed except at the module's declared patch sites
     T-TEXT      (full) kernel text equals the Image except at declared patch sites, with
                 allowed words
 
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from secvma.kpcore.transparent import TransparentKPCore
 
 TABLE_CLASSES = (Usage.EL1_PGD, Usage.EL1_PUD, Usage.EL1_PMD, Usage.EL1_PTE, Usage.EL0_PGD)
-RO_CLASSES = (Usage.EL1_KCODE, Usage.EL1_RODATA)
+RO_CLASSES = (Usage.EL1_KCODE, Usage.EL1_RODATA, Usage.EL1_MOD_TXT, Usage.EL1_MOD_RO)
 PAGE = 0x1000
 
 
@@ -75,9 +78,10 @@ def _check_leaf(hv: TransparentKPCore, base: int, level: int, desc: int,
                                           f"{level}-level leaf {base:#x}"))
         if kind.exec_el1:
             out.append(Violation("T-S2-WX", f"leaf {base:#x} is writable and EL1-executable"))
-    elif kind.exec_el1 and u.count(Usage.EL1_KCODE, i, i + n) != n \
-            and not all(u[k] == Usage.EL1_KCODE or in_vdso_of(st, (st.pages.base_pfn + k) << 12)
-                        for k in range(i, i + n)):
+    elif kind.exec_el1 and u.count(Usage.EL1_KCODE, i, i + n) \
+            + u.count(Usage.EL1_MOD_TXT, i, i + n) != n \
+            and not all(u[k] in (Usage.EL1_KCODE, Usage.EL1_MOD_TXT)
+                        or in_vdso_of(st, (st.pages.base_pfn + k) << 12) for k in range(i, i + n)):
         out.append(Violation("T-S2-WX", f"EL1-executable leaf {base:#x} maps pages that are "
                                         "not kernel text"))
 
@@ -139,7 +143,9 @@ def _check_tables(hv: TransparentKPCore, plat: Platform, out: list[Violation]) -
                 pa = out_pa(e, level, sh)
                 n = {1: 1 << 18, 2: 512, 3: 1}[level]
                 i = st.pages.index(pa >> 12)
-                if i is None or st.pages.usage.count(Usage.EL1_KCODE, i, i + n) != n:
+                u = st.pages.usage
+                if i is None or u.count(Usage.EL1_KCODE, i, i + n) \
+                        + u.count(Usage.EL1_MOD_TXT, i, i + n) != n:
                     out.append(Violation("T-PXN", f"executable leaf {e:#x} in {table:#x}[{k}] "
                                                   "maps memory that is not kernel text"))
     for pfn, n in links.items():
@@ -172,6 +178,35 @@ def _check_text(hv: TransparentKPCore, plat: Platform, out: list[Violation]) -> 
                                                    f"{word:#x} is no declared patch"))
 
 
+def _check_modules(hv: TransparentKPCore, plat: Platform, out: list[Violation]) -> None:
+    st = hv.state
+    for pfn in st.pages.pages_of(Usage.EL1_MOD_TXT):
+        got = hv.mod_pages.get(pfn)
+        if got is None:
+            out.append(Violation("T-MOD", f"module text page {pfn << 12:#x} was never "
+                                          "authenticated"))
+            continue
+        va, rec = got
+        region = next(((w, r) for w, r in (("core", rec.core), ("init", rec.init))
+                       if r is not None and r.base <= va < r.base + r.size), None)
+        if hv.modules is None or region is None or rec.sites is None \
+                or region[0] not in rec.expected:
+            out.append(Violation("T-MOD", f"module text page {pfn << 12:#x} ({rec.name}) has "
+                                          "no authenticated region"))
+            continue
+        off = va - region[1].base
+        want = rec.expected[region[0]][off:off + PAGE]
+        live = plat.read(PhysAddr(pfn << 12), PAGE)
+        tramp = sorted(rec.sites.plt_slots)[:1]
+        for k in range(0, len(want), 4):
+            if live[k:k + 4] != want[k:k + 4] and not hv.modules.word_allowed(
+                    va + k, int.from_bytes(live[k:k + 4], "little"), rec.sites, tramp,
+                    live=live, base=va):
+                out.append(Violation("T-MOD", f"{rec.name} text word {va + k:#x} changed "
+                                              "outside its declared patch sites"))
+                break
+
+
 def check(hv: TransparentKPCore, plat: Platform, *, full: bool = False) -> list[Violation]:
     """Every broken invariant of the module table (empty list: all hold)."""
     out: list[Violation] = []
@@ -183,6 +218,7 @@ def check(hv: TransparentKPCore, plat: Platform, *, full: bool = False) -> list[
     if full:
         _check_tables(hv, plat, out)
         _check_text(hv, plat, out)
+        _check_modules(hv, plat, out)
     return out
 
 

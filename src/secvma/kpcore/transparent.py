@@ -36,6 +36,11 @@ stage 2 before the state is validated (SMP).
                              root no CPU has loaded: the kernel freed it, released, retried
     store to kernel text     each word at a declared patch site with an allowed word, through
                              the text-poke alias; written by the trapping CPU at EL2
+    PTE store clearing PXN   on a page that is not text: module authentication (`modauth`):
+                             the text must equal the signed candidate relocated here, else
+                             PXN stays (refusal mod-*, the store is carried out)
+    store to module text     each word at the module's declared patch site (jump, ftrace)
+    PTE of module text gone  the page is ordinary memory again (vfree of core or init)
     other stage-2 faults     lazy fill (blocks of one class, or 4 KB); outside RAM: abort;
                              write to other read-only memory: refused
     HVC                      x0 = -1 (SMCCC NOT_SUPPORTED): a stock kernel has no SECvma ABI
@@ -60,12 +65,14 @@ from secvma.kpcore.descs import Shape, out_pa, shape
 from secvma.kpcore.faults import inject_refusal
 from secvma.kpcore.fetch import s1_translate
 from secvma.kpcore.hostmem import commit_claim, desired_kind, map_page_host, set_class
+from secvma.kpcore.modauth import ModRecord, ModuleAuthority, TextRegion, Verdict
 from secvma.kpcore.pages import KPT_BY_LEVEL, Owner, Usage, ref_dec_and_test, ref_inc
 from secvma.kpcore.policy import policy_named
 from secvma.kpcore.refusal import Errno, HypRefusal, Outcome, Refusal, log
 from secvma.kpcore.stage2 import VTCR_4G, PermKind
 from secvma.kpcore.state import KState
 from secvma.kpcore.textsites import KIMAGE_VADDR, PatchSites, patch_kind, relocated
+from secvma.module.symbols import Export
 from secvma.outside import OutsideMapGuard
 from secvma.platform import (
     CpuStart,
@@ -99,6 +106,7 @@ MAX_WALK_LEAVES = 4 << 20
 MAX_TEXT_STORE = 8
 """Largest single access emulated into kernel text (an instruction patch is 4 bytes)."""
 MAX_ARM_PASSES = 16
+"""_stext in the 6.1 arm64 Image: the first byte the kernel keeps reserved."""
 TOP_VA = (1 << 64) - 1
 
 
@@ -195,7 +203,8 @@ class TransparentKPCore:
 
     def __init__(self, *, protect_tables: bool = True, s2: str = "huge",
                  image: bytes | None = None, sites: PatchSites | None = None,
-                 check_invariants: bool = False, root_fast_path: bool = True) -> None:
+                 check_invariants: bool = False, root_fast_path: bool = True,
+                 modules: ModuleAuthority | None = None) -> None:
         self.protect_tables = protect_tables
         self.root_fast_path = root_fast_path  # False: every TTBR write traps (measurements)
         self.policy = policy_named("hardened", s2=s2)
@@ -222,6 +231,14 @@ class TransparentKPCore:
         self.kaslr = 0  # VA displacement of the kernel image from its link address
         self.init_text: set[int] = set()  # KCODE pfns of init text still mapped at arming
         self.plat: Platform | None = None  # the machine, for the root fast path's table
+        self.modules = modules  # trusted certificates + candidate modules (None: refuse all)
+        if modules is not None and self.sites is not None and not modules.kernel_text_link:
+            modules.kernel_text_link = [(KIMAGE_VADDR + lo, KIMAGE_VADDR + hi)
+                                        for lo, hi in self.sites.text]
+        self.mod_records: list[ModRecord] = []
+        self.mod_pages: dict[int, tuple[int, ModRecord]] = {}  # MOD_TXT pfn -> (its VA, module)
+        self.mod_refused: dict[int, tuple[int, ModRecord]] = {}  # kept-PXN text pfn -> (VA, module)
+        self.l3_va: dict[int, tuple[int, int]] = {}  # PTE table PA -> (VA base, parent slot)
 
     # --- public surface -----------------------------------------------------------------
 
@@ -262,7 +279,9 @@ class TransparentKPCore:
                 "text_patches_refused": self.patches.refused,
                 "user_roots_live": len(self.roots.valid),
                 "user_roots_released": self.roots.released,
-                "modules_authenticated": 0, "modules_refused": 0}
+                "modules_authenticated": sum(1 for r in self.mod_records
+                                             if r.state in ("authenticated", "released")),
+                "modules_refused": sum(1 for r in self.mod_records if r.state == "refused")}
 
     def poll(self, platform: Platform) -> None:
         """Between traps: drain the SMMU's event queue into `refusals`."""
@@ -292,6 +311,7 @@ class TransparentKPCore:
             "boot_patches": dict(self.patches.boot), "runtime_patches": dict(self.patches.runtime),
             "text_poke_va": hx(self.patches.poke_va),
             "protection": self.protection_summary(),
+            "modules": [r.as_dict() for r in self.mod_records],
             "stats": dict(sorted(self.stats.items())),
             "refusals": [r.as_dict() for r in self.refusals],
             "internal_errors": [f"{e.event}: {e.error}" for e in self.internal_errors],
@@ -758,6 +778,8 @@ class TransparentKPCore:
                     if st.pages.usage_of(p >> 12) is Usage.NONE:
                         set_class(st, p >> 12, Usage.EL1_RODATA)
         self._check_boot_patches(st, plat, cpu)
+        if self.modules is not None:
+            self.modules.set_kaslr(self.kaslr)
         self._note_init_text(st)
         self._premap(st, plat)
         st.s2.pending_flush.add(-1)
@@ -909,6 +931,9 @@ class TransparentKPCore:
             if usage is Usage.EL1_KCODE:
                 self._text_store(st, plat, cpu, ev)
                 return
+            if usage is Usage.EL1_MOD_TXT:
+                self._module_text_store(st, plat, cpu, ev)
+                return
         access = "fetch" if ev.is_fetch else "write" if ev.is_write else "read"
         raise HypRefusal(Errno.EPERM, "s2-permission",
                          f"{access} not permitted on a {usage.name} page", ipa=ipa)
@@ -936,6 +961,14 @@ class TransparentKPCore:
         store = self._decode(st, plat, cpu, ev)
         slots = kpt.merge_slots(plat, store)
         level = usage.kpt_level
+        invalid: dict[int, int] = {}
+        if level == 3:  # set_direct_map_invalid_noflush: PTE_VALID cleared, other bits kept
+            for slot, (old, new) in list(slots.items()):
+                if new and not new & 1:
+                    invalid[slot] = new
+                    slots[slot] = (old, 0)  # validated as an unmapping, written as given
+        if level == 3 and self.armed:
+            self._module_exec_requests(st, plat, cpu, slots)  # may retry (pages protected)
         plan = kpt.Plan()
         frozen = store.page in self.learned.empty_roots
         for slot, (old, new) in slots.items():
@@ -955,9 +988,16 @@ class TransparentKPCore:
             commit_claim(st, plat, pfn, want)  # RO at stage 2; retried with PC unchanged
             self.stats["tables_claimed"] += 1
             return
+        for slot, raw in invalid.items():
+            if plan.slots.get(slot) == 0:
+                plan.slots[slot] = raw  # the MMU ignores it; the kernel reads it back
         links = self._link_changes(level, slots, plan)
         freed = self._init_text_changes(level, slots, plan) if self.init_text else []
+        gone = self._module_text_changes(st, plat, level, slots, plan) \
+            if self.mod_pages or self.mod_refused else []
         kpt.commit_plan(st, plat, store, plan)
+        for pfn in gone:
+            self._release_module_page(st, pfn)
         for pfn in freed:  # free_initmem: the page is ordinary kernel memory again
             self.init_text.discard(pfn)
             self._release_page(st, pfn)
@@ -993,7 +1033,8 @@ class TransparentKPCore:
         if i is None or st.pages.index((target >> 12) + n - 1) is None:
             return
         if not st.pages.usage.count(Usage.EL1_KCODE, i, i + n) and \
-                not st.pages.usage.count(Usage.EL1_RODATA, i, i + n):
+                not st.pages.usage.count(Usage.EL1_RODATA, i, i + n) and \
+                not st.pages.usage.count(Usage.EL1_MOD_TXT, i, i + n):
             return
         pk = self.patches
         if level == 3 and pk.poke_slot is None and self.armed:
@@ -1125,6 +1166,365 @@ class TransparentKPCore:
             pk.runtime[kind] += 1
         if len(self.text_log) < 1000:
             self.text_log.append((store.page + store.writes[0].off, cpu.elr, store.writes[0].size))
+
+
+    # --- modules: authenticated text (modauth) --------------------------------------------
+
+    def _module_exec_requests(self, st: KState, plat: Platform, cpu: Vcpu,
+                              slots: dict[int, tuple[int, int]]) -> None:
+        """PTE stores that make an ordinary (or pending) page executable: authenticate."""
+        for slot, (_old, new) in slots.items():
+            if new & 3 != 3 or new & PXN:
+                continue
+            pfn = (new & OA_MASK) >> 12
+            usage = st.pages.usage_of(pfn)
+            if usage in (Usage.NONE, Usage.EL1_MOD_RO) and st.is_host_ram(pfn << 12):
+                self._module_exec(st, plat, cpu, slot, pfn)
+
+    def _module_exec(self, st: KState, plat: Platform, cpu: Vcpu, slot: int, pfn: int) -> None:
+        """One text page asked to become executable: its module authenticated (or not) as a
+        whole; returns with the page MOD_TXT (PXN may go) or not (PXN is forced)."""
+        va = self._slot_va(plat, slot)
+        if va is None or self.modules is None:  # PXN forced, as on any page not text
+            self.stats["mod_exec_unattributed" if va is None else "mod_exec_no_authority"] += 1
+            return
+        found = self._mod_at(va, pfn)
+        if found is None:
+            self._mod_begin(st, plat, cpu, va)  # raises _Retry once pages are protected
+            return
+        rec, which = found
+        state = rec.state if which == "core" else rec.init_state
+        if state == "pending":
+            self._mod_check(st, plat, cpu, rec, which)
+        elif state == "" and rec.state == "authenticated":
+            self._mod_protect(st, plat, cpu, rec, which)
+        else:
+            self.stats["mod_exec_kept_pxn"] += 1  # refused, or a page it does not hold
+
+    def _mod_at(self, va: int, pfn: int) -> tuple[ModRecord, str] | None:
+        """The live module record whose text region holds `va` (a refused one only for the
+        very page it refused: the VA may be reused once that page was unmapped)."""
+        for rec in reversed(self.mod_records):
+            if rec.closed:
+                continue
+            for which, reg in (("core", rec.core), ("init", rec.init)):
+                if reg is not None and reg.base <= va < reg.base + reg.size:
+                    if rec.state == "refused" and self.mod_refused.get(pfn, (0, None))[1] \
+                            is not rec:
+                        continue
+                    state = rec.state if which == "core" else rec.init_state
+                    if state in ("pending", "authenticated") and pfn not in reg.pfns:
+                        continue  # not the page it protected: that mapping is gone
+                    return rec, which
+        return None
+
+    def _mod_begin(self, st: KState, plat: Platform, cpu: Vcpu, va: int) -> None:
+        """A fresh core layout: identify the candidate, relocate it, protect its pages."""
+        mods = self.modules
+        assert mods is not None
+        t0 = time.perf_counter()
+        got = mods.identify(va, self._va_reader(plat, cpu))
+        if isinstance(got, Verdict):
+            self._mod_unknown(st, plat, cpu, va, got)
+            return
+        cand, init_base = got
+        rec = ModRecord(cand.name, cand.label, va, init_base, "pending")
+        self.mod_records.append(rec)
+        linked = mods.link(cand, va, init_base, self._module_exports())
+        rec.seconds += time.perf_counter() - t0
+        if isinstance(linked, Verdict):
+            size = cand.layout.core.text_size if cand.layout is not None else PAGE
+            rec.core = TextRegion(va, max(size, PAGE), [])
+            if init_base and cand.layout is not None and cand.layout.init.text_size:
+                rec.init = TextRegion(init_base, cand.layout.init.text_size, [])
+            self._mod_refuse(st, plat, cpu, rec, linked)
+            return
+        texts, sites, exports = linked
+        rec.expected, rec.sites, rec.exports = texts, sites, exports
+        rec.core = TextRegion(va, len(texts["core"]), [])
+        if init_base and texts["init"]:
+            rec.init = TextRegion(init_base, len(texts["init"]), [])
+        self._mod_protect(st, plat, cpu, rec, "core")
+
+    def _mod_unknown(self, st: KState, plat: Platform, cpu: Vcpu, va: int, v: Verdict) -> None:
+        """No candidate: one refused record per run of contiguous pages."""
+        for rec in self.mod_records:
+            if rec.state == "refused" and rec.core is not None and rec.name == "?" \
+                    and not rec.closed and rec.core.base + rec.core.size == va:
+                rec.core.size += PAGE
+                self._mod_keep_pxn(plat, cpu, rec, rec.core, va)
+                self.stats["mod_exec_kept_pxn"] += 1
+                return
+        rec = ModRecord("?", "", va, 0, "pending", core=TextRegion(va, PAGE, []))
+        self.mod_records.append(rec)
+        self._mod_refuse(st, plat, cpu, rec, v)
+
+    def _mod_refuse(self, st: KState, plat: Platform, cpu: Vcpu, rec: ModRecord,
+                    v: Verdict) -> None:
+        """A module refused: its text pages stay PXN (remembered until they are unmapped)."""
+        rec.state, rec.rule, rec.reason = "refused", v.rule, v.reason
+        if rec.init is not None:
+            rec.init_state = "refused"
+        rec.expected = {}
+        for reg in (rec.core, rec.init):
+            for off in range(0, 0 if reg is None else reg.size, PAGE):
+                assert reg is not None
+                self._mod_keep_pxn(plat, cpu, rec, reg, reg.base + off)
+        self.stats["modules_refused"] += 1
+        values = {"va": rec.core_base, **v.values}
+        ref = Refusal(v.rule, Errno.EPERM, f"module {rec.name}: {v.reason} (its text stays PXN)",
+                      Outcome.REFUSED, cpu.index, cpu.elr, values)
+        if len(st.refusals) < 10_000:
+            st.refusals.append(ref)
+        log.info("refused: %s", ref)
+
+    def _mod_protect(self, st: KState, plat: Platform, cpu: Vcpu, rec: ModRecord,
+                     which: str) -> None:
+        """Write-protect the region's pages (class MOD_RO) and retry: the comparison then
+        reads bytes no CPU can change any more."""
+        reg = rec.core if which == "core" else rec.init
+        assert reg is not None
+        pfns: list[int] = []
+        for off in range(0, reg.size, PAGE):
+            hit = s1_translate(plat, cpu, reg.base + off, AccessType.LOAD)
+            pfn = None if hit is None else hit[0] >> 12
+            if pfn is None or pfn in pfns or not st.is_host_ram(pfn << 12) \
+                    or st.pages.owner_of(pfn) is not Owner.HOST \
+                    or st.pages.usage_of(pfn) is not Usage.NONE:
+                self._mod_fail(st, plat, cpu, rec, which, Verdict(
+                    False, "mod-pages", f"{which} text page {off // PAGE} is not an ordinary "
+                    "mapped page", {"va": reg.base + off}))
+                return
+            pfns.append(pfn)
+        for pfn in pfns:
+            set_class(st, pfn, Usage.EL1_MOD_RO)  # read-only, not executable
+        reg.pfns = pfns
+        if which == "core":
+            rec.state = "pending"
+        else:
+            rec.init_state = "pending"
+        raise _Retry()
+
+    def _mod_keep_pxn(self, plat: Platform, cpu: Vcpu, rec: ModRecord, reg: TextRegion,
+                      va: int) -> None:
+        hit = s1_translate(plat, cpu, va, AccessType.LOAD)
+        if hit is not None:
+            reg.pfns.append(hit[0] >> 12)
+            self.mod_refused[hit[0] >> 12] = (va, rec)
+
+    def _mod_fail(self, st: KState, plat: Platform, cpu: Vcpu, rec: ModRecord, which: str,
+                  v: Verdict) -> None:
+        """A region refused: its pending pages are ordinary again."""
+        reg = rec.core if which == "core" else rec.init
+        for pfn in [] if reg is None else reg.pfns:
+            if st.pages.usage_of(pfn) is Usage.EL1_MOD_RO:
+                self._release_page(st, pfn)
+        if reg is not None:
+            reg.pfns = []
+        if which == "core":
+            self._mod_refuse(st, plat, cpu, rec, v)
+        else:
+            rec.init_state = "refused"
+            assert reg is not None
+            for off in range(0, reg.size, PAGE):
+                self._mod_keep_pxn(plat, cpu, rec, reg, reg.base + off)
+            self.stats["module_init_refused"] += 1
+            ref = Refusal(v.rule, Errno.EPERM, f"module {rec.name} init: {v.reason}",
+                          Outcome.REFUSED, cpu.index, cpu.elr, {"va": rec.init_base, **v.values})
+            if len(st.refusals) < 10_000:
+                st.refusals.append(ref)
+
+    def _mod_check(self, st: KState, plat: Platform, cpu: Vcpu, rec: ModRecord,
+                   which: str) -> None:
+        """The retried store: the protected bytes must be the computed ones."""
+        mods = self.modules
+        reg = rec.core if which == "core" else rec.init
+        assert mods is not None and reg is not None and rec.sites is not None
+        t0 = time.perf_counter()
+        for k, pfn in enumerate(reg.pfns):
+            hit = s1_translate(plat, cpu, reg.base + k * PAGE, AccessType.LOAD)
+            if hit is None or hit[0] >> 12 != pfn:
+                self._mod_fail(st, plat, cpu, rec, which, Verdict(
+                    False, "mod-pages", "text remapped while it was being authenticated",
+                    {"va": reg.base + k * PAGE}))
+                return
+        live = b"".join(plat.read(PhysAddr(pfn << 12), PAGE) for pfn in reg.pfns)
+        tramp = sorted(rec.sites.plt_slots)[:1]
+        bad = mods.compare(reg.base, rec.expected[which], live, rec.sites, tramp)
+        rec.seconds += time.perf_counter() - t0
+        if bad:
+            va, lw, ew = bad[0]
+            self._mod_fail(st, plat, cpu, rec, which, Verdict(
+                False, "mod-mismatch", f"{which} text differs from the signed module relocated "
+                f"here ({len(bad)}{'+' if len(bad) >= 16 else ''} words at no declared site)",
+                {"va": va, "live": lw, "expected": ew}))
+            return
+        for k, pfn in enumerate(reg.pfns):
+            set_class(st, pfn, Usage.EL1_MOD_TXT)
+            self.mod_pages[pfn] = (reg.base + k * PAGE, rec)
+        if which == "core":
+            rec.state = "authenticated"
+            self.stats["modules_authenticated"] += 1
+        else:
+            rec.init_state = "authenticated"
+        rec.live_pages.update(reg.pfns)
+        log.info("module %s %s text authenticated (%d pages, %.3f s)", rec.name, which,
+                 len(reg.pfns), rec.seconds)
+
+    def _module_exports(self) -> list[Export]:
+        """Exports of the modules authenticated and not unloaded (their core still mapped)."""
+        return [e for r in self.mod_records if r.state == "authenticated" for e in r.exports]
+
+    def _module_text_changes(self, st: KState, plat: Platform, level: int,
+                             slots: dict[int, tuple[int, int]], plan: kpt.Plan) -> list[int]:
+        """Module text: executable only at its authenticated VA (other aliases get PXN);
+        a page whose authenticated PTE goes away is returned (released after the commit)."""
+        gone: list[int] = []
+        for slot, (old, _new) in slots.items():
+            new = plan.slots.get(slot, old)
+            sn = shape(new, level, any_nonzero=False)
+            if sn is Shape.LEAF and not new & PXN:
+                base = out_pa(new, level, sn) >> 12
+                pages = range(base, base + level_size(level) // PAGE)
+                if any(p in self.mod_pages for p in pages):
+                    at = self.mod_pages.get(base)
+                    if level != 3 or at is None or self._slot_va(plat, slot) != at[0]:
+                        plan.slots[slot] = new | PXN
+                        self.stats["mod_alias_pxn"] += 1
+            if level != 3:
+                continue
+            so = shape(old, level, any_nonzero=False)
+            if so is not Shape.LEAF:
+                continue
+            pfn = out_pa(old, level, so) >> 12
+            at = self.mod_pages.get(pfn) or self.mod_refused.get(pfn)
+            if at is None:
+                continue
+            new = plan.slots.get(slot, old)
+            if shape(new, level, any_nonzero=False) is Shape.LEAF \
+                    and out_pa(new, level, Shape.LEAF) >> 12 == pfn:
+                continue
+            if self._slot_va(plat, slot) == at[0]:
+                gone.append(pfn)
+        return gone
+
+    def _release_module_page(self, st: KState, pfn: int) -> None:
+        """The authenticated mapping of a module text page is gone: ordinary memory again."""
+        refused = self.mod_refused.pop(pfn, None)
+        if refused is not None:
+            rec = refused[1]
+            if not any(p in self.mod_refused for r in (rec.core, rec.init) if r is not None
+                       for p in r.pfns):
+                rec.closed = True  # its VA range may hold another module now
+            return
+        got = self.mod_pages.pop(pfn, None)
+        if got is None:
+            return
+        rec = got[1]
+        rec.live_pages.discard(pfn)
+        self._release_page(st, pfn)
+        self.stats["module_pages_released"] += 1
+        init = rec.init
+        if init is not None and init.pfns and not any(p in rec.live_pages for p in init.pfns):
+            rec.init = None  # do_free_init: its VA range may hold another module now
+        core = rec.core
+        if core is not None and not any(p in rec.live_pages for p in core.pfns) \
+                and rec.state == "authenticated":
+            rec.state = "released"  # unloaded: its exports go too
+            rec.closed = True
+            self.stats["modules_released"] += 1
+
+    def _module_text_store(self, st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
+        """A patch of authenticated module text: each word at one of the module's declared
+        sites (jump label, ftrace entry) with an allowed word, through the text-poke alias."""
+        store = self._decode(st, plat, cpu, ev)
+        rule = "mod-text-patch"
+        pk = self.patches
+        got = self.mod_pages.get(store.page >> 12)
+        mods = self.modules
+        try:
+            if got is None or mods is None or got[1].sites is None:
+                raise HypRefusal(Errno.EPERM, rule, "module text page of no known module",
+                                 pa=store.page)
+            va_page, rec = got
+            sites = rec.sites
+            assert sites is not None
+            if pk.poke_va is None:
+                pk.poke_va = ev.far & ~0xFFF
+            if ev.far & ~0xFFF != pk.poke_va:
+                raise HypRefusal(Errno.EPERM, "text-alias", "module text is patched only "
+                                 "through the text-poke alias", va=ev.far, poke=pk.poke_va)
+            merged: dict[int, int] = {}
+            for w in store.writes:
+                if w.size != 4 or w.off % 4:
+                    raise HypRefusal(Errno.EPERM, rule, "only aligned 4-byte stores may patch "
+                                     "module text", off=w.off, size=w.size)
+                merged[w.off] = w.value
+            tramp = sorted(sites.plt_slots)[:1]
+            for off, word in merged.items():
+                if not mods.word_allowed(va_page + off, word, sites, tramp):
+                    raise HypRefusal(Errno.EPERM, rule, f"module {rec.name}: not a declared "
+                                     "patch site, or not an instruction allowed there",
+                                     va=va_page + off, value=word)
+        except HypRefusal:
+            pk.refused += 1
+            raise
+        for off, word in merged.items():
+            plat.write_code(cpu, PhysAddr(store.page + off), word.to_bytes(4, "little"))
+        kpt.finish_insn(cpu, store)
+        pk.accepted += len(merged)
+        pk.runtime["module"] += len(merged)
+
+    def _va_reader(self, plat: Platform, cpu: Vcpu) -> Callable[[int, int], bytes | None]:
+        """Read kernel VAs through the trapping CPU's stage 1 (None: not mapped, not RAM)."""
+        def read(va: int, n: int) -> bytes | None:
+            out = b""
+            while len(out) < n:
+                cur = (va + len(out)) & TOP_VA
+                hit = s1_translate(plat, cpu, cur, AccessType.LOAD)
+                if hit is None or not self.state.is_host_ram(hit[0]):
+                    return None
+                take = min(n - len(out), PAGE - (cur & 0xFFF))
+                out += plat.read(PhysAddr(hit[0]), take)
+            return out
+        return read
+
+    def _slot_va(self, plat: Platform, slot: int) -> int | None:
+        """The kernel VA a PTE slot maps: its table's place under swapper's upper half
+        (cached per PTE table, checked against the parent entry on every use)."""
+        table = slot & ~0xFFF
+        idx = (slot & 0xFFF) >> 3
+        rd = self._reader(plat)
+        hit = self.l3_va.get(table)
+        if hit is None or rd(PhysAddr(hit[1])) & (OA_MASK | 3) != table | 3:
+            self._map_l3_tables(plat)
+            hit = self.l3_va.get(table)
+        return None if hit is None else hit[0] + (idx << 12)
+
+    def _map_l3_tables(self, plat: Platform) -> None:
+        """PTE table -> (VA base, parent slot) for the upper half of swapper (not the linear
+        map: module, vmalloc, fixmap and image mappings live above it)."""
+        self.l3_va = {}
+        root = self.learned.swapper
+        if root is None:
+            return
+        rd = self._reader(plat)
+        self.stats["mod_l3_maps"] += 1
+        todo = [(root, 0, (1 << 64) - (1 << 48))]
+        while todo:
+            table, level, va_base = todo.pop()
+            shift = 12 + 9 * (3 - level)
+            first = 256 if level == 0 else 0
+            for i in range(first, 512):
+                e = rd(PhysAddr(table + 8 * i))
+                if e & 3 != 3:
+                    continue
+                child = e & OA_MASK
+                va = (va_base + (i << shift)) & TOP_VA
+                if level == 2:
+                    self.l3_va[child] = (va, table + 8 * i)
+                elif self.st is not None and self.st.is_host_ram(child):
+                    todo.append((child, level + 1, va))
 
 
 def _image_probes(image: bytes) -> list[tuple[int, bytes]]:

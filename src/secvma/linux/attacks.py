@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from secvma.attacks.scenarios import Verdict
@@ -133,9 +135,11 @@ def judge(console: str, name: str, exit_kind: str, internal: list[str]) -> tuple
 
 
 def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None = None,
-                     *, timeout_s: float = 300.0, echo: bool = False) -> LinuxOutcome:
+                     *, timeout_s: float = 300.0, echo: bool = False,
+                     trust_certs: Sequence[Path] = ()) -> LinuxOutcome:
     """Boot a fresh Debian kernel under `policy`, run one attack, judge it by its effect."""
-    hv = make_linux_hypervisor(policy)
+    guest = guest or build_linux_guest()
+    hv = make_linux_hypervisor(policy, guest=guest, trust_certs=trust_certs)
     t0 = time.perf_counter()
     res = boot_linux(hv, f"SECVMA_ATTACK={attack.name}", timeout_s=timeout_s, echo=echo,
                      guest=guest)
@@ -147,13 +151,13 @@ def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None 
 
 
 def run_linux_suite(policies: tuple[str, ...] = POLICIES, only: tuple[str, ...] = (),
-                    *, echo: bool = False) -> dict[str, Any]:
+                    *, echo: bool = False, trust_certs: Sequence[Path] = ()) -> dict[str, Any]:
     """Every (or each `only`) attack under every policy; same JSON shape as the testbed suite."""
     unknown = [n for n in only if n not in NAMES]
     if unknown:
         raise ValueError(f"unknown attack(s) {unknown}; one of {NAMES}")
     guest = build_linux_guest()
-    outcomes = [run_linux_attack(a, p, guest, echo=echo) for a in ATTACKS
+    outcomes = [run_linux_attack(a, p, guest, echo=echo, trust_certs=trust_certs) for a in ATTACKS
                 if not only or a.name in only for p in policies]
     return {"ok": bool(outcomes) and all(o.matches for o in outcomes),
             "guest": "linux",

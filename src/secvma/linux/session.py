@@ -9,14 +9,16 @@ powers off. The host reads the lines from the console; a workload without its li
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from secvma import fixtures
 from secvma.kpcore.policy import S2_MODES
 from secvma.kpcore.transparent import TransparentKPCore
 from secvma.linux.guestbuild import LinuxGuest, build_linux_guest
+from secvma.linux.trust import module_authority
 from secvma.machine.errors import GuestTimeout
 from secvma.machine.initramfs import INIT_BANNER
 from secvma.machine.mailbox import RunResult
@@ -37,8 +39,13 @@ _WL_RE = re.compile(r"^SECVMA-WL (\S+) ([01]) (\d+) ?(.*)$", re.MULTILINE)
 
 
 def make_linux_hypervisor(policy: str, s2: str = "huge", *,
-                          check_invariants: bool = False, root_fast_path: bool = True) -> Hypervisor:
-    """`none` -> NullHypervisor; `transparent` -> TransparentKPCore in stage-2 mode `s2`."""
+                          check_invariants: bool = False, root_fast_path: bool = True,
+                          guest: LinuxGuest | None = None,
+                          trust_certs: Sequence[Path] = ()) -> Hypervisor:
+    """`none` -> NullHypervisor; `transparent` -> TransparentKPCore in stage-2 mode `s2`.
+
+    Modules: Debian's certificate and modules from the fixtures, `guest`'s own modules and
+    build-local certificate, and `trust_certs` are handed to kpcore (`linux.trust`)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r} for the Debian kernel; one of {POLICIES}")
     if s2 not in S2_MODES:
@@ -47,9 +54,13 @@ def make_linux_hypervisor(policy: str, s2: str = "huge", *,
         if check_invariants:
             raise ValueError("--check-invariants needs a KPCore policy (transparent)")
         return NullHypervisor()
-    image = fixtures.fetch().kernel_image.read_bytes()  # its patch sites, read before it runs
+    fx = fixtures.fetch()
+    image = fx.kernel_image.read_bytes()  # its patch sites, read before it runs
+    mods = [] if guest is None else [guest.modules.lkdtm, guest.modules.unsigned]
+    certs = [*([] if guest is None else [guest.modules.cert]), *trust_certs]
+    authority = module_authority(image, trust_certs=certs, modules=mods, fx=fx)
     return TransparentKPCore(s2=s2, image=image, check_invariants=check_invariants,
-                             root_fast_path=root_fast_path)
+                             root_fast_path=root_fast_path, modules=authority)
 
 
 def transparent_of(hv: Hypervisor) -> TransparentKPCore | None:
@@ -166,15 +177,18 @@ def parse_workloads(console: str, wanted: tuple[str, ...], why_missing: str) -> 
 def run_linux_workloads(policy: str, s2: str = "huge", smp: int = 1,
                         workloads: tuple[str, ...] = ("all",), *, check_invariants: bool = False,
                         timeout_s: float = 900.0, echo: bool = False,
-                        root_fast_path: bool = True) -> LinuxRunReport:
+                        root_fast_path: bool = True,
+                        trust_certs: Sequence[Path] = ()) -> LinuxRunReport:
     """Boot Debian under `policy`, run the named workloads (or all), report each one's result."""
     names = WORKLOADS if "all" in workloads else tuple(dict.fromkeys(workloads))
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload(s) {unknown}; one of {WORKLOADS}")
+    guest = build_linux_guest()
     hv = make_linux_hypervisor(policy, s2, check_invariants=check_invariants,
-                               root_fast_path=root_fast_path)
-    res = boot_linux(hv, f"SECVMA_WL={','.join(names)}", smp=smp, timeout_s=timeout_s, echo=echo)
+                               root_fast_path=root_fast_path, guest=guest, trust_certs=trust_certs)
+    res = boot_linux(hv, f"SECVMA_WL={','.join(names)}", smp=smp, timeout_s=timeout_s, echo=echo,
+                     guest=guest)
     why = f"the run ended ({res.exit}{': ' + res.reason if res.reason else ''}) first"
     return LinuxRunReport(
         policy=policy, s2=s2, smp=smp, exit=res.exit, reason=res.reason, wall_s=res.wall_s,

@@ -75,9 +75,24 @@ VIRTIO_BLK_MODULES = ("drivers/virtio/virtio_pci_legacy_dev.ko",
 """What the Debian kernel needs to drive a virtio-blk-pci disk, in load order."""
 
 
+XFS_MODULES = ("crypto/crc32c_generic.ko", "lib/libcrc32c.ko", "fs/xfs/xfs.ko")
+"""xfs and what it needs at load time (libcrc32c asks the crypto API for crc32c), in order."""
+
+
 def debian_virtio_blk_modules() -> list[bytes]:
     """The four modules, read from the pinned Debian kernel package in the fixture cache
     (`secvma fixtures fetch`); cached under the build directory."""
+    return debian_modules(VIRTIO_BLK_MODULES)
+
+
+def debian_modules(paths: tuple[str, ...]) -> list[bytes]:
+    """Modules by path under the package's lib/modules/<version>/kernel/, read from the
+    pinned Debian kernel package in the fixture cache; cached under the build directory."""
+    return [p.read_bytes() for p in debian_module_files(paths)]
+
+
+def debian_module_files(paths: tuple[str, ...]) -> list[Path]:
+    """`debian_modules`, as the cached files."""
     import io
     import tarfile
 
@@ -90,17 +105,17 @@ def debian_virtio_blk_modules() -> list[bytes]:
     if deb is None or not deb.is_file():
         raise ToolchainError("the Debian kernel package is not in the fixture cache",
                              hint="run `secvma fixtures fetch`")
-    out = build_dir() / "initramfs" / f"virtio-{fx.kernel_version}"
-    files = [out / Path(m).name for m in VIRTIO_BLK_MODULES]
+    out = build_dir() / "initramfs" / f"modules-{fx.kernel_version}"
+    files = [out / Path(m).name for m in paths]
     if not all(f.is_file() for f in files):
         proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True)
         if proc.returncode != 0:
             raise ToolchainError(f"dpkg-deb could not read {deb.name}: {proc.stderr.decode()[:200]}")
         out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
-            for m, f in zip(VIRTIO_BLK_MODULES, files, strict=True):
+            for m, f in zip(paths, files, strict=True):
                 member = tar.extractfile(f"./lib/modules/{fx.kernel_version}/kernel/{m}")
                 if member is None:
                     raise ToolchainError(f"{m} missing from {deb.name}")
                 f.write_bytes(member.read())
-    return [f.read_bytes() for f in files]
+    return files

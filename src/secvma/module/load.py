@@ -253,9 +253,10 @@ def prepare(elf: ElfModule, cfg: LoaderConfig, *, exact_sort: bool = False) -> L
         secs[idx] = dataclasses.replace(secs[idx], type=SHT_NOBITS, flags=nobits_x,
                                         addralign=cfg.l1_cache_bytes, size=(count + 1) * pe)
     if tramp and cfg.ftrace_plts:
+        # __alignof__(struct plt_entry): 4, not the cache line the PLTs get (seen on the
+        # Debian kernel: the trampoline follows the text it is laid out after unpadded)
         secs[tramp] = dataclasses.replace(secs[tramp], type=SHT_NOBITS, flags=nobits_x,
-                                          addralign=cfg.l1_cache_bytes,
-                                          size=cfg.ftrace_plts * pe)
+                                          addralign=4, size=cfg.ftrace_plts * pe)
     if cfg.kallsyms:
         setflags(elf.symtab_index, set_=SHF_ALLOC)
         setflags(elf.strtab_index, set_=SHF_ALLOC)

@@ -18,7 +18,7 @@ def make_hypervisor(policy: str, s2: str = "huge", **kw: Any) -> Hypervisor:
     `none` -> `TestbedNullHypervisor` (no protection, the SECvma hypercalls work);
     `secvma2024` / `hardened` -> `secvma.kpcore.make_policy(name, s2=..., **kw)`. Without a
     `module_keys` keyword the hypervisor gets a signature table for the testbed's own test
-    modules, signed with a key made for this process (`kpcore.modkeys.testbed_module_keys`),
+    modules, signed with a key made for this process (`testbed.keys.testbed_module_keys`),
     so the `modules` workload loads through HVC 30; pass `module_keys=None` explicitly for a
     hypervisor that refuses every module.
     """
@@ -31,7 +31,7 @@ def make_hypervisor(policy: str, s2: str = "huge", **kw: Any) -> Hypervisor:
     from secvma.kpcore import make_policy
 
     if "module_keys" not in kw:
-        from secvma.kpcore.modkeys import testbed_module_keys
+        from secvma.testbed.keys import testbed_module_keys
 
         kw["module_keys"] = testbed_module_keys()
     return make_policy(policy, s2=s2, **kw)
