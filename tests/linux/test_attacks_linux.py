@@ -52,6 +52,10 @@ def test_effects_are_measured_not_assumed(suite_none: dict[str, object]) -> None
     for name in ("TTBR1_FORGE", "TTBR0_CRAFT", "SCTLR_WRITE", "VBAR_WRITE"):
         assert "held" in by[name]
     assert "is Live" in by["UNSIGNED_MODULE"]
+    marker = "00736563766d6100646d612161746b00"  # read back through the kernel's own mapping
+    for name in ("DMA_TEXT", "DMA_RODATA", "DMA_PGTABLE", "DMA_MODTEXT"):
+        assert f"bytes there {marker}" in by[name] and "READ into" in by[name]
+    assert "the host found the marker" in by["DMA_HYP"]
 
 
 @HELPER_HANGS_AFTER_ARMING
@@ -61,6 +65,8 @@ def test_blocked_under_transparent_and_the_machine_goes_on(guest: LinuxGuest, na
     o = run_linux_attack(attack, "transparent", guest)
     assert o.verdict is Verdict.BLOCKED, o.detail
     assert o.matches
+    if attack.dma:  # reported from the SMMU's event queue
+        assert any(r.startswith("dma-fault") for r in o.refusals), o.refusals
 
 
 @HELPER_HANGS_AFTER_ARMING
