@@ -13,11 +13,15 @@ networking, both `iommu_platform=on,disable-legacy=on`, ports on 127.0.0.1 only)
   net rx       iperf3 from this host to the guest (the device writes guest memory), `--seconds`
   net tx       iperf3 -R (the device reads guest memory)
 
-`+smmu`: the board has the SMMUv3. Under `transparent` every DMA of both devices is translated
-by the hypervisor's identity map (IOVA = PA of ordinary pages); under `null` the SMMU is never
-enabled and the devices bypass it (the cost of the board alone). Figures are medians over
-`--reps` repetitions inside one boot, MiB/s for the disk and Mbit/s for the network; the run
-fails (exit 1) if any configuration did not complete or the hypervisor refused anything.
+`transparent-regs`: TransparentKPCore with `protect_tables=False` (registers only, nothing armed):
+the SMMU's identity map is the same minus the pages arming classes, and it runs the Debian
+modules the guest needs (virtio, ext4), which armed transparent does not execute until module
+authentication lands. `+smmu`: the board has the SMMUv3. Under `transparent` every DMA of both
+devices is translated by the hypervisor's identity map (IOVA = PA of ordinary pages); under
+`null` the SMMU is never enabled and the devices bypass it (the cost of the board alone).
+Figures are medians over `--reps` repetitions inside one boot, MiB/s for the disk and Mbit/s
+for the network; the run fails (exit 1) if any configuration did not complete or the
+hypervisor refused anything.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from secvma.bench import apps
 from secvma.guestos.agent import GuestServer
 from secvma.platform import Hypervisor
 
-CONFIGS = ("null", "null+smmu", "transparent", "transparent+smmu")
+CONFIGS = ("null", "null+smmu", "transparent", "transparent+smmu", "transparent-regs",
+           "transparent-regs+smmu")
 DD_RE = re.compile(r"(\d+) bytes .* copied, ([\d.]+) s")
 
 
@@ -62,6 +67,12 @@ def _iperf3(port: int, seconds: int, reverse: bool) -> float:
 def measure(config: str, mb: int, seconds: int, reps: int) -> dict[str, Any]:
     policy, _, extra = config.partition("+")
     smmu = extra == "smmu"
+    make_hv = None
+    if policy == "transparent-regs":  # TransparentKPCore(protect_tables=False)
+        from secvma.kpcore.transparent import TransparentKPCore
+
+        def make_hv() -> Hypervisor:
+            return TransparentKPCore(protect_tables=False)
     figures: dict[str, list[float]] = {"disk_write_mib_s": [], "disk_read_mib_s": [],
                                        "net_rx_mbit_s": [], "net_tx_mbit_s": []}
 
@@ -82,7 +93,7 @@ def measure(config: str, mb: int, seconds: int, reps: int) -> dict[str, Any]:
         guest.run(f"rm -f {f}", 60)
 
     t0 = time.perf_counter()
-    run = apps.run_guest(policy, job, smmu=smmu, timeout_s=3600)
+    run = apps.run_guest(policy, job, smmu=smmu, timeout_s=3600, make_hv=make_hv)
     out: dict[str, Any] = {"config": config, "policy": policy, "smmu": smmu, "reps": reps,
                            "wall_s": round(time.perf_counter() - t0, 1), "error": run.error,
                            "notes": run.notes}

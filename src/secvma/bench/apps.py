@@ -146,10 +146,12 @@ GuestJob = Callable[[GuestServer, dict[str, int], "Hypervisor | None", "ConfigRu
 
 
 def run_guest(config: str, job: GuestJob, *, smmu: bool = False, timeout_s: float = 1800.0,
-              status: Callable[[str], None] = lambda _m: None) -> ConfigRun:
+              status: Callable[[str], None] = lambda _m: None,
+              make_hv: Callable[[], Hypervisor] | None = None) -> ConfigRun:
     """Boot the Debian guest in `config` (with the board's SMMUv3 if `smmu`: under
     `transparent` the devices go through the hypervisor's identity map, under `plain`/`null`
-    the SMMU stays off and they bypass it), run `job` against it, power it off."""
+    the SMMU stays off and they bypass it), run `job` against it, power it off. `make_hv`:
+    the hypervisor to use instead of `config`'s (a variant of it)."""
     fs = fx.available()
     if fs is None:
         raise BenchUnavailable("the Debian kernel is not fetched (secvma fixtures fetch)")
@@ -158,7 +160,7 @@ def run_guest(config: str, job: GuestJob, *, smmu: bool = False, timeout_s: floa
         rfs = rootfs_mod.build(status)
     except rootfs_mod.RootfsError as exc:
         raise BenchUnavailable(f"root filesystem: {exc}") from exc
-    hv = hypervisor_for(config)
+    hv = make_hv() if make_hv is not None else hypervisor_for(config)
     ports = {k: _free_port() for k in rootfs_mod.GUEST_PORTS}
     fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[k]}-:{g}" for k, g in rootfs_mod.GUEST_PORTS.items())
     work = Path(tempfile.mkdtemp(prefix="secvma-apps-"))
