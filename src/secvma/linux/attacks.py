@@ -35,6 +35,7 @@ from secvma.linux.session import (
     POLICIES,
     boot_linux,
     internal_errors_of,
+    invariant_violations_of,
     make_linux_hypervisor,
     refusals_of,
 )
@@ -178,7 +179,8 @@ def judge(console: str, name: str, exit_kind: str, internal: list[str], *,
 def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None = None,
                      *, timeout_s: float = 300.0, echo: bool = False) -> LinuxOutcome:
     """Boot a fresh Debian kernel under `policy`, run one attack, judge it by its effect."""
-    hv = make_linux_hypervisor(policy)
+    # DMA attacks under a policy: INV-DMA (and transparent's other invariants) after every trap
+    hv = make_linux_hypervisor(policy, check_invariants=attack.dma and policy != "none")
     t0 = time.perf_counter()
     seen: list[bool] = []
 
@@ -194,7 +196,8 @@ def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None 
                      poll_hook=watch_hyp if attack.name == "DMA_HYP" else None)
     raw_refusals = refusals_of(hv)
     faults = sum(r["rule"] == "dma-fault" for r in raw_refusals)
-    verdict, detail = judge(res.console, attack.name, res.exit, internal_errors_of(hv),
+    broken = internal_errors_of(hv) + [f"invariant broken: {v}" for v in invariant_violations_of(hv)]
+    verdict, detail = judge(res.console, attack.name, res.exit, broken,
                             host_effect=bool(seen) if attack.name == "DMA_HYP" else None,
                             dma_faults=faults if attack.dma and policy != "none" else None)
     expected = attack.expected(policy)
