@@ -45,15 +45,22 @@ def _dd(guest: GuestServer, cmd: str) -> float:
     return int(m.group(1)) / float(m.group(2)) / (1 << 20)
 
 
-def _iperf3(port: int, seconds: int, reverse: bool) -> float:
-    """One iperf3 client run against the guest's server; received Mbit/s."""
+def _iperf3(port: int, seconds: int, reverse: bool, tries: int = 3) -> float:
+    """One iperf3 client run against the guest's server; received Mbit/s. A run the server
+    refused (not listening yet, still busy) is retried; its error is raised after `tries`."""
     cmd = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"]
     if reverse:
         cmd.append("-R")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 60)
-    if out.returncode != 0:
-        raise RuntimeError(f"iperf3 {'-R ' if reverse else ''}failed: {out.stdout[-300:]}{out.stderr[-300:]}")
-    return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e6
+    why = ""
+    for _ in range(tries):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 60)
+        try:
+            doc = json.loads(out.stdout)
+            return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e6
+        except (ValueError, KeyError, TypeError):
+            why = f"{out.stdout[-300:]}{out.stderr[-300:]}"
+            time.sleep(1)
+    raise RuntimeError(f"iperf3 {'-R ' if reverse else ''}failed: {why}")
 
 
 def measure(config: str, mb: int = 32, seconds: int = 5, reps: int = 3) -> dict[str, Any]:
@@ -76,15 +83,15 @@ def measure(config: str, mb: int = 32, seconds: int = 5, reps: int = 3) -> dict[
             run: apps.ConfigRun) -> None:
         f = "/var/tmp/secvma-dd.bin"
         port = ports["iperf3_port"]
+        d = guest.run("setsid iperf3 -s -D -p 5201", 60)
+        if d.returncode != 0:
+            raise RuntimeError(f"iperf3 server did not start: {d.stderr[-200:]}")
+        time.sleep(1)
         for _ in range(reps):
             figures["disk_write_mib_s"].append(_dd(
                 guest, f"dd if=/dev/zero of={f} bs=1M count={mb} oflag=direct conv=fsync"))
             figures["disk_read_mib_s"].append(_dd(guest, f"dd if={f} of=/dev/null bs=1M iflag=direct"))
             for key, rev in (("net_rx_mbit_s", False), ("net_tx_mbit_s", True)):
-                d = guest.run("(setsid iperf3 -s -1 -p 5201 </dev/null >/dev/null 2>&1 &)", 60)
-                if d.returncode != 0:
-                    raise RuntimeError(f"iperf3 server did not start: {d.stderr[-200:]}")
-                time.sleep(1)
                 figures[key].append(_iperf3(port, seconds, rev))
         guest.run(f"rm -f {f}", 60)
         refusals.extend(getattr(hv, "refusals", []))
