@@ -10,6 +10,7 @@ from secvma import fixtures as fx
 from secvma.bench.dmaio import CONFIGS, _dd, measure
 from secvma.bench.harness import Done
 
+
 @pytest.mark.qemu
 @pytest.mark.debian
 @pytest.mark.slow
