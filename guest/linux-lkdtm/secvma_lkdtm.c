@@ -10,7 +10,7 @@
  * read back through the original mapping, the value injected code returned, the register read
  * back). A blocked attempt oopses the writing task; `result` then still says "pending".
  *
- * Trigger: echo "NAME [hex-address]" > /sys/kernel/debug/secvma_lkdtm/trigger
+ * Trigger: echo "NAME [hex-arg [hex-arg2]]" > /sys/kernel/debug/secvma_lkdtm/trigger
  * Result:  cat /sys/kernel/debug/secvma_lkdtm/result   ("<NAME> effect=<0|1> <detail>")
  */
 #include <linux/module.h>
@@ -23,6 +23,10 @@
 #include <linux/string.h>
 #include <linux/kernel.h>
 #include <linux/etherdevice.h>
+#include <linux/blkdev.h>
+#include <linux/bio.h>
+#include <linux/completion.h>
+#include <linux/io.h>
 #include <asm/sysreg.h>
 #include <asm/memory.h>
 #include <asm/pgtable.h>
@@ -442,6 +446,174 @@ static int a_text_poke(unsigned long arg)
 	return 0;
 }
 
+
+/* --- DMA: a real virtio-blk request whose data buffer is the target --------------------------
+ *
+ * The kernel's own block layer and virtio-blk driver (no IOMMU in the kernel's DTB: dma-direct,
+ * the device gets the physical address). Sector 0 of the disk holds the 512 bytes around the
+ * target with a 16-byte marker at the target, sector 1 the original bytes; a READ of sector 0
+ * into the target's 512-byte window makes the *device* write the marker there. Effect: the
+ * marker read back through the kernel's own mapping (hypervisor memory: the host reads it).
+ * Under `none` a second READ (sector 1) puts the original bytes back. A blocked DMA leaves the
+ * device waiting for a reset (QEMU marks it broken): the request is abandoned after 5 s.
+ * Arguments: arg = dev_t of the disk (MKDEV layout), arg2 = physical address (DMA_HYP).
+ */
+
+/* each 8-byte word starts with a zero byte: as a table entry it is invalid */
+static const u8 dma_marker[16] = "\0secvma\0dma!atk";
+
+struct dma_wait {
+	struct completion done;
+	blk_status_t status;
+};
+
+static void dma_end_io(struct bio *bio)
+{
+	struct dma_wait *w = bio->bi_private;
+
+	w->status = bio->bi_status;
+	complete(&w->done);
+	bio_put(bio);
+}
+
+/* One request of `len` bytes at `sector`, data buffer `pg` + `off`. -ETIMEDOUT: no answer. */
+static int blk_io(struct block_device *bdev, enum req_op op, sector_t sector, struct page *pg,
+		  unsigned int off, unsigned int len)
+{
+	struct dma_wait *w = kzalloc(sizeof(*w), GFP_KERNEL);
+	struct bio *bio;
+	int r;
+
+	if (!w)
+		return -ENOMEM;
+	init_completion(&w->done);
+	bio = bio_alloc(bdev, 1, op | REQ_SYNC, GFP_KERNEL);
+	bio->bi_iter.bi_sector = sector;
+	if (bio_add_page(bio, pg, len, off) != len) {
+		bio_put(bio);
+		kfree(w);
+		return -EINVAL;
+	}
+	bio->bi_private = w;
+	bio->bi_end_io = dma_end_io;
+	submit_bio(bio);
+	if (!wait_for_completion_timeout(&w->done, msecs_to_jiffies(5000)))
+		return -ETIMEDOUT; /* `w` stays allocated: the device may still answer */
+	r = blk_status_to_errno(w->status);
+	kfree(w);
+	return r;
+}
+
+/* `pa`: the target; `readback`: the kernel's mapping of it (NULL: the host judges). */
+static int dma_attack(const char *what, unsigned long devt, phys_addr_t pa, const u8 *readback)
+{
+	unsigned int pos = pa & 511;
+	phys_addr_t win = pa - pos;
+	struct block_device *bdev;
+	struct page *pg;
+	u8 *buf, now[16];
+	int r, effect = 0;
+
+	if (!devt || !pfn_valid(PHYS_PFN(win))) {
+		SET_RESULT("effect=0 setup: no disk (dev %#lx) or no struct page for %pa", devt, &win);
+		return -EINVAL;
+	}
+	pg = pfn_to_page(PHYS_PFN(win));
+	buf = kmalloc(1024, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	if (readback)
+		memcpy(buf + 512, readback - pos, 512);
+	else
+		memset(buf + 512, 0, 512);
+	memcpy(buf, buf + 512, 512);
+	memcpy(buf + pos, dma_marker, sizeof(dma_marker));
+	bdev = blkdev_get_by_dev(MKDEV(devt >> 20, devt & 0xfffff), FMODE_READ | FMODE_WRITE, NULL);
+	if (IS_ERR(bdev)) {
+		SET_RESULT("effect=0 setup: blkdev_get_by_dev(%#lx) -> %ld", devt, PTR_ERR(bdev));
+		kfree(buf);
+		return PTR_ERR(bdev);
+	}
+	r = blk_io(bdev, REQ_OP_WRITE, 0, virt_to_page(buf), offset_in_page(buf), 1024);
+	if (r) {
+		SET_RESULT("effect=0 setup: writing the marker sectors -> %d", r);
+		goto out;
+	}
+	SET_RESULT("effect=0 started: virtio-blk READ into %s at %pa", what, &pa);
+	r = blk_io(bdev, REQ_OP_READ, 0, pg, offset_in_page(win), 512);
+	if (readback) {
+		memcpy(now, readback, sizeof(now));
+		effect = !memcmp(now, dma_marker, sizeof(dma_marker));
+		if (effect)
+			blk_io(bdev, REQ_OP_READ, 1, pg, offset_in_page(win), 512); /* restore */
+		SET_RESULT("effect=%d virtio-blk READ into %s at %pa -> %d; bytes there %16phN", effect,
+			   what, &pa, r, now);
+	} else {
+		SET_RESULT("effect=0 host-judged virtio-blk READ into %s at %pa -> %d", what, &pa, r);
+	}
+	r = 0;
+out:
+	blkdev_put(bdev, FMODE_READ | FMODE_WRITE);
+	kfree(buf);
+	return r;
+}
+
+static unsigned long dma_arg2;
+
+static int a_dma_text(unsigned long arg)
+{
+	return dma_attack("kernel text (mac_pton)", arg, __pa_symbol(mac_pton), (const u8 *)mac_pton);
+}
+
+static int a_dma_rodata(unsigned long arg)
+{
+	return dma_attack("kernel rodata (hex_asc_upper)", arg, __pa_symbol(hex_asc_upper),
+			  (const u8 *)hex_asc_upper);
+}
+
+/* two unused (zero) entries of the live kernel root table (swapper_pg_dir) */
+static int a_dma_pgtable(unsigned long arg)
+{
+	phys_addr_t root = read_sysreg(ttbr1_el1) & 0x0000fffffffff000ULL;
+	const u64 *t = phys_to_virt(root);
+	int i;
+
+	for (i = 0; i < 511; i += 2)
+		if (!READ_ONCE(t[i]) && !READ_ONCE(t[i + 1]))
+			return dma_attack("the kernel root table (swapper_pg_dir)", arg,
+					  root + 8 * i, (const u8 *)(t + i));
+	SET_RESULT("effect=0 setup: no two free entries in the root table");
+	return -EINVAL;
+}
+
+/* module text: a function of this module nothing calls */
+static noinline int dma_victim(int x)
+{
+	return x * 3 + 1;
+}
+
+static int a_dma_modtext(unsigned long arg)
+{
+	unsigned long va = (unsigned long)dma_victim;
+	struct page *pg = vmalloc_to_page((void *)va);
+
+	if (!pg) {
+		SET_RESULT("effect=0 setup: module text %px not vmalloc'd", (void *)va);
+		return -EINVAL;
+	}
+	return dma_attack("module text (dma_victim)", arg, page_to_phys(pg) + offset_in_page(va),
+			  (const u8 *)va);
+}
+
+static int a_dma_hyp(unsigned long arg)
+{
+	if (!dma_arg2) {
+		SET_RESULT("effect=0 setup: no hypervisor address given");
+		return -EINVAL;
+	}
+	return dma_attack("hypervisor memory", arg, dma_arg2, NULL);
+}
+
 struct attack {
 	const char *name;
 	int (*fn)(unsigned long arg);
@@ -463,12 +635,17 @@ static const struct attack attacks[] = {
 	{ "SCTLR_WRITE", a_sctlr_write },
 	{ "VBAR_WRITE", a_vbar_write },
 	{ "TEXT_POKE", a_text_poke },
+	{ "DMA_TEXT", a_dma_text },
+	{ "DMA_RODATA", a_dma_rodata },
+	{ "DMA_PGTABLE", a_dma_pgtable },
+	{ "DMA_MODTEXT", a_dma_modtext },
+	{ "DMA_HYP", a_dma_hyp },
 };
 
 static ssize_t trigger_write(struct file *f, const char __user *ubuf, size_t n, loff_t *off)
 {
 	char buf[96], *sp;
-	unsigned long arg = 0;
+	unsigned long arg = 0, arg2 = 0;
 	size_t i;
 	int r = -EINVAL;
 
@@ -480,8 +657,17 @@ static ssize_t trigger_write(struct file *f, const char __user *ubuf, size_t n, 
 	strim(buf);
 	sp = strchr(buf, ' ');
 	if (sp) {
+		char *sp2;
+
 		*sp++ = 0;
-		if (kstrtoul(skip_spaces(sp), 16, &arg))
+		sp = skip_spaces(sp);
+		sp2 = strchr(sp, ' ');
+		if (sp2) {
+			*sp2++ = 0;
+			if (kstrtoul(skip_spaces(sp2), 16, &arg2))
+				return -EINVAL;
+		}
+		if (kstrtoul(sp, 16, &arg))
 			return -EINVAL;
 	}
 	mutex_lock(&lock);
@@ -489,6 +675,7 @@ static ssize_t trigger_write(struct file *f, const char __user *ubuf, size_t n, 
 		if (strcmp(buf, attacks[i].name))
 			continue;
 		SET_RESULT("effect=0 started");
+		dma_arg2 = arg2;
 		pr_info("secvma_lkdtm: %s\n", attacks[i].name);
 		r = attacks[i].fn(arg);
 		pr_info("secvma_lkdtm: %s -> %d: %s\n", attacks[i].name, r, result);

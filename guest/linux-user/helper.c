@@ -526,10 +526,41 @@ static void read_file(const char *path, char *out, size_t n)
 		*nl = 0;
 }
 
+/* Debian's virtio-blk driver stack, in load order (the dma-* attacks' disk) */
+static const char *const virtio_blk_mods[] = {
+	"virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk",
+};
+
+/* Load the virtio-blk modules, wait for the disk; *devt = major << 20 | minor (MKDEV). */
+static int dma_disk(unsigned long *devt)
+{
+	char path[96], dev[32];
+	unsigned int maj, mnr;
+	int r, i;
+
+	for (i = 0; i < (int)(sizeof(virtio_blk_mods) / sizeof(*virtio_blk_mods)); i++) {
+		snprintf(path, sizeof(path), "/lib/modules/%s.ko", virtio_blk_mods[i]);
+		if ((r = load_module(path)) && r != -EEXIST) {
+			fail("finit_module(%s): %s", virtio_blk_mods[i], strerror(-r));
+			return r;
+		}
+	}
+	for (i = 0; i < 100; i++) {
+		read_file("/sys/block/vda/dev", dev, sizeof(dev));
+		if (sscanf(dev, "%u:%u", &maj, &mnr) == 2) {
+			*devt = (unsigned long)maj << 20 | mnr;
+			return 0;
+		}
+		usleep(50000);
+	}
+	fail("/sys/block/vda/dev did not appear");
+	return -ENODEV;
+}
+
 static void run_attack(const char *name)
 {
 	char res[300], status[32];
-	unsigned long arg = 0;
+	unsigned long arg = 0, arg2 = 0;
 	int st, r;
 
 	if (strcmp(name, "UNSIGNED_MODULE") != 0 && (r = load_module("/lib/modules/secvma_lkdtm.ko"))) {
@@ -538,6 +569,15 @@ static void run_attack(const char *name)
 	}
 	if (!strcmp(name, "TEXT_POKE"))
 		arg = ksym("aarch64_insn_patch_text_nosync");
+	if (!strncmp(name, "DMA_", 4)) {
+		const char *hyp = getenv("SECVMA_HYP_PA");
+
+		if ((r = dma_disk(&arg))) {
+			say("SECVMA-ATK %s 0 setup:%d no virtio disk: %s", name, r, detail);
+			return;
+		}
+		arg2 = hyp ? strtoul(hyp, NULL, 16) : 0;
+	}
 	if (!strcmp(name, "EXEC_USERSPACE")) {
 		uint32_t *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
 				   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -560,7 +600,7 @@ static void run_attack(const char *name)
 		int fd = open("/sys/kernel/debug/secvma_lkdtm/trigger", O_WRONLY);
 		if (fd < 0)
 			_exit(90);
-		int n = snprintf(cmd, sizeof(cmd), "%s %lx", name, arg);
+		int n = snprintf(cmd, sizeof(cmd), "%s %lx %lx", name, arg, arg2);
 		_exit(write(fd, cmd, n) == n ? 0 : 100 + (errno & 0x7f));
 	}
 	waitpid(pid, &st, 0);

@@ -117,3 +117,36 @@ def test_msi_doorbell_is_the_only_device_page_mapped() -> None:
     assert dev.translate(8, SMMU_BASE, True) is None
     assert ident.msi == {MSI_BASE}
     assert not invariants.check(hv.state, plat, full=True)
+
+
+def test_transparent_invariants_check_dma_before_and_after_arming() -> None:
+    """`--check-invariants` under transparent runs INV-DMA after every trap, also before the
+    policy arms: a page that became text while still reachable by devices is reported."""
+    from secvma.kpcore import tinvariants
+
+    plat, hv, _ident = _setup()
+    assert not hv.armed
+    assert not tinvariants.check(hv, plat)
+    hv.state.pages.listeners.clear()  # simulate a missed hook
+    set_class(hv.state, PAGE >> 12, Usage.EL1_KCODE)
+    found = tinvariants.check(hv, plat)
+    assert [v.inv for v in found] == ["INV-DMA"]
+    assert not tinvariants.check(hv, plat)  # incremental: only pages changed since the last call
+
+
+def test_incremental_inv_dma_reads_the_io_table_not_only_the_record() -> None:
+    """A leaf left in the IO table although the record says the page was taken away (a
+    hook that updated its bookkeeping but not memory) is caught by the per-trap check."""
+    from secvma.arch import smmuv3 as A
+    from secvma.kpcore import invariants
+
+    plat, hv, ident = _setup()
+    set_class(hv.state, PAGE >> 12, Usage.EL1_PTE)
+    ident.flush()
+    assert not invariants.check_dma(hv.state, plat)
+    hv.state.pages.dirty.clear()
+    plat.write_u64(ident._leaf_slot(PAGE), A.io_page_desc(PAGE, True))  # stale leaf in memory
+    hv.state.pages.dirty.add(PAGE >> 12)
+    found = invariants.check_dma(hv.state, plat)
+    assert found and all(v.inv == "INV-DMA" for v in found)
+    assert "differs from the record" in found[0].detail

@@ -62,3 +62,25 @@ def test_internal_error_and_setup_failure_are_errors_never_blocked() -> None:
 def test_a_report_for_another_attack_is_not_evidence() -> None:
     assert judge(_atk("WRITE_RO", 1, "exited:0", "effect=1"), "WRITE_KERN", "poweroff",
                  [])[0] is Verdict.ERROR
+
+
+def test_module_setup_failure_is_an_error_never_blocked() -> None:
+    """A DMA attack whose disk could not be opened reports effect=0: an error, not a block."""
+    text = _atk("DMA_TEXT", 0, "exited:106", "effect=0 setup: blkdev_get_by_dev(0x0) -> -6")
+    assert judge(text, "DMA_TEXT", "poweroff", [], dma_faults=1)[0] is Verdict.ERROR
+
+
+def test_dma_attack_blocked_only_with_a_dma_fault() -> None:
+    """No effect and the machine went on, but the SMMU recorded nothing: the device was not
+    stopped by it (the request may never have been issued), so it is not counted as blocked."""
+    text = _atk("DMA_TEXT", 0, "exited:0", "effect=0 virtio-blk READ ... -> -110")
+    assert judge(text, "DMA_TEXT", "poweroff", [], dma_faults=0)[0] is Verdict.ERROR
+    assert judge(text, "DMA_TEXT", "poweroff", [], dma_faults=1)[0] is Verdict.BLOCKED
+
+
+def test_host_observed_effect_overrides_the_module() -> None:
+    """DMA_HYP: the kernel cannot read hypervisor memory back; the host's reading decides."""
+    text = _atk("DMA_HYP", 0, "exited:0", "effect=0 host-judged virtio-blk READ ... -> 0")
+    v, d = judge(text, "DMA_HYP", "poweroff", [], host_effect=True)
+    assert v is Verdict.SUCCEEDED and "found the marker" in d
+    assert judge(text, "DMA_HYP", "poweroff", [], host_effect=False, dma_faults=2)[0] is Verdict.BLOCKED

@@ -141,11 +141,17 @@ def hypervisor_for(config: str) -> Hypervisor | None:
     raise BenchUnavailable(f"unknown configuration {config!r}: one of {', '.join(CONFIGS)}")
 
 
-def run_config(config: str, benches: list[str], params: Params,
-               progress: Callable[[str, int, int], None] = lambda _w, _d, _t: None,
-               status: Callable[[str], None] = lambda _m: None,
-               tool_log: Callable[[str, str], None] | None = None) -> ConfigRun:
-    """Boot the guest in `config`, run `benches` against it, power it off."""
+GuestJob = Callable[[GuestServer, dict[str, int], "Hypervisor | None", "ConfigRun"], None]
+"""What runs once the guest is up: (agent, host ports by GUEST_PORTS key, hypervisor, record)."""
+
+
+def run_guest(config: str, job: GuestJob, *, smmu: bool = False, timeout_s: float = 1800.0,
+              status: Callable[[str], None] = lambda _m: None,
+              make_hv: Callable[[], Hypervisor] | None = None) -> ConfigRun:
+    """Boot the Debian guest in `config` (with the board's SMMUv3 if `smmu`: under
+    `transparent` the devices go through the hypervisor's identity map, under `plain`/`null`
+    the SMMU stays off and they bypass it), run `job` against it, power it off. `make_hv`:
+    the hypervisor to use instead of `config`'s (a variant of it)."""
     fs = fx.available()
     if fs is None:
         raise BenchUnavailable("the Debian kernel is not fetched (secvma fixtures fetch)")
@@ -154,7 +160,7 @@ def run_config(config: str, benches: list[str], params: Params,
         rfs = rootfs_mod.build(status)
     except rootfs_mod.RootfsError as exc:
         raise BenchUnavailable(f"root filesystem: {exc}") from exc
-    hv = hypervisor_for(config)
+    hv = make_hv() if make_hv is not None else hypervisor_for(config)
     ports = {k: _free_port() for k in rootfs_mod.GUEST_PORTS}
     fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[k]}-:{g}" for k, g in rootfs_mod.GUEST_PORTS.items())
     work = Path(tempfile.mkdtemp(prefix="secvma-apps-"))
@@ -164,8 +170,8 @@ def run_config(config: str, benches: list[str], params: Params,
              "-netdev", f"user,id=net0,{fwd}",
              "-device", "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on,romfile="]
     mc = MachineConfig(kernel=fs.kernel_image, initrd=rfs.initramfs, append=APPEND, ncpus=GUEST_CPUS,
-                       ram_mb=GUEST_RAM_MB, timeout_s=params.timeout_s * 12 + 600, log_path=log,
-                       plain=hv is None, extra_args=extra, console_socket=sock)
+                       ram_mb=GUEST_RAM_MB, timeout_s=timeout_s, log_path=log,
+                       plain=hv is None, extra_args=extra, console_socket=sock, smmu=smmu)
     run = ConfigRun(config)
     guest = GuestServer(sock, log)
     done = threading.Event()
@@ -176,27 +182,7 @@ def run_config(config: str, benches: list[str], params: Params,
             started.wait(60)
             status(f"{config}: booting the Debian guest")
             run.banner = guest.connect(300)
-            status(f"{config}: starting the servers in the guest")
-            for cmd in SERVERS:
-                d = guest.run(cmd, 120)
-                if d.returncode != 0:
-                    run.notes.append(f"server start `{cmd.split()[1]}` exited {d.returncode}: "
-                                     f"{d.stderr.strip()[-200:]}")
-            time.sleep(1)
-            p = params.override(f"{k}={v}" for k, v in ports.items())
-            h = Harness(guest, "127.0.0.1", p, prep=False, progress=progress, restart_iperf3=True,
-                        server_ports=dict(rootfs_mod.GUEST_PORTS))
-            if tool_log is not None:
-                h.log = tool_log
-            t0 = time.perf_counter()
-            for b in benches:
-                before, tb = _trap_snapshot(hv), time.perf_counter()
-                got = h.run([b])
-                secs = time.perf_counter() - tb
-                run.measured.extend(got)
-                run.per_bench[b] = _accounting(b, p, secs, before, _trap_snapshot(hv))
-            run.bench_s = time.perf_counter() - t0
-            run.notes.extend(h.notes)
+            job(guest, ports, hv, run)
             guest.run("sync", 60)
         except AgentError as exc:
             run.error = str(exc)
@@ -228,7 +214,48 @@ def run_config(config: str, benches: list[str], params: Params,
         shutil.rmtree(work, ignore_errors=True)
     if hasattr(hv, "events"):
         run.traps = {**run.traps, **{f"events.{k}": v for k, v in hv.events.items()}}  # type: ignore[union-attr]
+    refusals = getattr(hv, "refusals", None)
+    if refusals:
+        run.notes.append(f"{len(refusals)} refusal(s), first: {refusals[0]}")
     return run
+
+
+def run_config(config: str, benches: list[str], params: Params,
+               progress: Callable[[str, int, int], None] = lambda _w, _d, _t: None,
+               status: Callable[[str], None] = lambda _m: None,
+               tool_log: Callable[[str, str], None] | None = None, *,
+               smmu: bool = False) -> ConfigRun:
+    """Boot the guest in `config`, run `benches` against it, power it off."""
+
+    def job(guest: GuestServer, ports: dict[str, int], hv: Hypervisor | None, run: ConfigRun) -> None:
+        status(f"{config}: starting the servers in the guest")
+        start_servers(guest, run)
+        p = params.override(f"{k}={v}" for k, v in ports.items())
+        h = Harness(guest, "127.0.0.1", p, prep=False, progress=progress, restart_iperf3=True,
+                    server_ports=dict(rootfs_mod.GUEST_PORTS))
+        if tool_log is not None:
+            h.log = tool_log
+        t0 = time.perf_counter()
+        for b in benches:
+            before, tb = _trap_snapshot(hv), time.perf_counter()
+            got = h.run([b])
+            secs = time.perf_counter() - tb
+            run.measured.extend(got)
+            run.per_bench[b] = _accounting(b, p, secs, before, _trap_snapshot(hv))
+        run.bench_s = time.perf_counter() - t0
+        run.notes.extend(h.notes)
+
+    return run_guest(config, job, smmu=smmu, timeout_s=params.timeout_s * 12 + 600, status=status)
+
+
+def start_servers(guest: GuestServer, run: ConfigRun) -> None:
+    """apache2, memcached and sockperf in the guest (iperf3: the harness restarts it per run)."""
+    for cmd in SERVERS:
+        d = guest.run(cmd, 120)
+        if d.returncode != 0:
+            run.notes.append(f"server start `{cmd.split()[1]}` exited {d.returncode}: "
+                             f"{d.stderr.strip()[-200:]}")
+    time.sleep(1)
 
 
 def check_benches(benches: list[str]) -> list[str]:

@@ -144,8 +144,11 @@ def _fail_on_errors(errors: dict[str, str]) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a Figure-6-style bar chart (PNG) of the normalized costs.")
+@click.option("--smmu", is_flag=True,
+              help="Board with the SMMUv3: under transparent the disk and network DMA go through "
+                   "the hypervisor's identity map (plain/null: the SMMU stays off).")
 def apps(configs: tuple[str, ...], benches: tuple[str, ...], reps: int | None, quick: bool, name: str | None,
-         as_json: bool, plot_path: Path | None) -> None:
+         as_json: bool, plot_path: Path | None, smmu: bool) -> None:
     """The paper's application benchmarks on the Debian guest, normalized (Figures 6/7)."""
     from dataclasses import replace
 
@@ -189,7 +192,7 @@ def apps(configs: tuple[str, ...], benches: tuple[str, ...], reps: int | None, q
                         fh.write(text)
             try:
                 run = apps_mod.run_config(cfg, chosen, params, progress=progress, status=status,
-                                          tool_log=log)
+                                          tool_log=log, smmu=smmu)
             except apps_mod.BenchUnavailable as e:
                 run = apps_mod.ConfigRun(cfg, error=str(e))
             runs[cfg] = run

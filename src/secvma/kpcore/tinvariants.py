@@ -17,6 +17,10 @@
                 are the ones it computed except at the module's declared patch sites
     T-TEXT      (full) kernel text equals the Image except at declared patch sites, with
                 allowed words
+    INV-DMA     (with the SMMU; also before arming) no page with a usage class or of the
+                hypervisor is reachable by a device: the identity map's record and its IO
+                table entries of every page whose class changed since the last call
+                (`invariants.check_dma`)
 
 `check(hv, plat, full=False)` looks at the stage-2 leaves changed since the last call and the
 roots; `full=True` walks every table from the roots and diffs text against the Image.
@@ -27,6 +31,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from secvma.kpcore import invariants
 from secvma.kpcore.descs import PXN, PXNTABLE, Shape, out_pa, shape
 from secvma.kpcore.hostmem import in_vdso_of
 from secvma.kpcore.invariants import Violation
@@ -209,7 +214,9 @@ def _check_modules(hv: TransparentKPCore, plat: Platform, out: list[Violation]) 
 
 def check(hv: TransparentKPCore, plat: Platform, *, full: bool = False) -> list[Violation]:
     """Every broken invariant of the module table (empty list: all hold)."""
-    out: list[Violation] = []
+    st = hv.state
+    out: list[Violation] = invariants.check_dma(st, plat, full=full)
+    st.pages.dirty.clear()
     if not hv.armed:
         return out
     for base, level, desc in _leaves(hv, full):

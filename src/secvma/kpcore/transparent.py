@@ -338,7 +338,7 @@ class TransparentKPCore:
             st.s2.flush(platform, cpu)
             if st.dma is not None:
                 dma.end_of_trap(st, cpu)
-            if self.check_invariants and self.armed:
+            if self.check_invariants:  # INV-DMA from the first trap, the rest once armed
                 from secvma.kpcore.tinvariants import check
 
                 for v in check(self, platform, full=False):

@@ -13,8 +13,12 @@ the verdict comes from the effect, never from the absence of an error:
     no report at all                             -> error (never counted as blocked)
 
 Under `none` every attack must succeed (each defeats the kernel's own stage-1 protections
-first, as a compromised kernel can). Under `transparent` each is expected blocked; `rule`
-names the protection of issue 10 that must stop it.
+first, as a compromised kernel can). The `DMA_*` attacks boot a board with the SMMUv3 and a
+virtio-blk-pci disk (under `none` the SMMU stays off and devices bypass it) and have the
+*device* write the target: the kernel's own virtio-blk driver reads a marker sector into the
+target's physical address. Their block under `transparent` must show as a `dma-fault`
+refusal (drained from the SMMU's event queue), and DMA_HYP's effect is read by the host.
+Under `transparent` each is expected blocked; `rule` names the protection that must stop it.
 """
 
 from __future__ import annotations
@@ -33,12 +37,26 @@ from secvma.linux.session import (
     POLICIES,
     boot_linux,
     internal_errors_of,
+    invariant_violations_of,
     make_linux_hypervisor,
     refusals_of,
 )
+from secvma.machine.layout import HYP_BASE, HYP_SIZE
+from secvma.machine.mailbox import MailboxServer
+from secvma.platform import PhysAddr
 
 BLOCKED = frozenset({Verdict.BLOCKED})
 SUCCEEDS = frozenset({Verdict.SUCCEEDED})
+
+
+DMA_HOW = ("virtio-blk READ (the kernel's block layer and driver) of a marker sector into the "
+           "target's physical address, read back")
+DMA_RULE = "SMMU identity map of ordinary pages only; the fault drained from the event queue"
+DMA_MARKER = b"\0secvma\0dma!atk\0"  # secvma_lkdtm's dma_marker (16 bytes)
+DMA_HYP_PA = HYP_BASE + HYP_SIZE - 0x1000
+"""DMA_HYP's target: the last page of the hypervisor region (the top of the SMMU pool, used by
+neither the NullHypervisor nor, on a 1 GiB guest, the identity map)."""
+DMA_DISK_MB = 4
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,12 @@ class LinuxAttack:
     """Why `transparent` does not stop it yet (an open item of issue 10): then the attack is
     expected to *succeed* under transparent and is reported as a known gap, like secvma2024's
     §11 gaps on the testbed. Empty: it must be blocked."""
+
+    @property
+    def dma(self) -> bool:
+        """A device does the write (a virtio-blk request): the board needs the SMMU and a
+        disk, and under `transparent` a block must show as a DMA fault in `refusals`."""
+        return self.name.startswith("DMA_")
 
     def expected(self, policy: str) -> frozenset[Verdict]:
         if policy == "transparent" and not self.gap:
@@ -101,6 +125,15 @@ ATTACKS: tuple[LinuxAttack, ...] = (
     LinuxAttack("UNSIGNED_MODULE", "load and run an unsigned module",
                 "finit_module(secvma_unsigned.ko), check it is Live",
                 "module text executable only when its signature verifies"),
+    LinuxAttack("DMA_TEXT", "a device writes kernel text (mac_pton)", DMA_HOW, DMA_RULE),
+    LinuxAttack("DMA_RODATA", "a device writes kernel rodata (hex_asc_upper)", DMA_HOW, DMA_RULE),
+    LinuxAttack("DMA_PGTABLE", "a device writes two free entries of the kernel root table",
+                DMA_HOW, DMA_RULE),
+    LinuxAttack("DMA_MODTEXT", "a device writes the text of a loaded module", DMA_HOW, DMA_RULE,
+                gap="module text stays an ordinary page until module authentication (issue 10 "
+                    "item 4) gives it a class, so the identity map keeps it reachable"),
+    LinuxAttack("DMA_HYP", "a device writes hypervisor memory (the SMMU pool's last page)",
+                DMA_HOW + "; the host reads the page", DMA_RULE),
 )
 NAMES = tuple(a.name for a in ATTACKS)
 
@@ -111,8 +144,15 @@ _ALIVE_RE = re.compile(r"^SECVMA-ALIVE ([01])", re.MULTILINE)
 LinuxOutcome = Outcome  # one outcome record for the testbed and the Linux suites
 
 
-def judge(console: str, name: str, exit_kind: str, internal: list[str]) -> tuple[Verdict, str]:
-    """The verdict of one attack run from the helper's lines and how the run ended."""
+def judge(console: str, name: str, exit_kind: str, internal: list[str], *,
+          host_effect: bool | None = None, dma_faults: int | None = None) -> tuple[Verdict, str]:
+    """The verdict of one attack run from the helper's lines and how the run ended.
+
+    `host_effect`: the effect as the host saw it in memory (hypervisor memory, which the
+    kernel cannot read back), overriding the module's. `dma_faults` (DMA attacks under a
+    policy with the SMMU): faults drained from the SMMU's event queue; a DMA attack without
+    its effect counts as blocked only with at least one.
+    """
     if internal:
         return Verdict.INTERNAL_ERROR, f"hypervisor internal error: {internal[0]}"
     m = next((m for m in _ATK_RE.finditer(console) if m.group(1) == name), None)
@@ -121,12 +161,17 @@ def judge(console: str, name: str, exit_kind: str, internal: list[str]) -> tuple
         if "secvma_lkdtm: " + name in console:  # started, then the machine stopped
             return Verdict.HALTED, f"the machine stopped during the attack ({exit_kind})"
         return Verdict.ERROR, f"no report from the helper (run ended: {exit_kind})"
-    effect, status, detail = m.group(2) == "1", m.group(3), m.group(4)
-    if status.startswith("setup:"):
+    effect, status, detail = m.group(2) == "1", m.group(3), m.group(4).rstrip()
+    if status.startswith("setup:") or detail.startswith("effect=0 setup:"):
         return Verdict.ERROR, f"setup failed: {detail}"
     text = f"{detail} [{status}]"
+    if host_effect is not None:
+        effect = host_effect
+        text += f"; the host {'found' if effect else 'did not find'} the marker in memory"
     if effect:
         return Verdict.SUCCEEDED, text
+    if dma_faults == 0:
+        return Verdict.ERROR, f"no effect, but no DMA fault was recorded either: {text}"
     if alive is not None and alive.group(1) == "1" and exit_kind == "poweroff":
         how = "the attacking task was killed" if status.startswith("signal:") else \
             "the attempt failed"
@@ -139,13 +184,30 @@ def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None 
                      trust_certs: Sequence[Path] = ()) -> LinuxOutcome:
     """Boot a fresh Debian kernel under `policy`, run one attack, judge it by its effect."""
     guest = guest or build_linux_guest()
-    hv = make_linux_hypervisor(policy, guest=guest, trust_certs=trust_certs)
+    # DMA attacks under a policy: INV-DMA (and transparent's other invariants) after every trap
+    hv = make_linux_hypervisor(policy, guest=guest, trust_certs=trust_certs,
+                               check_invariants=attack.dma and policy != "none")
     t0 = time.perf_counter()
-    res = boot_linux(hv, f"SECVMA_ATTACK={attack.name}", timeout_s=timeout_s, echo=echo,
-                     guest=guest)
-    verdict, detail = judge(res.console, attack.name, res.exit, internal_errors_of(hv))
+    seen: list[bool] = []
+
+    def watch_hyp(server: MailboxServer) -> None:
+        if not seen and server.read(PhysAddr(DMA_HYP_PA), len(DMA_MARKER)) == DMA_MARKER:
+            seen.append(True)
+
+    cmdline = f"SECVMA_ATTACK={attack.name}"
+    if attack.name == "DMA_HYP":
+        cmdline += f" SECVMA_HYP_PA={DMA_HYP_PA:x}"
+    res = boot_linux(hv, cmdline, timeout_s=timeout_s, echo=echo, guest=guest,
+                     smmu=attack.dma, disk_mb=DMA_DISK_MB if attack.dma else 0,
+                     poll_hook=watch_hyp if attack.name == "DMA_HYP" else None)
+    raw_refusals = refusals_of(hv)
+    faults = sum(r["rule"] == "dma-fault" for r in raw_refusals)
+    broken = internal_errors_of(hv) + [f"invariant broken: {v}" for v in invariant_violations_of(hv)]
+    verdict, detail = judge(res.console, attack.name, res.exit, broken,
+                            host_effect=bool(seen) if attack.name == "DMA_HYP" else None,
+                            dma_faults=faults if attack.dma and policy != "none" else None)
     expected = attack.expected(policy)
-    refusals = [f"{r['rule']}: {r['reason']}" for r in refusals_of(hv)]
+    refusals = [f"{r['rule']}: {r['reason']}" for r in raw_refusals]
     return LinuxOutcome(attack.name, policy, verdict, detail, sorted(v.value for v in expected),
                         verdict in expected, refusals[:5], time.perf_counter() - t0)
 

@@ -28,7 +28,7 @@ from secvma import fixtures
 from secvma.linux.kbuild import kbuild_dir
 from secvma.machine.build import CROSS, build_dir, guest_dir, tool
 from secvma.machine.errors import ToolchainError
-from secvma.machine.initramfs import pack_cpio
+from secvma.machine.initramfs import VIRTIO_BLK_MODULES, debian_virtio_blk_modules, pack_cpio
 from secvma.module import linux_sig
 
 MODULE_SOURCES = ("secvma_lkdtm.c", "secvma_unsigned.c", "Kbuild")
@@ -141,7 +141,8 @@ def build_helper() -> Path:
 
 
 def build_linux_guest(fx: fixtures.FixtureSet | None = None) -> LinuxGuest:
-    """The initramfs: /init = helper, Debian's fixture modules and ours in /lib/modules."""
+    """The initramfs: /init = helper, Debian's fixture modules (incl. the virtio-blk stack of
+    the dma-* attacks) and ours in /lib/modules."""
     fx = fx or fixtures.fetch()
     helper = build_helper()
     mods = build_modules(fx)
@@ -150,6 +151,8 @@ def build_linux_guest(fx: fixtures.FixtureSet | None = None) -> LinuxGuest:
              "lib/modules/secvma_unsigned.ko": mods.unsigned.read_bytes()}
     for name in FIXTURE_MODULES:
         files[f"lib/modules/{name}.ko"] = fx.modules[name].read_bytes()
+    for path, data in zip(VIRTIO_BLK_MODULES, debian_virtio_blk_modules(), strict=True):
+        files[f"lib/modules/{Path(path).name}"] = data  # the dma-* attacks' disk driver
     key = _digest(*(k.encode() + v for k, v in sorted(files.items())))
     cpio = build_dir() / "linux" / f"initramfs-{key}.cpio"
     if not cpio.is_file():

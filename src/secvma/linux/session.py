@@ -21,7 +21,7 @@ from secvma.linux.guestbuild import LinuxGuest, build_linux_guest
 from secvma.linux.trust import module_authority
 from secvma.machine.errors import GuestTimeout
 from secvma.machine.initramfs import INIT_BANNER
-from secvma.machine.mailbox import RunResult
+from secvma.machine.mailbox import MailboxServer, RunResult
 from secvma.machine.null import NullHypervisor
 from secvma.machine.qemu import MachineConfig
 from secvma.machine.runner import boot
@@ -92,9 +92,13 @@ def internal_errors_of(hv: Hypervisor) -> list[str]:
 
 def boot_linux(hv: Hypervisor, cmdline: str, *, smp: int = 1, timeout_s: float = 300.0,
                echo: bool = False, guest: LinuxGuest | None = None,
-               until: Callable[[Any], bool] | None = None) -> RunResult:
+               until: Callable[[Any], bool] | None = None, smmu: bool = False,
+               disk_mb: int = 0,
+               poll_hook: Callable[[MailboxServer], None] | None = None) -> RunResult:
     """Boot the fixture kernel with the helper initramfs; returns how the run ended.
 
+    `smmu`: the board's SMMUv3 (the hypervisor's; under `none` it stays off: devices bypass
+    it); `disk_mb`: a virtio-blk-pci disk (iommu_platform=on) of that size.
     A hang becomes a RunResult with exit "timeout" (its console kept), so the caller can
     report what did finish.
     """
@@ -102,9 +106,9 @@ def boot_linux(hv: Hypervisor, cmdline: str, *, smp: int = 1, timeout_s: float =
     guest = guest or build_linux_guest(fx)
     cfg = MachineConfig(kernel=fx.kernel_image, initrd=guest.initramfs, ncpus=smp,
                         append=f"{BASE_APPEND} {cmdline}", timeout_s=timeout_s,
-                        echo_console=echo)
+                        echo_console=echo, smmu=smmu, dma_disk_mb=disk_mb)
     try:
-        return boot(cfg, hv, watch=(INIT_BANNER, DONE), until=until)
+        return boot(cfg, hv, watch=(INIT_BANNER, DONE), until=until, poll_hook=poll_hook)
     except GuestTimeout as e:
         return RunResult("timeout", str(e).splitlines()[0], timeout_s, str(e), None)
 
