@@ -14,9 +14,9 @@ processes 120
 pgfault 9000
 pgmajfault 3
 Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo:     100       4    0    0    0     0          0         0      100       4    0    0    0     0       0          0
-  eth0:    9000      70    0    0    0     0          0         0     8000      30    0    0    0     0       0          0
+ face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop ...
+ lo: 100 4 0 0 0 0 0 0 100 4 0 0 0 0 0 0
+ eth0: 9000 70 0 0 0 0 0 0 8000 30 0 0 0 0 0 0
 """
 
 

@@ -376,3 +376,36 @@ def accounting_line(acc: dict[str, Any]) -> str:
     if classes:
         parts.append("Python: " + ", ".join(f"{k}={v}" for k, v in classes))
     return "; ".join(parts)
+
+
+DEMO_CONFIGS = ("null", "transparent")
+
+
+def demo_summary(runs: dict[str, ConfigRun], norm: dict[str, dict[str, dict[str, float | None]]],
+                 bench: str = "hackbench") -> dict[str, Any]:
+    """The demo's application step: ok only if every configuration measured `bench` without an
+    error (the protected one armed, no refusal), with the normalized cost and its explanation."""
+    errors = {c: r.error or "; ".join(f for m in r.measured for f in m.failures)
+              for c, r in runs.items()}
+    errors = {c: e for c, e in errors.items() if e}
+    cost = norm.get("transparent", {}).get(bench, {}).get("null")
+    means = {c: next((sum(map(float, m.values)) / len(m.values) for m in r.measured
+                      if m.kind.key == bench and m.values), None) for c, r in runs.items()}
+    ok = not errors and cost is not None and all(v is not None and v > 0 for v in means.values())
+    prot = runs["transparent"].protection if "transparent" in runs else {}
+    acc = runs["transparent"].per_bench.get(bench, {}) if "transparent" in runs else {}
+    parts = [f"{c} {v:.3f} s" if v is not None else f"{c}: no figure" for c, v in means.items()]
+    summary = f"{bench} ({', '.join(parts)})"
+    if cost is not None:
+        summary += f": transparent/null = {cost:.2f} (target ≤ 1.3)"
+    if prot:
+        summary += f"; {protection_line(prot)}"
+    if acc:
+        summary += f"; {accounting_line(acc)}"
+    if errors:
+        summary += "; FAILED: " + "; ".join(f"{c}: {e}" for c, e in errors.items())
+    return {"ok": ok, "summary": summary, "normalized": {c: norm.get(c, {}).get(bench) for c in runs},
+            "mean_s": means, "protection": prot, "accounting": {c: r.per_bench.get(bench)
+                                                                for c, r in runs.items()},
+            "errors": errors, "params": {c: next((m.params for m in r.measured), {})
+                                         for c, r in runs.items()}}

@@ -102,6 +102,16 @@ def _step_linux() -> dict[str, Any]:
             "summary": "; ".join(parts)}
 
 
+def _step_apps() -> dict[str, Any]:
+    """Issue 11 item 7: one application bench (`bench apps --quick`'s hackbench) in the Debian
+    guest under `null` and armed `transparent`, normalized to null, with its traps explained."""
+    from secvma.bench import apps, report
+
+    runs = {cfg: apps.run_config(cfg, ["hackbench"], apps.QUICK) for cfg in apps.DEMO_CONFIGS}
+    return apps.demo_summary(runs, report.normalized(
+        {c: report.from_measured(r.measured) for c, r in runs.items()}))
+
+
 def _step_micro() -> dict[str, Any]:
     from secvma import fixtures
     from secvma.bench.micro import TARGETS, run_micro
@@ -144,6 +154,7 @@ STEPS: list[tuple[str, Callable[[], dict[str, Any]]]] = [
     ("attack suite", _step_attacks),
     ("stock Debian kernel: workloads and secvma_lkdtm attacks (none), transparent boot", _step_linux),
     ("Debian modules signed, linked and installed by EL2 (xfs, virtio_crypto)", _step_modules),
+    ("application bench in the Debian guest: hackbench --quick, null vs transparent", _step_apps),
     ("trap round trips (bench micro)", _step_micro),
 ]
 
