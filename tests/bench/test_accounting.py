@@ -56,3 +56,32 @@ def test_a_protected_run_must_be_armed_with_the_root_fast_path_and_no_refusal() 
     assert "2 refusals" in protection_error("transparent", {**ok, "refusals": 2,
                                                             "refusal_rules": ["user-root"]})
     assert "internal errors" in protection_error("transparent", {**ok, "internal_errors": ["x: y"]})
+
+
+def _run(cfg: str, values: list[str], **kw: object) -> apps.ConfigRun:
+    from secvma.bench.harness import Measured
+    from secvma.bench.resultfile import BY_KEY
+
+    return apps.ConfigRun(cfg, measured=[Measured(BY_KEY["hackbench"], values=values)], **kw)  # type: ignore[arg-type]
+
+
+def test_demo_step_normalizes_transparent_to_null_and_fails_on_an_unprotected_run() -> None:
+    from secvma.bench import report
+
+    prot = {"armed": True, "root_fast_path": ["TTBR0_EL1", "TTBR1_EL1"], "refusals": 0,
+            "internal_errors": [], "table_pages": {"EL1_PGD": 3}}
+    runs = {"null": _run("null", ["2.0", "2.0"]),
+            "transparent": _run("transparent", ["2.4", "2.6"], protection=prot)}
+
+    def summary(r: dict[str, apps.ConfigRun]) -> dict[str, object]:
+        return apps.demo_summary(r, report.normalized({c: report.from_measured(x.measured)
+                                                       for c, x in r.items()}))
+
+    out = summary(runs)
+    assert out["ok"] is True and "transparent/null = 1.25" in str(out["summary"])
+    assert out["normalized"]["transparent"]["null"] == pytest.approx(1.25)  # type: ignore[index]
+    runs["transparent"].error = protection_error("transparent", {**prot, "armed": False})
+    out = summary(runs)
+    assert out["ok"] is False and "never armed" in str(out["summary"])
+    out = summary({"null": runs["null"], "transparent": _run("transparent", [])})
+    assert out["ok"] is False  # no figure is no result
