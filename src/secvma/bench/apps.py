@@ -105,6 +105,9 @@ def operations(bench: str, p: Params) -> tuple[float, str] | None:
 # are divided by (syscalls are not counted by the kernel without tracing, so none here).
 GUEST_COUNTERS = "cat /proc/stat /proc/vmstat /proc/net/dev"
 GUEST_EVENTS = ("context switch", "fork", "page fault", "packet")
+# the operations each bench is made of (all are in the JSON; these are printed)
+BENCH_EVENTS = {"hackbench": ("context switch", "fork"), "kernbench": ("fork", "page fault"),
+                "netperf": ("packet",), "apache": ("packet", "fork"), "memcached": ("packet",)}
 
 
 def parse_guest_counters(text: str) -> dict[str, int]:
@@ -162,7 +165,7 @@ def accounting(bench: str, p: Params, secs: float, before: dict[str, int], after
     # A policy's stats mix trap classes ("trap.X") with finer, overlapping counters: count classes.
     classes = {k: v for k, v in delta.items() if k.startswith("trap.")} or delta
     total = sum(classes.values())
-    out: dict[str, Any] = {"seconds": secs, "traps": delta, "trap_total": total,
+    out: dict[str, Any] = {"bench": bench, "seconds": secs, "traps": delta, "trap_total": total,
                            "traps_per_s": total / secs if secs > 0 else 0.0}
     e0, e1 = el2
     if e0 and e1:
@@ -367,7 +370,9 @@ def accounting_line(acc: dict[str, Any]) -> str:
     op = acc.get("per_op")
     if op:
         parts.append(f"{op['traps_per_op']:.3g} per {op['op']}")
-    parts += [f"{v:.3g} per {k}" for k, v in acc.get("traps_per_event", {}).items()]
+    per_event = acc.get("traps_per_event", {})
+    parts += [f"{per_event[k]:.3g} per {k}" for k in BENCH_EVENTS.get(acc.get("bench", ""), GUEST_EVENTS)
+              if k in per_event]
     if el2:
         parts.append(f"EL2: {el2['fast_root']} root fast path + {el2['fast_msr']} MSR fast path "
                      f"+ {el2['python']} to Python ({el2['us_per_python_trap']:.0f} µs each, "
