@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from fakes import ATTR_NORMAL, PTE_PAGE, PXN, TCR, UXN, FakePlatform, FakeVcpu
+from hypothesis import given
+from hypothesis import strategies as hst
 
 from secvma.arch.el2 import VTCR_4G
 from secvma.arch.esr import DataAbort
@@ -552,3 +554,20 @@ def test_root_fast_path_off_after_cpu_restart() -> None:
     hv, plat, cpu = armed()
     hv.handle(plat, cpu, CpuStart(0x4020_0000, 0))
     assert hv.cpus[cpu.index].fast == frozenset()
+
+
+@given(hst.integers(0, 2**32),
+       hst.lists(hst.tuples(hst.integers(0, 4095), hst.integers(1, 255)), max_size=40))
+def test_changed_words_are_exactly_the_words_that_differ(seed: int,
+                                                         flips: list[tuple[int, int]]) -> None:
+    """Arming's boot-patch check visits only the words that differ, every one of them."""
+    import random
+
+    from secvma.kpcore.transparent import _changed_words
+
+    orig = random.Random(seed).randbytes(4096)
+    live = bytearray(orig)
+    for i, x in flips:
+        live[i] ^= x
+    want = [k for k in range(0, 4096, 4) if live[k:k + 4] != orig[k:k + 4]]
+    assert list(_changed_words(bytes(live), orig)) == want
