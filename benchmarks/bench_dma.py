@@ -75,7 +75,8 @@ def measure_debian(policy: str, runs: int) -> dict[str, object]:
     initrd = build_initramfs(debian_virtio_blk_modules())
     rates = []
     for _ in range(runs):
-        hv: Hypervisor = TransparentKPCore() if policy == "transparent" else NullHypervisor()
+        hv: Hypervisor = (TransparentKPCore(image=fx.kernel_image.read_bytes())
+                          if policy == "transparent" else NullHypervisor())
         res = boot(MachineConfig(kernel=fx.kernel_image, initrd=initrd, timeout_s=300, smmu=True,
                                  dma_disk_mb=4, append="console=ttyAMA0 panic=-1 SECVMA_DMA=1"),
                    hv)

@@ -14,7 +14,14 @@ from secvma.kpcore.descs import PXNTABLE
 from secvma.kpcore.faults import ESR_UNKNOWN
 from secvma.kpcore.pages import Usage
 from secvma.kpcore.stage2 import PermKind
-from secvma.kpcore.textsites import PatchSites, branch_target, cb_word_ok, encode_b, retarget
+from secvma.kpcore.textsites import (
+    PatchSites,
+    branch_target,
+    cb_word_ok,
+    encode_b,
+    retarget,
+    vdso_images,
+)
 from secvma.kpcore.tinvariants import check
 from secvma.kpcore.transparent import TransparentKPCore
 from secvma.platform import CpuStart, PhysAddr, Stage2Abort, SysReg, SysregTrap
@@ -51,9 +58,13 @@ AP_RO = 1 << 7
 TTBR0_ENC = (3, 0, 2, 0, 0)
 
 
+BANNER_OFF = 0x1800  # in the trampoline page, away from every patch site
+
+
 def _image() -> bytes:
     img = bytearray(NOP.to_bytes(4, "little") * (IMAGE_SIZE // 4))
     img[0:64] = b"secvma test image header " + bytes(39)
+    img[BANNER_OFF:BANNER_OFF + 40] = b"Linux version 6.1.0-secvma-test (fake)\n\0"
     return bytes(img)
 
 
@@ -200,6 +211,89 @@ def test_arming_protects_tables_text_rodata_and_counts() -> None:
                          "text_patches_refused", "user_roots_live", "user_roots_released",
                          "modules_authenticated", "modules_refused"}
     assert hv.arm_passes == 2  # the second walk found nothing new
+
+
+def test_image_found_when_its_header_page_was_reused_quirk() -> None:
+    """Linux hands the Image's first 64 KiB (its header, [_text, _stext)) to the page allocator:
+    by arming time it may hold anything. The Image is found by its banner in .rodata; before the
+    fix arming left the image unknown and PXN'd the kernel's own text (a silent hang)."""
+    hv, plat, cpu = booted(protect=True)
+    plat.write_u64(PhysAddr(PTE), 0)  # as in Linux, [_text, _stext) is not mapped ...
+    plat.write(PhysAddr(TEXT_PA), bytes(64))  # ... and its page was reused by the kernel
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    assert hv.learned.image == (TEXT_PA, TEXT_PA + IMAGE_SIZE)
+    assert hv.state.pages.usage_of(TRAMP_TEXT >> 12) is Usage.EL1_KCODE
+    assert not plat.read_u64(PhysAddr(TRAMP_PTE)) & PXN and not hv.refusals
+
+
+def test_arming_without_the_image_is_an_internal_error_not_a_hang() -> None:
+    hv, plat, cpu = booted(protect=True)
+    plat.write(PhysAddr(TEXT_PA), bytes(IMAGE_SIZE))  # nothing in RAM looks like the Image
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    _trap(hv, plat, cpu, TTBR0_ENC, SysReg.TTBR0_EL1, USER_ROOT)
+    assert not hv.armed and plat.halted is not None and "Image" in plat.halted
+    assert hv.internal_errors and not plat.read_u64(PhysAddr(PTE)) & PXN
+
+
+def test_vdso_found_in_image_and_user_executable_at_stage2_quirk() -> None:
+    """The vDSO lives in .rodata and user space executes it: read-only but executable at
+    stage 2 (no FEAT_XNX here), while any EL1 mapping of it still gets PXN. Before the fix a
+    glibc program's first clock_gettime looped on a stage-2 fetch refusal."""
+    hv = TransparentKPCore(protect_tables=True, image=_image(), sites=_sites())
+    hv.sites.vdso = [(0x2000, 0x3000)]  # image page 2, mapped read-only below (rodata)
+    plat, cpu = FakePlatform(), FakeVcpu()
+    plat.vcpus.append(cpu)
+    _kernel(plat)
+    vdso_pa = TEXT_PA + 0x2000
+    plat.write_u64(PhysAddr(PTE + 16), vdso_pa | ATTR_NORMAL | PTE_PAGE | UXN | PXN | AP_RO)
+    hv.handle(plat, cpu, CpuStart(0x4020_0000, 0))
+    cpu.sysregs[SysReg.TCR_EL1] = TCR
+    cpu.sysregs[SysReg.SCTLR_EL1] = SCTLR_ON
+    for base in (RESERVED, INIT_PG, SWAPPER):
+        assert _trap(hv, plat, cpu, TTBR1_ENC, SysReg.TTBR1_EL1, base)
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    st = hv.state
+    assert st.vdso == ((vdso_pa, vdso_pa + 0x1000),)
+    assert st.pages.usage_of(vdso_pa >> 12) is Usage.EL1_RODATA
+    _fill(hv, plat, cpu, vdso_pa)
+    fetch = translate_stage2(plat.read_u64, vdso_pa, AccessType.FETCH, 0, vtcr=VTCR_4G,
+                             vttbr=st.s2.vttbr())
+    assert not isinstance(fetch, Fault) and not _s2_writable(hv, plat, vdso_pa)
+    _store(hv, plat, cpu, PTE + 24, vdso_pa | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)  # EL1-X
+    assert plat.read_u64(PhysAddr(PTE + 24)) & PXN and not hv.refusals
+    assert not check(hv, plat, full=True)
+
+
+def test_vdso_images_found_by_elf_shape() -> None:
+    blob = bytearray(0x5000)
+    hdr = bytearray(64)
+    hdr[0:6] = b"\x7fELF\x02\x01"
+    hdr[16:20] = (3).to_bytes(2, "little") + (183).to_bytes(2, "little")  # ET_DYN, AArch64
+    hdr[0x28:0x30] = (0x1000).to_bytes(8, "little")  # section headers end past one page
+    hdr[0x3A:0x3E] = (64).to_bytes(2, "little") + (3).to_bytes(2, "little")
+    blob[0x2000:0x2040] = hdr
+    blob[0x3800:0x3840] = hdr  # not page-aligned: not a vDSO
+    assert vdso_images(bytes(blob)) == [(0x2000, 0x4000)]
+
+
+def test_invalid_nonzero_descriptor_quirk() -> None:
+    """Linux clears only bit 0 of a live PTE (set_memory_valid(0): the linear alias of freed
+    module memory) and sets it again later. The MMU ignores such an entry, so it is accepted
+    as an unmapping, and setting bit 0 again is validated as a new mapping (PXN forced)."""
+    hv, plat, cpu = armed()
+    data_pfn = DATA_PA >> 12
+    before = hv.state.pages.subcount_of(data_pfn)
+    live = plat.read_u64(PhysAddr(PTE + 8))
+    _store(hv, plat, cpu, PTE + 8, live & ~1)
+    assert plat.read_u64(PhysAddr(PTE + 8)) == live & ~1 and not hv.refusals
+    assert hv.state.pages.subcount_of(data_pfn) == before - 1
+    _store(hv, plat, cpu, PTE + 8, (live | 1) & ~PXN)  # valid again, asks for EL1-exec
+    assert plat.read_u64(PhysAddr(PTE + 8)) == live | PXN and not hv.refusals
+    assert hv.state.pages.subcount_of(data_pfn) == before
+    _store(hv, plat, cpu, PTE + 8, 0x1)  # bit 0 set, bit 1 clear at level 3: still refused
+    assert [r.rule for r in hv.refusals] == ["kpt-L3"]
 
 
 def test_arming_walks_again_when_a_table_appears_meanwhile() -> None:

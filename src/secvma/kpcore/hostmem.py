@@ -76,8 +76,7 @@ def desired_kind(st: KState, pfn: int, *, fallback: bool = False) -> PermKind | 
     if usage.is_table:
         return PermKind.RO
     if usage is Usage.EL1_RODATA:
-        boot = st.boot
-        return PermKind.KCODE if boot is not None and in_vdso(boot, pa_of(pfn)) else PermKind.RO
+        return PermKind.KCODE if in_vdso_of(st, pa_of(pfn)) else PermKind.RO
     if usage is Usage.EL1_DATA:
         return PermKind.RW
     if usage in (Usage.EL1_AUTH, Usage.EL1_MOD_RO):
@@ -93,12 +92,25 @@ def _block_homogeneous(st: KState, base_pfn: int, level: int) -> bool:
     n = _PAGES_AT[level]
     if st.pages.range_uniform(base_pfn, n) is None:
         return False
-    boot = st.boot
-    if boot is not None and boot.vdso < boot.evdso:
-        lo, hi = pa_of(base_pfn), pa_of(base_pfn + n)
-        if lo < boot.evdso and boot.vdso < hi and not (boot.vdso <= lo and hi <= boot.evdso):
+    lo, hi = pa_of(base_pfn), pa_of(base_pfn + n)
+    for v_lo, v_hi in _vdso_ranges(st):
+        if lo < v_hi and v_lo < hi and not (v_lo <= lo and hi <= v_hi):
             return False
     return True
+
+
+def _vdso_ranges(st: KState) -> tuple[tuple[int, int], ...]:
+    """The vDSO's PA ranges: from the boot info (testbed) or learned from the Image (stock)."""
+    boot = st.boot
+    if boot is not None and boot.vdso < boot.evdso:
+        return ((boot.vdso, boot.evdso), *st.vdso)
+    return st.vdso
+
+
+def in_vdso_of(st: KState, pa: int) -> bool:
+    """User space executes the vDSO: RODATA, but executable at stage 2 (no FEAT_XNX here)."""
+    boot = st.boot
+    return (boot is not None and in_vdso(boot, pa)) or any(lo <= pa < hi for lo, hi in st.vdso)
 
 
 def _block_safe(st: KState, base_pfn: int, level: int) -> bool:

@@ -40,9 +40,8 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
-from secvma.kpcore.bootinfo import in_vdso
 from secvma.kpcore.descs import PXN, PXNTABLE, Shape, leaf_pages, out_pa, shape
-from secvma.kpcore.hostmem import _block_homogeneous
+from secvma.kpcore.hostmem import _block_homogeneous, in_vdso_of
 from secvma.kpcore.pages import EL1_EXEC_CLASSES, KPT_BY_LEVEL, Owner, Usage
 from secvma.kpcore.stage2 import PermKind, kind_of
 from secvma.kpcore.state import KState
@@ -89,9 +88,8 @@ def _leaf(st: KState, base: int, level: int, desc: int, out: list[Violation]) ->
         u = pages.usage
         ok = u.count(Usage.EL1_KCODE, i, j) + u.count(Usage.EL1_MOD_TXT, i, j)
         if ok != j - i:
-            boot = st.boot
             bad = [p for p in range(i, j) if Usage(u[p]) not in EL1_EXEC_CLASSES
-                   and not (boot is not None and in_vdso(boot, (pages.base_pfn + p) << 12))]
+                   and not in_vdso_of(st, (pages.base_pfn + p) << 12)]
             if bad:
                 out.append(Violation("INV-S2-WX", f"leaf {base:#x} makes "
                                      f"{Usage(u[bad[0]]).name} page EL1-executable"))

@@ -198,26 +198,34 @@ def _table_target(st: KState, level: int, target: int, plan: Plan, *, rule: str)
 
 
 def plan_kpt_slot(st: KState, plat: Platform, level: int, slot: int, old: int, new: int,
-                  plan: Plan) -> None:
-    """Validate one slot change of a kernel table at `level` (hardened rules)."""
+                  plan: Plan, *, invalid_ok: bool = False) -> None:
+    """Validate one slot change of a kernel table at `level` (hardened rules).
+
+    `invalid_ok` (the stock kernel): a non-zero descriptor with bit 0 clear is accepted as
+    what the MMU makes of it, no mapping. Linux stores such entries (set_memory_valid(0) on the
+    linear alias of freed module memory, kfence) and later sets bit 0 again: that store is
+    validated like any new mapping, since an invalid old entry counts as empty.
+    """
     rule = f"kpt-L{level}"
     so = shape(old, level, any_nonzero=False)
     sn = shape(new, level, any_nonzero=False)
     if so is Shape.MALFORMED:
         so = Shape.EMPTY
     if sn is Shape.MALFORMED:
-        raise _refuse(rule, "malformed descriptor", Errno.EINVAL, value=new)
+        if not (invalid_ok and not new & 1):
+            raise _refuse(rule, "malformed descriptor", Errno.EINVAL, value=new)
+        sn = Shape.EMPTY
     if old == new:
         plan.slots[slot] = new
         return
     if sn is Shape.EMPTY:
-        if new != 0:
+        if new != 0 and not invalid_ok:
             raise _refuse(rule, "non-zero invalid descriptor", Errno.EINVAL, value=new)
         if so is not Shape.EMPTY:
             if so is Shape.TABLE or level == 3:
                 plan.decs.append((out_pa(old, level, so) >> 12, so is Shape.TABLE))
             plan.flush = True
-        plan.slots[slot] = 0
+        plan.slots[slot] = new
         return
     target = out_pa(new, level, sn)
     if so is Shape.EMPTY:

@@ -60,6 +60,7 @@ class KState:
     s2: Stage2
     hyp_range: tuple[int, int]
     boot: BootInfo | None = None
+    vdso: tuple[tuple[int, int], ...] = ()  # PA ranges of the vDSO (transparent: from the Image)
     installed: bool = False
     cpus: dict[int, CpuState] = field(default_factory=dict)
     pinned: dict[SysReg, int] = field(default_factory=dict)

@@ -47,6 +47,7 @@ class PatchSites:
     alt: dict[int, set[int]] = field(default_factory=dict)  # word offset -> replacement words
     alt_cb: set[int] = field(default_factory=set)  # word offsets inside callback spans
     relocs: dict[int, int] = field(default_factory=dict)  # 8-byte slot -> link-time target
+    vdso: list[tuple[int, int]] = field(default_factory=list)  # vDSO images in .rodata [lo, hi)
 
     def in_text(self, off: int) -> bool:
         return any(lo <= off < hi for lo, hi in self.text)
@@ -234,6 +235,7 @@ def learn_sites(img: bytes) -> PatchSites:
     if len(img) < 64 or img[56:60] != b"ARM\x64":
         raise ValueError("not an arm64 Linux Image (no ARM\\x64 magic)")
     sites = PatchSites(image_size=int.from_bytes(img[16:24], "little"))
+    sites.vdso = vdso_images(img)
     rel = _relative_relocs(img)
     sites.ftrace = _ftrace(img, rel)
     sites.relocs = rel
@@ -245,6 +247,36 @@ def learn_sites(img: bytes) -> PatchSites:
     sites.jump = _jump(img, sites, core_hi, init_lo)  # __jump_table: ro_after_init data
     sites.alt, sites.alt_cb = _alt(img, sites, init_lo, len(img))  # after init text
     return sites
+
+
+ELF_MACHINES = {2: 183, 1: 40}
+"""ELF class -> e_machine of a vDSO: AArch64 (vdso) and, with COMPAT_VDSO, AArch32 (vdso32)."""
+
+
+def vdso_images(img: bytes) -> list[tuple[int, int]]:
+    """Page ranges [lo, hi) of the vDSOs embedded in the Image (user space executes them).
+
+    Each is a page-aligned ELF shared object (vdso.S: `.balign PAGE_SIZE` around the .so);
+    its extent is where its section header table ends, rounded up to a page.
+    """
+    out = []
+    off = img.find(b"\x7fELF")
+    while off >= 0:
+        if not off % 4096 and len(img) >= off + 52:
+            cls = img[off + 4]
+            e_type, e_machine = struct.unpack_from("<HH", img, off + 16)
+            if e_type == 3 and ELF_MACHINES.get(cls) == e_machine:
+                if cls == 2:
+                    shoff = struct.unpack_from("<Q", img, off + 0x28)[0]
+                    shentsize, shnum = struct.unpack_from("<HH", img, off + 0x3A)
+                else:
+                    shoff = struct.unpack_from("<I", img, off + 0x20)[0]
+                    shentsize, shnum = struct.unpack_from("<HH", img, off + 0x2E)
+                end = off + shoff + shentsize * shnum
+                if shnum and end <= len(img):
+                    out.append((off, -(-end // 4096) * 4096))
+        off = img.find(b"\x7fELF", off + 1)
+    return out
 
 
 # --- the rule ---------------------------------------------------------------------------------

@@ -175,6 +175,10 @@ class _Walk:
         self.refused: list[str] = []
 
 
+class ArmingError(RuntimeError):
+    """Arming cannot go on (a set-up fault, not the guest's): an internal error that halts."""
+
+
 class _Retry(Exception):
     """Leave the PC alone: the trapping instruction runs again after this trap's commands."""
 
@@ -592,6 +596,11 @@ class TransparentKPCore:
             st.s2.reset()  # RAM refilled lazily with each page's kind (blocks or 4 KB)
             st.s2.map_leaf(0, 1, PermKind.DEVICE)
             self._find_image(st, plat)
+        if self.learned.image is None:
+            # without it every executable leaf would get PXN, the kernel's own text included:
+            # the machine would spin in its vectors with nothing logged (a silent hang)
+            raise ArmingError("cannot arm: the kernel Image was not given or not found in guest "
+                              "RAM, so kernel text cannot be told from data")
         new = 0
         walks: list[tuple[int, _Walk]] = []
         for root in sorted(ln.roots | {r for r in ln.ttbr0_kernel if r != ln.reserved}):
@@ -610,17 +619,26 @@ class TransparentKPCore:
         self._finish_arming(st, plat, cpu, walks)
 
     def _find_image(self, st: KState, plat: Platform) -> None:
-        """The kernel image's PA range: where guest RAM holds the Image's first 64 bytes."""
+        """The kernel image's PA range, found by content at the 2 MiB-aligned bases the arm64
+        boot protocol allows (text_offset 0).
+
+        The Image's first 64 KiB ([_text, _stext): its header) is not kept by the kernel: it is
+        handed to the page allocator and may be reused by the time we arm, so the banner in
+        .rodata (never written) is the probe, the header only a fallback (test images).
+        """
         if self.image is None or self.sites is None:
             return
-        head = self.image[:64]
-        lo = plat.ram_base
-        for pa in range(lo, min(lo + (256 << 20), plat.ram_base + plat.ram_size), 1 << 16):
+        probes = _image_probes(self.image)
+        step = 2 << 20
+        lo = -(-plat.ram_base // step) * step
+        for pa in range(lo, plat.ram_base + plat.ram_size - self.sites.image_size + 1, step):
             if not st.is_host_ram(pa):
                 continue
-            if plat.read(PhysAddr(pa), 64) == head:
-                self.learned.image = (pa, pa + self.sites.image_size)
-                return
+            for off, chunk in probes:
+                if plat.read(PhysAddr(pa + off), len(chunk)) == chunk:
+                    self.learned.image = (pa, pa + self.sites.image_size)
+                    st.vdso = tuple((pa + lo, pa + hi) for lo, hi in self.sites.vdso)
+                    return
 
     def _walk(self, st: KState, plat: Platform, cpu: Vcpu, root: int, *, ttbr0: bool) -> _Walk:
         """Every table and leaf under `root` (one page read per table: the linear map alone
@@ -922,7 +940,7 @@ class TransparentKPCore:
                 raise HypRefusal(Errno.EPERM, "reserved-pgd", "reserved_pg_dir must stay empty",
                                  value=new)
             self._free_stale_target(st, level, new)
-            kpt.plan_kpt_slot(st, plat, level, slot, old, new, plan)
+            kpt.plan_kpt_slot(st, plat, level, slot, old, new, plan, invalid_ok=True)
             if plan.claim is not None:
                 break
             self._check_text_alias(st, level, slot, plan.slots[slot])
@@ -1113,6 +1131,16 @@ def _changed_words(live: bytes, orig: bytes) -> Iterator[int]:
             lane = ((x & -x).bit_length() - 1) >> 5
             yield c + 4 * lane
             x &= ~(0xFFFFFFFF << (32 * lane))
+
+
+def _image_probes(image: bytes) -> list[tuple[int, bytes]]:
+    """(offset, bytes) that identify the loaded Image: its banner, then its header."""
+    probes = []
+    banner = image.find(b"Linux version ")
+    if banner > 0:
+        probes.append((banner, image[banner:banner + 64]))
+    probes.append((0, image[:64]))
+    return probes
 
 
 def _sites_of(image: bytes | None) -> PatchSites | None:
