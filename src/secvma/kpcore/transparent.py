@@ -1043,18 +1043,28 @@ class TransparentKPCore:
                 self._release_table(st, plat, child)
 
     def _root_store(self, st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
-        """A store into a user root: a valid entry, or the root was freed (release, retry)."""
+        """A store into a user root: released at once if no CPU has it loaded (retry: the
+        store goes to ordinary RAM, and the root is validated whole if it is ever loaded
+        again), else a valid entry, emulated.
+
+        A root no CPU runs on is usually a freed one the kernel reuses: zeroing or filling
+        the page as anything else is 256 stores, each a trap if it stayed protected. A root
+        still awaiting validation (pending) keeps the per-store rule: its load is retrying."""
+        pfn = (ev.ipa & ~(PAGE - 1)) >> 12
+        tried = (pfn << 12) not in self.roots.pending
+        if tried and self._release_stale_root(st, pfn):
+            self.stats["root_store_released"] += 1
+            raise _Retry()
         store = self._decode(st, plat, cpu, ev)
         slots = kpt.merge_slots(plat, store)
         plan = kpt.Plan()
-        pfn = store.page >> 12
         try:
             for slot, (old, new) in slots.items():
                 if new != 0 and new & 3 == 3:
                     self._ordinary(st, (new & OA_MASK) >> 12)  # releases a stale root target
                 kpt.plan_user_slot(st, slot, old, new, plan)
         except HypRefusal:
-            if self._release_stale_root(st, pfn):
+            if not tried and self._release_stale_root(st, pfn):
                 self.stats["root_store_released"] += 1
                 raise _Retry() from None
             raise
