@@ -13,7 +13,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from linux_known import HELPER_HANGS_AFTER_ARMING
+from linux_known import MODULES_NOT_AUTHENTICATED
 
 from secvma import fixtures as fx
 from secvma.attacks.scenarios import Verdict
@@ -54,7 +54,7 @@ def test_effects_are_measured_not_assumed(suite_none: dict[str, object]) -> None
     assert "is Live" in by["UNSIGNED_MODULE"]
 
 
-@HELPER_HANGS_AFTER_ARMING
+@MODULES_NOT_AUTHENTICATED
 @pytest.mark.parametrize("name", [a.name for a in ATTACKS if not a.gap])
 def test_blocked_under_transparent_and_the_machine_goes_on(guest: LinuxGuest, name: str) -> None:
     attack = next(a for a in ATTACKS if a.name == name)
@@ -63,7 +63,7 @@ def test_blocked_under_transparent_and_the_machine_goes_on(guest: LinuxGuest, na
     assert o.matches
 
 
-@HELPER_HANGS_AFTER_ARMING
+@MODULES_NOT_AUTHENTICATED
 @pytest.mark.parametrize("name", [a.name for a in ATTACKS if a.gap])
 def test_known_gaps_still_succeed_under_transparent(guest: LinuxGuest, name: str) -> None:
     """An open item of issue 10: the attack still works. When it stops working, this fails and

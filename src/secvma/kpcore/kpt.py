@@ -9,6 +9,8 @@ Per written slot (P = the table page, L = its level, R = old output, T = new out
     0      0      nothing to do (hardened); C: unmapping of R=0  -
     x      0      unmapping: R host or MMIO                      subcount(R) -1; a table page
                                                                  at 0 is released (zeroed, RW)
+    x      inv    stock kernel only (invalid_ok): bit 0 clear,   as unmapping; the value is
+                  the MMU ignores it; later stores see it as 0   kept (Linux reads it back)
     0      table  T must be class L+1 (first link: all zero)     subcount(T) +1
                   T NONE -> claim T (zero, RO, class L+1), the
                   store is retried (not done, PC unchanged)

@@ -1043,16 +1043,14 @@ class TransparentKPCore:
                 self._release_table(st, plat, child)
 
     def _root_store(self, st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort) -> None:
-        """A store into a user root: released at once if no CPU has it loaded (retry: the
-        store goes to ordinary RAM, and the root is validated whole if it is ever loaded
-        again), else a valid entry, emulated.
+        """A store into a user root: validated while a CPU runs on it; otherwise released.
 
-        A root no CPU runs on is usually a freed one the kernel reuses: zeroing or filling
-        the page as anything else is 256 stores, each a trap if it stayed protected. A root
-        still awaiting validation (pending) keeps the per-store rule: its load is retrying."""
-        pfn = (ev.ipa & ~(PAGE - 1)) >> 12
-        tried = (pfn << 12) not in self.roots.pending
-        if tried and self._release_stale_root(st, pfn):
+        A root no CPU has loaded may be released at any time (it is validated afresh when it is
+        loaded again), so the first store into one releases it and is retried natively: a freed
+        root that the kernel reuses (cleared with DC ZVA, ~64-256 stores) costs one trap.
+        """
+        pfn = ev.ipa >> 12
+        if not self._loaded(pfn << 12) and self._release_stale_root(st, pfn):
             self.stats["root_store_released"] += 1
             raise _Retry()
         store = self._decode(st, plat, cpu, ev)
@@ -1064,7 +1062,7 @@ class TransparentKPCore:
                     self._ordinary(st, (new & OA_MASK) >> 12)  # releases a stale root target
                 kpt.plan_user_slot(st, slot, old, new, plan)
         except HypRefusal:
-            if not tried and self._release_stale_root(st, pfn):
+            if self._release_stale_root(st, pfn):
                 self.stats["root_store_released"] += 1
                 raise _Retry() from None
             raise

@@ -128,6 +128,7 @@ class LinuxRunReport:
     console: str = ""
     fast_traps: dict[str, int] = field(default_factory=dict)  # answered at EL2: total, roots
     sysreg_traps: dict[str, int] = field(default_factory=dict)  # trapped MSRs by register
+    kpcore_stats: dict[str, int] = field(default_factory=dict)  # the policy's own counters
 
     @property
     def ok(self) -> bool:
@@ -184,7 +185,8 @@ def run_linux_workloads(policy: str, s2: str = "huge", smp: int = 1,
         protection=protection_of(hv), internal_errors=internal_errors_of(hv),
         traps=dict(res.traps), console=res.console,
         fast_traps={"total": res.fast_traps, "roots": res.fast_root_traps},
-        sysreg_traps=sysreg_traps_of(hv))
+        sysreg_traps=sysreg_traps_of(hv),
+        kpcore_stats={k: int(v) for k, v in getattr(hv, "stats", {}).items() if isinstance(k, str)})
 
 
 def sysreg_traps_of(hv: object) -> dict[str, int]:
