@@ -383,34 +383,47 @@ def accounting_line(acc: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-DEMO_CONFIGS = ("null", "transparent")
+# The demo's application step: the last configuration normalized to the first. `transparent`
+# joins once its guest can boot armed: the rootfs initramfs loads its boot modules (virtio,
+# ext4) after the policy arms, and module text is refused execution until module
+# authentication (issue 10 item 4) is on main.
+DEMO_CONFIGS = ("plain", "null")
+DEMO_NOT_RUN = ("transparent: not run here yet: the guest's boot modules (virtio, ext4) load after "
+                "the policy arms, and their text is not executable until module authentication "
+                "(issue 10 item 4) lands")
+DEMO_TARGETS = {"null": "", "transparent": " (target ≤ 1.3)"}
 
 
 def demo_summary(runs: dict[str, ConfigRun], norm: dict[str, dict[str, dict[str, float | None]]],
-                 bench: str = "hackbench") -> dict[str, Any]:
+                 bench: str = "hackbench", note: str = "") -> dict[str, Any]:
     """The demo's application step: ok only if every configuration measured `bench` without an
-    error (the protected one armed, no refusal), with the normalized cost and its explanation."""
+    error (a protected one armed, no refusal), with the last configuration's cost normalized
+    to the first and what its traps explain."""
     errors = {c: r.error or "; ".join(f for m in r.measured for f in m.failures)
               for c, r in runs.items()}
     errors = {c: e for c, e in errors.items() if e}
-    cost = norm.get("transparent", {}).get(bench, {}).get("null")
+    cfgs = list(runs)
+    base, top = cfgs[0], cfgs[-1]
+    cost = norm.get(top, {}).get(bench, {}).get(base) if base in ("plain", "null") else None
     means = {c: next((sum(map(float, m.values)) / len(m.values) for m in r.measured
                       if m.kind.key == bench and m.values), None) for c, r in runs.items()}
     ok = not errors and cost is not None and all(v is not None and v > 0 for v in means.values())
-    prot = runs["transparent"].protection if "transparent" in runs else {}
-    acc = runs["transparent"].per_bench.get(bench, {}) if "transparent" in runs else {}
+    prot = runs[top].protection
+    acc = runs[top].per_bench.get(bench, {})
     parts = [f"{c} {v:.3f} s" if v is not None else f"{c}: no figure" for c, v in means.items()]
-    summary = f"{bench} ({', '.join(parts)})"
+    summary = f"{bench} --quick ({', '.join(parts)})"
     if cost is not None:
-        summary += f": transparent/null = {cost:.2f} (target ≤ 1.3)"
+        summary += f": {top}/{base} = {cost:.2f}{DEMO_TARGETS.get(top, '')}"
     if prot:
         summary += f"; {protection_line(prot)}"
-    if acc:
+    if acc and (acc.get("traps") or acc.get("el2", {}).get("traps")):
         summary += f"; {accounting_line(acc)}"
+    if note:
+        summary += f"; {note}"
     if errors:
         summary += "; FAILED: " + "; ".join(f"{c}: {e}" for c, e in errors.items())
     return {"ok": ok, "summary": summary, "normalized": {c: norm.get(c, {}).get(bench) for c in runs},
             "mean_s": means, "protection": prot, "accounting": {c: r.per_bench.get(bench)
                                                                 for c, r in runs.items()},
             "errors": errors, "params": {c: next((m.params for m in r.measured), {})
-                                         for c, r in runs.items()}}
+                                         for c, r in runs.items()}, "note": note}
