@@ -305,13 +305,24 @@ def run_config(config: str, benches: list[str], params: Params,
         done.set()
         guest.close()
         th.join(30)
+        try:
+            modules_failed = INITRD_MODULE_FAILED in log.read_text(errors="replace")
+        except OSError:
+            modules_failed = False
         shutil.rmtree(work, ignore_errors=True)
     if hasattr(hv, "events"):
         run.traps = {**run.traps, **{f"events.{k}": v for k, v in hv.events.items()}}  # type: ignore[union-attr]
     run.protection = protection_of(hv)
     if run.protection and not run.error:
         run.error = protection_error(config, run.protection)
+    elif run.protection and modules_failed:
+        run.error = (f"{config}: the guest's boot modules did not load under the armed policy "
+                     "(module text is not executable until module authentication, issue 10 "
+                     f"item 4, is in): {run.error}")
     return run
+
+
+INITRD_MODULE_FAILED = "SECVMA-INITRD: insmod"  # the initramfs's line for a module that failed
 
 
 def protection_of(hv: Hypervisor | None) -> dict[str, Any]:
