@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(qemu-system-arm device-tree-compiler gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
           libc6-dev-arm64-cross make cpio xz-utils zstd
           # the application benchmarks' real tools (secvma harness / bench apps); servers for tests
-          rt-tests apache2 apache2-utils memcached libmemcached-tools iperf3 sockperf gcc bc)
+          rt-tests apache2 apache2-utils memcached libmemcached-tools iperf3 sockperf gcc bc
+          # the harness's ssh path (its test starts an sshd of its own on loopback)
+          openssh-server openssh-client)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

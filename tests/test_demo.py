@@ -18,7 +18,7 @@ def test_demo_runs_every_step_ok(debian: object) -> None:
     res = CliRunner().invoke(main, ["demo", "--json"])
     assert res.exit_code == 0, res.output[-3000:]
     report = json.loads(res.output)
-    assert len(report) == 9
+    assert len(report) == 10
     bad = {k: v.get("error") or v.get("summary") for k, v in report.items()
            if v.get("ok") is not True}
     assert not bad, bad

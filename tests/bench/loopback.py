@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 MODULES = Path("/usr/lib/apache2/modules")
@@ -99,3 +102,61 @@ def iperf3_and_sockperf() -> Iterator[tuple[int, int]]:
     with _proc(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(ip)], ip), \
             _proc(["sockperf", "sr", "--tcp", "-i", "127.0.0.1", "-p", str(sp)], sp):
         yield ip, sp
+
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass(frozen=True)
+class Sshd:
+    """An sshd of our own on 127.0.0.1: how to reach it (`ssh -o` options) and as whom."""
+
+    port: int
+    user: str
+    options: tuple[str, ...]
+
+
+@contextmanager
+def sshd() -> Iterator[Sshd]:
+    """sshd on 127.0.0.1:<port> with a generated host key and client key in a temp dir.
+
+    Nothing system-wide is read or changed: `-f /dev/null` (no sshd_config), every setting
+    given with `-o`, authorized_keys in the temp dir (StrictModes off: /tmp is world-writable).
+    As root, sshd insists on its privilege-separation directory /run/sshd: it runs in a private
+    mount namespace with a tmpfs over /run holding that directory (so its sessions see an empty
+    /run). As another user it runs as that user, and logins are that user's.
+    """
+    d = Path(tempfile.mkdtemp(prefix="secvma-sshd-"))
+    try:
+        for key in ("host_key", "client_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
+                           check=True, capture_output=True)
+        shutil.copy(d / "client_key.pub", d / "authorized_keys")
+        port = free_port()
+        argv = [SSHD, "-D", "-e", "-f", "/dev/null", "-p", str(port), "-h", str(d / "host_key")]
+        for opt in ("ListenAddress=127.0.0.1", f"AuthorizedKeysFile={d}/authorized_keys",
+                    "StrictModes=no", "UsePAM=no", "PidFile=none", "PasswordAuthentication=no",
+                    "KbdInteractiveAuthentication=no", "PermitRootLogin=prohibit-password"):
+            argv += ["-o", opt]
+        if os.geteuid() == 0:
+            inner = " ".join(shlex.quote(a) for a in argv)
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    f"mount -t tmpfs secvma-sshd /run && mkdir -m 755 /run/sshd && exec {inner}"]
+        with (d / "sshd.log").open("wb") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            try:
+                wait_port(port, proc)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}: {(d / 'sshd.log').read_text()[-500:]}") from exc
+            yield Sshd(port, pwd.getpwuid(os.geteuid()).pw_name,
+                       (f"Port={port}", f"IdentityFile={d}/client_key", "IdentitiesOnly=yes"))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

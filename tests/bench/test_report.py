@@ -69,14 +69,14 @@ def test_from_measured_keeps_params_and_skips_empty() -> None:
     assert got["apache"].params == {"requests": 300, "tool": "ab"} and got["apache"].mean == 100.0
 
 
-def test_trap_accounting_counts_classes_not_overlapping_counters() -> None:
+def test_trapaccounting_counts_classes_not_overlapping_counters() -> None:
     # Regression: TransparentKPCore's stats hold trap classes and finer counters of the same traps.
-    from secvma.bench.apps import QUICK, _accounting
+    from secvma.bench.apps import QUICK, accounting
 
     stats = {"trap.SysregTrap": 1000, "msr.TTBR0_EL1": 300, "msr.TTBR1_EL1": 700, "ttbr1_checked": 700}
-    acc = _accounting("apache", QUICK, 10.0, {"trap.SysregTrap": 200}, stats)
+    acc = accounting("apache", QUICK, 10.0, {"trap.SysregTrap": 200}, stats)
     assert acc["trap_total"] == 800 and acc["traps_per_s"] == 80.0
     ops = (QUICK.apache_reps + QUICK.warmup) * QUICK.apache_requests
     assert acc["per_op"] == {"op": "request", "ops": ops, "traps_per_op": 800 / ops}
-    null = _accounting("hackbench", QUICK, 2.0, {"Hvc": 1}, {"Hvc": 5, "Stage2Abort": 4})
+    null = accounting("hackbench", QUICK, 2.0, {"Hvc": 1}, {"Hvc": 5, "Stage2Abort": 4})
     assert null["trap_total"] == 8

@@ -67,3 +67,23 @@ def test_rootfs_builds_from_a_clean_cache(debian: fx.FixtureSet, tmp_path: Path)
     assert all(f"modules/{m}.ko" in cpio for m in order)
     assert cpio["init"].startswith(b"#!/bin/busybox sh")
     assert rootfs.cached(tmp_path) == r  # the second call is the cache
+
+
+def test_initramfs_modules_read_back_in_order(tmp_path: Path) -> None:
+    """What the initramfs loads after a policy arms can be handed to module authentication."""
+    import stat
+
+    from secvma.machine.initramfs import pack_cpio
+
+    entries = [("bin", stat.S_IFDIR | 0o755, b"", (0, 0)),
+               ("modules/virtio_pci.ko", stat.S_IFREG | 0o644, b"\x7fELFaaa", (0, 0)),
+               ("modules/order", stat.S_IFREG | 0o644, b"virtio_pci\next4\n", (0, 0)),
+               ("modules/ext4.ko", stat.S_IFREG | 0o644, b"\x7fELF" + bytes(range(256)) * 3, (0, 0))]
+    p = tmp_path / "i.cpio"
+    p.write_bytes(pack_cpio(entries))
+    got = rootfs.initramfs_modules(p)
+    assert list(got) == ["virtio_pci", "ext4"]
+    assert got["ext4"] == b"\x7fELF" + bytes(range(256)) * 3 and got["virtio_pci"] == b"\x7fELFaaa"
+    p.write_bytes(pack_cpio(entries)[:300])
+    with pytest.raises(rootfs.RootfsError):
+        rootfs.initramfs_modules(p)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from fakes import ATTR_NORMAL, PTE_PAGE, PXN, TCR, UXN, FakePlatform, FakeVcpu
+from hypothesis import given
+from hypothesis import strategies as hst
 
 from secvma.arch.el2 import VTCR_4G
 from secvma.arch.esr import DataAbort
@@ -423,6 +425,14 @@ def test_root_release_quirk() -> None:
     assert hv.protection_summary()["user_roots_released"] == 1
 
 
+def test_a_store_into_the_loaded_root_is_still_emulated() -> None:
+    hv, plat, cpu = armed()
+    cpu.skips = 0
+    _store(hv, plat, cpu, USER_ROOT + 8, (USER_PUD + 0x1000) | 3)
+    assert cpu.skips == 1 and hv.stats["root_stores"] == 1 and hv.roots.released == 0
+    assert hv.state.pages.usage_of(USER_ROOT >> 12) is Usage.EL0_PGD
+
+
 def test_store_into_an_unloaded_root_releases_it_in_one_trap() -> None:
     """A root no CPU runs on is released by the first store into it, whatever the value (the
     kernel zeroes a freed root it reuses: before, each of those stores was emulated), and is
@@ -683,3 +693,20 @@ def test_image_found_after_its_header_page_was_reused() -> None:
     st = hv.attach(plat)
     hv._find_image(st, plat)
     assert hv.learned.image == (base, base + len(img))
+
+
+@given(hst.integers(0, 2**32),
+       hst.lists(hst.tuples(hst.integers(0, 4095), hst.integers(1, 255)), max_size=40))
+def test_changed_words_are_exactly_the_words_that_differ(seed: int,
+                                                         flips: list[tuple[int, int]]) -> None:
+    """Arming's boot-patch check visits only the words that differ, every one of them."""
+    import random
+
+    from secvma.kpcore.transparent import _changed_words
+
+    orig = random.Random(seed).randbytes(4096)
+    live = bytearray(orig)
+    for i, x in flips:
+        live[i] ^= x
+    want = [k for k in range(0, 4096, 4) if live[k:k + 4] != orig[k:k + 4]]
+    assert list(_changed_words(bytes(live), orig)) == want

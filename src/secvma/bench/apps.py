@@ -74,6 +74,8 @@ class ConfigRun:
     banner: str = ""
     error: str = ""
     per_bench: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protection: dict[str, Any] = field(default_factory=dict)  # a policy's state after the run
+    mailbox: Any = field(default=None, repr=False)  # the mailbox server while it runs (not plain)
 
 
 def _trap_snapshot(hv: Hypervisor | None) -> dict[str, int]:
@@ -100,17 +102,91 @@ def operations(bench: str, p: Params) -> tuple[float, str] | None:
     return None
 
 
-def _accounting(bench: str, p: Params, secs: float, before: dict[str, int],
-                after: dict[str, int]) -> dict[str, Any]:
+# What the guest kernel did during one bench, from its own counters: the operations the traps
+# are divided by (syscalls are not counted by the kernel without tracing, so none here).
+GUEST_COUNTERS = "cat /proc/stat /proc/vmstat /proc/net/dev"
+GUEST_EVENTS = ("context switch", "fork", "page fault", "packet")
+# the operations each bench is made of (all are in the JSON; these are printed)
+BENCH_EVENTS = {"hackbench": ("context switch", "fork"), "kernbench": ("fork", "page fault"),
+                "netperf": ("packet",), "apache": ("packet", "fork"), "memcached": ("packet",)}
+
+
+def parse_guest_counters(text: str) -> dict[str, int]:
+    """/proc/stat's ctxt and processes, /proc/vmstat's pgfault, /proc/net/dev's packets of
+    every interface but lo (received + sent)."""
+    out: dict[str, int] = {}
+    keys = {"ctxt": "context switch", "processes": "fork", "pgfault": "page fault"}
+    packets = 0
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in keys and parts[1].isdigit():
+            out[keys[parts[0]]] = int(parts[1])
+        elif ":" in line and len(line.split(":", 1)[1].split()) >= 10:
+            name, rest = line.split(":", 1)
+            cols = rest.split()
+            if name.strip() != "lo" and cols[1].isdigit() and cols[9].isdigit():
+                packets += int(cols[1]) + int(cols[9])
+    out["packet"] = packets
+    return out
+
+
+def _guest_snapshot(guest: GuestServer) -> dict[str, int]:
+    d = guest.run(GUEST_COUNTERS, 60)
+    return parse_guest_counters(d.stdout) if d.returncode == 0 else {}
+
+
+def _el2_snapshot(server: Any) -> dict[str, int]:
+    """The trampoline's own counters (summed over CPUs): every trap it took, those answered at
+    EL2 without Python (MSR fast path, root fast path) and the round-trip ticks of the rest."""
+    if server is None:
+        return {}
+    from secvma.machine import layout
+
+    cpus = list(getattr(server, "cpus", ()))
+
+    def total(off: int) -> int:
+        return sum(c.counter(off) for c in cpus)
+
+    return {"ntr": total(layout.MB_NTR), "fast": total(layout.MB_FAST),
+            "fast_roots": total(layout.MB_FAST_ROOTS), "ticks": total(layout.MB_TOT),
+            "cntfrq": cpus[0].counter(layout.MB_CNTFRQ) if cpus else 0}
+
+
+def accounting(bench: str, p: Params, secs: float, before: dict[str, int], after: dict[str, int],
+               el2: tuple[dict[str, int], dict[str, int]] = ({}, {}),
+               guest: tuple[dict[str, int], dict[str, int]] = ({}, {})) -> dict[str, Any]:
+    """Item 4: a bench's traps by class, per second and per operation, and what they cost.
+
+    Python-handled traps are the hypervisor's classes; `el2` adds the trampoline's counters
+    (traps answered at EL2 without Python, and the guest time stalled in Python round trips,
+    `python_s`: with one vCPU the guest runs nothing meanwhile, so python_s / seconds is the share of
+    the bench's time those traps cost). `guest` divides by the kernel's own counts of context
+    switches, forks, page faults and packets."""
     delta = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
     # A policy's stats mix trap classes ("trap.X") with finer, overlapping counters: count classes.
     classes = {k: v for k, v in delta.items() if k.startswith("trap.")} or delta
     total = sum(classes.values())
-    out: dict[str, Any] = {"seconds": secs, "traps": delta, "trap_total": total,
+    out: dict[str, Any] = {"bench": bench, "seconds": secs, "traps": delta, "trap_total": total,
                            "traps_per_s": total / secs if secs > 0 else 0.0}
+    e0, e1 = el2
+    if e0 and e1:
+        d = {k: e1[k] - e0.get(k, 0) for k in ("ntr", "fast", "fast_roots", "ticks")}
+        python_s = d["ticks"] / e1["cntfrq"] if e1.get("cntfrq") else 0.0
+        out["el2"] = {"traps": d["ntr"], "fast_msr": d["fast"] - d["fast_roots"],
+                      "fast_root": d["fast_roots"], "python": d["ntr"] - d["fast"],
+                      "python_s": python_s, "python_share": python_s / secs if secs > 0 else 0.0,
+                      "us_per_python_trap": python_s * 1e6 / (d["ntr"] - d["fast"])
+                      if d["ntr"] > d["fast"] else 0.0,
+                      "traps_per_s": d["ntr"] / secs if secs > 0 else 0.0}
+        total = max(total, d["ntr"])
     ops = operations(bench, p)
     if ops is not None and ops[0] > 0:
         out["per_op"] = {"op": ops[1], "ops": ops[0], "traps_per_op": total / ops[0]}
+    g0, g1 = guest
+    if g0 and g1:
+        counts = {k: g1[k] - g0.get(k, 0) for k in GUEST_EVENTS if k in g1}
+        out["guest"] = counts
+        out["traps_per_event"] = {k: total / n for k, n in counts.items() if n > 0}
     return out
 
 
@@ -194,7 +270,8 @@ def run_guest(config: str, job: GuestJob, *, smmu: bool = False, timeout_s: floa
     th = threading.Thread(target=driver, name=f"apps-{config}", daemon=True)
     th.start()
 
-    def on_started(_server: Any) -> None:
+    def on_started(mb: Any) -> None:
+        run.mailbox = mb
         started.set()
 
     if hv is None:
@@ -211,12 +288,20 @@ def run_guest(config: str, job: GuestJob, *, smmu: bool = False, timeout_s: floa
         done.set()
         guest.close()
         th.join(30)
+        try:
+            modules_failed = INITRD_MODULE_FAILED in log.read_text(errors="replace")
+        except OSError:
+            modules_failed = False
         shutil.rmtree(work, ignore_errors=True)
     if hasattr(hv, "events"):
         run.traps = {**run.traps, **{f"events.{k}": v for k, v in hv.events.items()}}  # type: ignore[union-attr]
-    refusals = getattr(hv, "refusals", None)
-    if refusals:
-        run.notes.append(f"{len(refusals)} refusal(s), first: {refusals[0]}")
+    run.protection = protection_of(hv)
+    if run.protection and not run.error:
+        run.error = protection_error(config, run.protection)
+    elif run.protection and modules_failed:
+        run.error = (f"{config}: the guest's boot modules did not load under the armed policy "
+                     "(module text is not executable until module authentication, issue 10 "
+                     f"item 4, is in): {run.error}")
     return run
 
 
@@ -237,11 +322,14 @@ def run_config(config: str, benches: list[str], params: Params,
             h.log = tool_log
         t0 = time.perf_counter()
         for b in benches:
-            before, tb = _trap_snapshot(hv), time.perf_counter()
+            g0 = _guest_snapshot(guest)
+            e0, before, tb = _el2_snapshot(run.mailbox), _trap_snapshot(hv), time.perf_counter()
             got = h.run([b])
             secs = time.perf_counter() - tb
+            after, e1 = _trap_snapshot(hv), _el2_snapshot(run.mailbox)
             run.measured.extend(got)
-            run.per_bench[b] = _accounting(b, p, secs, before, _trap_snapshot(hv))
+            run.per_bench[b] = accounting(b, p, secs, before, after, (e0, e1),
+                                          (g0, _guest_snapshot(guest)))
         run.bench_s = time.perf_counter() - t0
         run.notes.extend(h.notes)
 
@@ -258,8 +346,119 @@ def start_servers(guest: GuestServer, run: ConfigRun) -> None:
     time.sleep(1)
 
 
+INITRD_MODULE_FAILED = "SECVMA-INITRD: insmod"  # the initramfs's line for a module that failed
+
+
+def protection_of(hv: Hypervisor | None) -> dict[str, Any]:
+    """A transparent policy's state after the run: armed, what it protects, the root fast path,
+    refusals and internal errors ({} for plain and null)."""
+    from secvma.kpcore.transparent import TransparentKPCore
+
+    if not isinstance(hv, TransparentKPCore):
+        return {}
+    prot = hv.protection_summary()
+    fast = sorted(r.name for c in hv.cpus.values() for r in c.fast)
+    return {"armed": hv.armed, "arm_seconds": round(hv.arm_seconds, 3),
+            "protect_tables": hv.protect_tables, "root_fast_path": fast, **prot,
+            "refusals": len(hv.refusals), "refusal_rules": sorted({r.rule for r in hv.refusals}),
+            "internal_errors": [f"{e.event}: {e.error}" for e in hv.internal_errors]}
+
+
+def protection_error(config: str, prot: dict[str, Any]) -> str:
+    """Why a protected run's figures do not stand for the protected configuration ("" if they do)."""
+    bad = []
+    if not prot.get("armed"):
+        bad.append("the policy never armed (tables unprotected)")
+    if "TTBR0_EL1" not in prot.get("root_fast_path", ()):
+        bad.append("the TTBR0 root fast path was never enabled")
+    if prot.get("refusals"):  # a benign workload refused is a false positive: a bug
+        bad.append(f"{prot['refusals']} refusals ({', '.join(prot.get('refusal_rules', ()))})")
+    if prot.get("internal_errors"):
+        bad.append(f"internal errors: {'; '.join(prot['internal_errors'])[:300]}")
+    return f"{config}: " + ", ".join(bad) if bad else ""
+
+
 def check_benches(benches: list[str]) -> list[str]:
     bad = [b for b in benches if b not in BENCHES]
     if bad:
         raise BenchUnavailable(f"unknown bench {', '.join(bad)}: one of {', '.join(BENCHES)}")
     return [b for b in BENCHES if b in benches]  # run-all.sh's order
+
+
+def protection_line(prot: dict[str, Any]) -> str:
+    """One line: is this run protected, and how."""
+    tables = sum(prot.get("table_pages", {}).values())
+    return (f"{'armed' if prot.get('armed') else 'NOT ARMED'} in {prot.get('arm_seconds', 0)} s, "
+            f"{tables} table pages and {prot.get('kernel_code_pages', 0)} text pages write-protected, "
+            f"root fast path {'+'.join(prot.get('root_fast_path', ())) or 'off'}, "
+            f"{prot.get('user_roots_live', 0)} user roots live / "
+            f"{prot.get('user_roots_released', 0)} released, "
+            f"{prot.get('refusals', 0)} refusals, {len(prot.get('internal_errors', ()))} internal errors")
+
+
+def accounting_line(acc: dict[str, Any]) -> str:
+    """Item 4 in one line: traps/s, traps per operation, EL2 time share, traps by class."""
+    el2 = acc.get("el2")
+    if not acc.get("traps") and not (el2 and el2["traps"]):
+        return ""
+    parts = [f"{el2['traps_per_s'] if el2 else acc['traps_per_s']:.0f} traps/s"]
+    op = acc.get("per_op")
+    if op:
+        parts.append(f"{op['traps_per_op']:.3g} per {op['op']}")
+    per_event = acc.get("traps_per_event", {})
+    parts += [f"{per_event[k]:.3g} per {k}" for k in BENCH_EVENTS.get(acc.get("bench", ""), GUEST_EVENTS)
+              if k in per_event]
+    if el2:
+        parts.append(f"EL2: {el2['fast_root']} root fast path + {el2['fast_msr']} MSR fast path "
+                     f"+ {el2['python']} to Python ({el2['us_per_python_trap']:.0f} µs each, "
+                     f"{el2['python_s']:.2f} s = {100 * el2['python_share']:.0f}% of the bench)")
+    classes = sorted(acc["traps"].items())
+    if classes:
+        parts.append("Python: " + ", ".join(f"{k}={v}" for k, v in classes))
+    return "; ".join(parts)
+
+
+# The demo's application step: the last configuration normalized to the first. `transparent`
+# joins once its guest can boot armed: the rootfs initramfs loads its boot modules (virtio,
+# ext4) after the policy arms, and module text is refused execution until module
+# authentication (issue 10 item 4) is on main.
+DEMO_CONFIGS = ("plain", "null")
+DEMO_NOT_RUN = ("transparent: not run here yet: the guest's boot modules (virtio, ext4) load after "
+                "the policy arms, and their text is not executable until module authentication "
+                "(issue 10 item 4) lands")
+DEMO_TARGETS = {"null": "", "transparent": " (target ≤ 1.3)"}
+
+
+def demo_summary(runs: dict[str, ConfigRun], norm: dict[str, dict[str, dict[str, float | None]]],
+                 bench: str = "hackbench", note: str = "") -> dict[str, Any]:
+    """The demo's application step: ok only if every configuration measured `bench` without an
+    error (a protected one armed, no refusal), with the last configuration's cost normalized
+    to the first and what its traps explain."""
+    errors = {c: r.error or "; ".join(f for m in r.measured for f in m.failures)
+              for c, r in runs.items()}
+    errors = {c: e for c, e in errors.items() if e}
+    cfgs = list(runs)
+    base, top = cfgs[0], cfgs[-1]
+    cost = norm.get(top, {}).get(bench, {}).get(base) if base in ("plain", "null") else None
+    means = {c: next((sum(map(float, m.values)) / len(m.values) for m in r.measured
+                      if m.kind.key == bench and m.values), None) for c, r in runs.items()}
+    ok = not errors and cost is not None and all(v is not None and v > 0 for v in means.values())
+    prot = runs[top].protection
+    acc = runs[top].per_bench.get(bench, {})
+    parts = [f"{c} {v:.3f} s" if v is not None else f"{c}: no figure" for c, v in means.items()]
+    summary = f"{bench} --quick ({', '.join(parts)})"
+    if cost is not None:
+        summary += f": {top}/{base} = {cost:.2f}{DEMO_TARGETS.get(top, '')}"
+    if prot:
+        summary += f"; {protection_line(prot)}"
+    if acc and (acc.get("traps") or acc.get("el2", {}).get("traps")):
+        summary += f"; {accounting_line(acc)}"
+    if note:
+        summary += f"; {note}"
+    if errors:
+        summary += "; FAILED: " + "; ".join(f"{c}: {e}" for c, e in errors.items())
+    return {"ok": ok, "summary": summary, "normalized": {c: norm.get(c, {}).get(bench) for c in runs},
+            "mean_s": means, "protection": prot, "accounting": {c: r.per_bench.get(bench)
+                                                                for c, r in runs.items()},
+            "errors": errors, "params": {c: next((m.params for m in r.measured), {})
+                                         for c, r in runs.items()}, "note": note}

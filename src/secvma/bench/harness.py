@@ -87,11 +87,17 @@ class SshServer:
     host: str
     user: str = "root"
     name: str = "ssh"
+    options: tuple[str, ...] = ()  # more `ssh -o` options (Port=2222, IdentityFile=...)
+
+    def argv(self, script: str) -> list[str]:
+        argv = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+        for opt in self.options:
+            argv += ["-o", opt]
+        return [*argv, "--", f"{self.user}@{self.host}", script]
 
     def run(self, script: str, timeout: float, stdin: bytes | None = None) -> Done:
-        argv = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"{self.user}@{self.host}", script]
-        return _run(argv, timeout, stdin)
+        return _run(self.argv(script), timeout, stdin)
 
 
 @dataclass(frozen=True)

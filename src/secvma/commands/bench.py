@@ -219,6 +219,7 @@ def apps(configs: tuple[str, ...], benches: tuple[str, ...], reps: int | None, q
         doc["params"] = {c: {m.kind.key: m.params for m in r.measured} for c, r in runs.items()}
         doc["runs"] = {c: {"error": r.error, "notes": r.notes, "wall_s": r.wall_s, "bench_s": r.bench_s,
                            "traps": r.traps, "guest": r.banner, "per_bench": r.per_bench,
+                           "protection": r.protection,
                            "failed": failed_runs[c], "skipped": {m.kind.key: m.skipped for m in r.measured
                                                                  if m.skipped}}
                        for c, r in runs.items()}
@@ -242,12 +243,12 @@ def apps(configs: tuple[str, ...], benches: tuple[str, ...], reps: int | None, q
                 per_s = n / max(r.wall_s, 1e-9)
                 console.print(f"[dim]{c}: {per_s:.0f} traps/s over {r.wall_s:.0f} s "
                               f"({', '.join(f'{k}={v}' for k, v in sorted(r.traps.items()))})[/]")
+            if r.protection:
+                console.print(f"[dim]{c}: {apps_mod.protection_line(r.protection)}[/]")
             for b, acc in r.per_bench.items():
-                if acc["traps"]:
-                    op = acc.get("per_op")
-                    console.print(f"[dim]{c}: {b}: {acc['traps_per_s']:.0f} traps/s"
-                                  + (f", {op['traps_per_op']:.2f} traps per {op['op']}" if op else "")
-                                  + f" ({', '.join(f'{k}={v}' for k, v in sorted(acc['traps'].items()))})[/]")
+                line = apps_mod.accounting_line(acc)
+                if line:
+                    console.print(f"[dim]{c}: {b}: {line}[/]")
             for m in r.measured:
                 if m.skipped:
                     console.print(f"[yellow]{c}: {m.kind.key} skipped: {m.skipped}[/]")

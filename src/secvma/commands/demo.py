@@ -95,6 +95,17 @@ def _step_linux() -> dict[str, Any]:
             "summary": "; ".join(parts)}
 
 
+def _step_apps() -> dict[str, Any]:
+    """Issue 11 item 7: one application bench (`bench apps --quick`'s hackbench) in the Debian
+    guest, the last configuration normalized to the first, with its traps explained."""
+    from secvma.bench import apps, report
+
+    runs = {cfg: apps.run_config(cfg, ["hackbench"], apps.QUICK) for cfg in apps.DEMO_CONFIGS}
+    return apps.demo_summary(runs, report.normalized(
+        {c: report.from_measured(r.measured) for c, r in runs.items()}),
+        note="" if "transparent" in runs else apps.DEMO_NOT_RUN)
+
+
 def _step_micro() -> dict[str, Any]:
     from secvma import fixtures
     from secvma.bench.micro import TARGETS, run_micro
@@ -137,6 +148,7 @@ STEPS: list[tuple[str, Callable[[], dict[str, Any]]]] = [
     ("attack suite", _step_attacks),
     ("stock Debian kernel: workloads under none and transparent, secvma_lkdtm attacks", _step_linux),
     ("Debian modules signed, linked and installed by EL2 (xfs, virtio_crypto)", _step_modules),
+    ("application bench in the Debian guest: hackbench --quick, normalized", _step_apps),
     ("trap round trips (bench micro)", _step_micro),
 ]
 

@@ -27,6 +27,9 @@ def harness() -> None:
               "(default: the next results/benchmark_results.<k>).")
 @click.option("--local", is_flag=True, help="The server is this machine (no ssh).")
 @click.option("--user", default="root", show_default=True, help="ssh user on the server.")
+@click.option("-S", "--ssh-option", "ssh_options", multiple=True, metavar="OPTION",
+              help="An `ssh -o` option for reaching the server, e.g. -S Port=2222 "
+                   "-S IdentityFile=~/.ssh/bench (repeatable).")
 @click.option("--dir", "base", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where results/ and log/ are created.")
 @click.option("--quick", is_flag=True, help="Small parameters (seconds, not minutes), for tests.")
@@ -35,8 +38,9 @@ def harness() -> None:
 @click.option("-P", "--param", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a parameter, e.g. -P apache_port=8080 -P apache_path=/index.html.")
 @click.option("--json", "as_json", is_flag=True)
-def run_cmd(server: str, test: str, reps: int, name: str | None, local: bool, user: str, base: Path,
-            quick: bool, prep: bool | None, overrides: tuple[str, ...], as_json: bool) -> None:
+def run_cmd(server: str, test: str, reps: int, name: str | None, local: bool, user: str,
+            ssh_options: tuple[str, ...], base: Path, quick: bool, prep: bool | None,
+            overrides: tuple[str, ...], as_json: bool) -> None:
     """Run the benchmarks against SERVER and append run-all.sh-format results."""
     from secvma.bench.harness import (
         BENCHES,
@@ -57,7 +61,10 @@ def run_cmd(server: str, test: str, reps: int, name: str | None, local: bool, us
         files = output_files(base, name)
     except HarnessError as e:
         fail(str(e), "see `secvma harness run --help`")
-    srv = LocalServer() if local else SshServer(server, user)
+    bad = [o for o in ssh_options if "=" not in o or o.startswith("-")]
+    if bad:
+        fail(f"bad ssh option {bad[0]!r}: expected KEY=VALUE as for `ssh -o`", "e.g. -S Port=2222")
+    srv = LocalServer() if local else SshServer(server, user, options=ssh_options)
     if not as_json:
         console.print(f"results: {files.results}   logs: {files.log_dir}/<bench>_log.{files.suffix}")
 

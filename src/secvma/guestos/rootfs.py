@@ -393,3 +393,32 @@ def _initramfs(stage: Path, fs: fx.FixtureSet) -> bytes:
         ("init", stat.S_IFREG | 0o755, INIT.encode(), (0, 0)),
     ]
     return pack_cpio(entries)
+
+
+def initramfs_modules(path: Path) -> dict[str, bytes]:
+    """The boot modules packed in an initramfs built by `build` (modules/<name>.ko), in load
+    order: what a protected guest loads after the policy arms, for module authentication.
+    Raises RootfsError on a malformed archive."""
+    data = path.read_bytes()
+    out: dict[str, bytes] = {}
+    pos = 0
+    while pos + 110 <= len(data):
+        head = data[pos:pos + 110]
+        if head[:6] != b"070701":
+            raise RootfsError(f"{path}: not a newc archive at offset {pos}")
+        try:
+            fsize, nsize = int(head[54:62], 16), int(head[94:102], 16)
+        except ValueError as exc:
+            raise RootfsError(f"{path}: bad newc header at offset {pos}") from exc
+        name_end = pos + 110 + nsize
+        name = data[pos + 110:name_end - 1].decode(errors="replace")
+        start = name_end + (-name_end % 4)
+        end = start + fsize
+        if end > len(data):
+            raise RootfsError(f"{path}: {name} runs past the end of the archive")
+        if name == "TRAILER!!!":
+            return out
+        if name.startswith("modules/") and name.endswith(".ko"):
+            out[name[len("modules/"):-len(".ko")]] = data[start:end]
+        pos = end + (-end % 4)
+    raise RootfsError(f"{path}: no newc trailer")

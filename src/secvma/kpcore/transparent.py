@@ -54,7 +54,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from secvma.arch.descriptors import AP_RO, OA_MASK, PXN, PXNTABLE, level_size
@@ -864,10 +864,7 @@ class TransparentKPCore:
             orig = image[off:off + PAGE]
             if live == orig:
                 continue
-            for k in (k for c in range(0, PAGE, 64) if live[c:c + 64] != orig[c:c + 64]
-                      for k in range(c, c + 64, 4)):
-                if live[k:k + 4] == orig[k:k + 4]:
-                    continue
+            for k in _changed_words(live, orig):
                 word = int.from_bytes(live[k:k + 4], "little")
                 was = int.from_bytes(orig[k:k + 4], "little")
                 kind = patch_kind(sites, off + k, was, word)
@@ -1525,6 +1522,23 @@ class TransparentKPCore:
                     self.l3_va[child] = (va, table + 8 * i)
                 elif self.st is not None and self.st.is_host_ram(child):
                     todo.append((child, level + 1, va))
+
+
+def _changed_words(live: bytes, orig: bytes) -> Iterator[int]:
+    """Offsets of the 4-byte words that differ between two equally long pages, in order.
+
+    Arming compares ~3 300 text pages with ~46 000 patched words: XOR 64-byte chunks as
+    integers and visit only the nonzero 32-bit lanes (a word-by-word loop was a third of
+    the arming time)."""
+    for c in range(0, len(live), 64):
+        a, b = live[c:c + 64], orig[c:c + 64]
+        if a == b:
+            continue
+        x = int.from_bytes(a, "little") ^ int.from_bytes(b, "little")
+        while x:
+            lane = ((x & -x).bit_length() - 1) >> 5
+            yield c + 4 * lane
+            x &= ~(0xFFFFFFFF << (32 * lane))
 
 
 def _image_probes(image: bytes) -> list[tuple[int, bytes]]:
