@@ -675,13 +675,14 @@ def test_root_fast_path_off_after_cpu_restart() -> None:
 
 def test_image_found_after_its_header_page_was_reused() -> None:
     """arm64 reserves the image from _stext (Image + 64 KiB) only: with a large initramfs the
-    header's page holds other data by arming time. The image is still found (by bytes past
-    _stext that boot does not patch); before the fix it was not, text got PXN, and the
+    header's page holds other data by arming time. The image is still found (by its banner
+    in .rodata, which nothing writes); before the fix it was not, text got PXN, and the
     kernel hung right after arming."""
     img = bytearray(0x1_2000)
     img[:64] = b"MZ secvma test header".ljust(64, b"\0")
     for off in range(0x1_0000, len(img), 4):
         img[off:off + 4] = ((off * 2654435761) & 0xFFFF_FFFF).to_bytes(4, "little")
+    img[0x1_1800:0x1_1820] = b"Linux version 6.1.0-test (fake)\n"
     sites = PatchSites(image_size=len(img), text=[(0x1_0000, len(img))], ftrace={0x1_0000})
     hv = TransparentKPCore(image=bytes(img), sites=sites)
     plat = FakePlatform()

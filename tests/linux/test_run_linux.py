@@ -7,7 +7,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from linux_known import MODULES_NOT_AUTHENTICATED
 
 from secvma import fixtures as fx
 from secvma.cli import main
@@ -16,18 +15,12 @@ from secvma.linux.session import PROTECTION_KEYS, WORKLOADS, run_linux_workloads
 pytestmark = [pytest.mark.qemu, pytest.mark.debian, pytest.mark.slow]
 
 
-def _wanted(policy: str) -> tuple[str, ...]:
-    """Every workload; under transparent all but `modules` until module text is authenticated
-    (test_modules_workload_under_transparent below)."""
-    return WORKLOADS if policy == "none" else tuple(w for w in WORKLOADS if w != "modules")
-
-
 @pytest.mark.parametrize(("policy", "smp"), [
     ("none", 1), ("none", 2), ("transparent", 1), ("transparent", 2)])
 def test_all_workloads_ok_and_nothing_refused(debian: fx.FixtureSet, policy: str, smp: int) -> None:
-    r = run_linux_workloads(policy, "huge", smp, _wanted(policy))
+    r = run_linux_workloads(policy, "huge", smp, WORKLOADS)
     assert r.exit == "poweroff", r.reason
-    assert set(r.workloads) == set(_wanted(policy))
+    assert set(r.workloads) == set(WORKLOADS)
     for w in r.workloads.values():
         assert w.ok, f"{w.name}: {w.detail}"
         assert w.seconds is not None and w.seconds > 0
@@ -42,12 +35,7 @@ def test_all_workloads_ok_and_nothing_refused(debian: fx.FixtureSet, policy: str
         assert prot["kernel_code_pages"] > 3000 and prot["text_patches_accepted"] > 40000
         assert prot["text_patches_refused"] == 0
         assert prot["user_roots_released"] > 0  # forkexec's exited processes
-
-
-@MODULES_NOT_AUTHENTICATED
-def test_modules_workload_under_transparent(debian: fx.FixtureSet) -> None:
-    r = run_linux_workloads("transparent", "huge", 1, ("modules",))
-    assert r.workloads["modules"].ok and r.ok
+        assert prot["modules_authenticated"] >= 2 and prot["modules_refused"] == 0
 
 
 def test_transparent_4k_stage2_with_invariants(debian: fx.FixtureSet) -> None:

@@ -136,6 +136,9 @@ ATTACKS: tuple[LinuxAttack, ...] = (
                 DMA_HOW + "; the host reads the page", DMA_RULE),
 )
 NAMES = tuple(a.name for a in ATTACKS)
+SAMPLE = ("WRITE_KERN", "EXEC_VMALLOC", "TTBR0_CRAFT", "VBAR_WRITE", "UNSIGNED_MODULE", "DMA_TEXT")
+"""One attack per protection class (tables, PXN, user roots, the interrupt guard, module
+signatures, DMA): what the tests and the demo run under transparent, a boot each."""
 
 _ATK_RE = re.compile(r"^SECVMA-ATK (\S+) ([01]) (\S+) ?(.*)$", re.MULTILINE)
 _ALIVE_RE = re.compile(r"^SECVMA-ALIVE ([01])", re.MULTILINE)

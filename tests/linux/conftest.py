@@ -1,8 +1,0 @@
-"""Lets the Linux guest tests import their shared marker module (linux_known.py)."""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
