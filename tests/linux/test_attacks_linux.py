@@ -1,10 +1,8 @@
 """`secvma attack --guest linux`: the secvma_lkdtm attacks on the unmodified Debian kernel.
 
 Under `none` every attack must succeed (that shows it is real: it defeats the kernel's own
-stage-1 protections). Under `transparent` every attack is expected blocked, costing the
-attacking task an oops and not the machine. The protections that block most of them land
-from the page-table work on branch h-tables; until then those cases are strict xfails, so
-the merge that makes them pass flips them.
+stage-1 protections). Under `transparent` every attack is blocked, costing the attacking task
+an oops and not the machine.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from click.testing import CliRunner
 from secvma import fixtures as fx
 from secvma.attacks.scenarios import Verdict
 from secvma.cli import main
-from secvma.linux.attacks import ATTACKS, NAMES, SAMPLE, run_linux_attack, run_linux_suite
+from secvma.linux.attacks import ATTACKS, NAMES, run_linux_attack, run_linux_suite
 from secvma.linux.guestbuild import LinuxGuest, build_linux_guest
 
 pytestmark = [pytest.mark.qemu, pytest.mark.debian, pytest.mark.slow]
@@ -57,8 +55,7 @@ def test_effects_are_measured_not_assumed(suite_none: dict[str, object]) -> None
     assert "the host found the marker" in by["DMA_HYP"]
 
 
-@pytest.mark.parametrize("name", [n for n in SAMPLE  # all: `secvma attack --guest linux`
-                                  if not next(a for a in ATTACKS if a.name == n).gap])
+@pytest.mark.parametrize("name", [a.name for a in ATTACKS if not a.gap])
 def test_blocked_under_transparent_and_the_machine_goes_on(guest: LinuxGuest, name: str) -> None:
     attack = next(a for a in ATTACKS if a.name == name)
     o = run_linux_attack(attack, "transparent", guest)
@@ -68,14 +65,9 @@ def test_blocked_under_transparent_and_the_machine_goes_on(guest: LinuxGuest, na
         assert any(r.startswith("dma-fault") for r in o.refusals), o.refusals
 
 
-@pytest.mark.parametrize("name", [a.name for a in ATTACKS if a.gap])
-def test_known_gaps_still_succeed_under_transparent(guest: LinuxGuest, name: str) -> None:
-    """An open item of issue 10: the attack still works. When it stops working, this fails and
-    the catalogue's `gap` must be removed (the attack then joins the blocked ones)."""
-    attack = next(a for a in ATTACKS if a.name == name)
-    o = run_linux_attack(attack, "transparent", guest)
-    assert o.verdict is Verdict.SUCCEEDED, o.detail
-    assert o.matches
+def test_no_attack_is_a_known_gap_under_transparent() -> None:
+    """Every attack is expected blocked (a `gap` would make it expected to succeed)."""
+    assert [a.name for a in ATTACKS if a.gap] == []
 
 
 def test_cli_json_shape(guest: LinuxGuest) -> None:
