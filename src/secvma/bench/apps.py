@@ -367,10 +367,11 @@ def protection_of(hv: Hypervisor | None) -> dict[str, Any]:
 def protection_error(config: str, prot: dict[str, Any]) -> str:
     """Why a protected run's figures do not stand for the protected configuration ("" if they do)."""
     bad = []
-    if not prot.get("armed"):
-        bad.append("the policy never armed (tables unprotected)")
-    if "TTBR0_EL1" not in prot.get("root_fast_path", ()):
-        bad.append("the TTBR0 root fast path was never enabled")
+    if prot.get("protect_tables", True):  # registers-only variants never arm, by design
+        if not prot.get("armed"):
+            bad.append("the policy never armed (tables unprotected)")
+        if "TTBR0_EL1" not in prot.get("root_fast_path", ()):
+            bad.append("the TTBR0 root fast path was never enabled")
     if prot.get("refusals"):  # a benign workload refused is a false positive: a bug
         bad.append(f"{prot['refusals']} refusals ({', '.join(prot.get('refusal_rules', ()))})")
     if prot.get("internal_errors"):
