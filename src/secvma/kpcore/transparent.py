@@ -1155,9 +1155,7 @@ class TransparentKPCore:
         except HypRefusal:
             pk.refused += 1
             raise
-        for word_off, word in merged.items():
-            plat.write_code(cpu, PhysAddr(store.page + word_off), word.to_bytes(4, "little"))
-        kpt.finish_insn(cpu, store)
+        _write_text(plat, cpu, store, merged)
         for kind in kinds:
             pk.accepted += 1
             pk.runtime[kind] += 1
@@ -1466,9 +1464,7 @@ class TransparentKPCore:
         except HypRefusal:
             pk.refused += 1
             raise
-        for off, word in merged.items():
-            plat.write_code(cpu, PhysAddr(store.page + off), word.to_bytes(4, "little"))
-        kpt.finish_insn(cpu, store)
+        _write_text(plat, cpu, store, merged)
         pk.accepted += len(merged)
         pk.runtime["module"] += len(merged)
 
@@ -1539,6 +1535,14 @@ def _changed_words(live: bytes, orig: bytes) -> Iterator[int]:
             lane = ((x & -x).bit_length() - 1) >> 5
             yield c + 4 * lane
             x &= ~(0xFFFFFFFF << (32 * lane))
+
+
+def _write_text(plat: Platform, cpu: Vcpu, store: kpt.Store, merged: dict[int, int]) -> None:
+    """Commit validated text words at EL2 by the trapping CPU (QEMU keeps running stale
+    translated code otherwise), then step over the store."""
+    for off, word in merged.items():
+        plat.write_code(cpu, PhysAddr(store.page + off), word.to_bytes(4, "little"))
+    kpt.finish_insn(cpu, store)
 
 
 def _image_probes(image: bytes) -> list[tuple[int, bytes]]:
