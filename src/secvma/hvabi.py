@@ -248,6 +248,7 @@ class Op(enum.IntEnum):
     SYMBOL = 16
     VMAP = 17
     VUNMAP = 18
+    RACE_SPIN = 19
 
 
 DMA_DIR_FROM_DEVICE = 0

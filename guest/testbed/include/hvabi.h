@@ -128,6 +128,8 @@ struct secvma_mod_report {
 #define CMD_SYMBOL     16  /* name = exported symbol -> ret0 = value */
 #define CMD_VMAP       17  /* arg0 = PA, arg1 = bytes, arg2 = prot (0 RW, 1 RO, 2 RX) -> ret0 = VA */
 #define CMD_VUNMAP     18  /* arg0 = VA, arg1 = bytes */
+#define CMD_RACE_SPIN  19  /* (a secondary CPU's slot) arg0 = addr, arg1 = value, arg2 = mode,
+			      arg3 = offset: spin until CPU0 says stop -> ret0 = iterations */
 
 #define DMA_DIR_FROM_DEVICE 0   /* disk read: the device writes memory */
 #define DMA_DIR_TO_DEVICE   1   /* disk write: the device reads memory */

@@ -126,10 +126,13 @@ const char *virtio_blk_error(void);
 int dma_command(const u64 *a, u64 *ret, char *msg, u64 len);
 int wl_dma(char *msg, u64 len);
 int wl_dma_static(char *msg, u64 len);
+#define NR_CPUS 4
 /* exceptions (traps.c) */
 struct pt_regs { u64 regs[31]; u64 sp, pc, pstate; };
 struct probe_ctx { u64 active, faulted, esr, far, sp, saved[12]; };
-extern struct probe_ctx probe;
+extern struct probe_ctx probe_cpu[NR_CPUS];
+/* each CPU's probe (TPIDR_EL1 points at it: set by head.S / secondary_start_kernel) */
+#define probe (*(struct probe_ctx *)read_sysreg(tpidr_el1))
 u64 probe_call(void *fn, u64 a, u64 b, u64 c, u64 d);
 void local_irq_enable(void);
 void local_irq_disable(void);
@@ -199,6 +202,33 @@ int module_unload(int handle, char *msg, u64 msglen);
 u64 ksym_lookup(const char *name);
 void module_report(u64 id, u64 value);
 extern u64 module_reports[8];
+
+/* smp.c: secondary CPUs (PSCI CPU_ON) and the race coordination block */
+struct secvma_race {
+	u64 ready;      /* spinner: in its loop, waiting for go */
+	u64 go;         /* CPU0: start spinning now */
+	u64 stop;       /* CPU0: stop */
+	u64 iters;      /* spinner: iterations since go */
+	u64 arm;        /* host: RACE_ARM_* for CPU0's next command */
+	u64 min_iters;  /* host: CPU0 waits for this many spinner iterations before its op */
+	u64 before, after;          /* spinner iterations just before / after CPU0's op */
+	u64 hvc_before, hvc_after;  /* same around HVC 30 (module loads) */
+	u64 watch, watch_val;       /* host: VA CPU0 reads right after its op -> value */
+	u64 last;       /* spinner: last HVC result */
+	u64 cpu_mask;   /* CPUs online (bit n) */
+};
+#define RACE_ARM_CMD 1
+#define RACE_SPIN_STORE    0   /* str value, [addr] */
+#define RACE_SPIN_INDIRECT 1   /* p = *addr; if p: str value, [p + off] */
+#define RACE_SPIN_HVC35    2   /* hvc 35 (addr = ttbr0, value = asid) */
+extern struct secvma_race secvma_race;
+extern struct secvma_cmd secvma_cpu_cmd[NR_CPUS];
+void smp_init(void);
+void race_begin(void);
+void race_end(void);
+u64 race_spin(u64 addr, u64 value, u64 mode, u64 off);
+extern volatile u64 module_tmp_image;
+void run_command(struct secvma_cmd *c);
 
 /* cmd.c / workloads.c */
 void cmd_loop(void);

@@ -65,7 +65,7 @@ static u64 probed(struct secvma_cmd *c, prim_fn fn, u64 a, u64 b, u64 d)
 	return r;
 }
 
-static void run_command(struct secvma_cmd *c)
+void run_command(struct secvma_cmd *c)
 {
 	u64 *a = c->arg;
 	int lw;
@@ -176,6 +176,17 @@ static void run_command(struct secvma_cmd *c)
 	case CMD_VUNMAP:
 		vunmap_range((void *)a[0], a[1]);
 		break;
+	case CMD_RACE_SPIN:
+		c->ret[0] = probe_call((void *)race_spin, a[0], a[1], a[2], a[3]);
+		if (probe.faulted) {
+			c->status = ST_FAULT;
+			c->esr = probe.esr;
+			c->far = probe.far;
+			snprintf(c->msg, CMD_MSG_LEN, "fault: esr %lx far %lx", probe.esr, probe.far);
+		}
+		c->ret[1] = READ_ONCE(secvma_race.iters);
+		c->ret[2] = READ_ONCE(secvma_race.last);
+		break;
 	case CMD_POWEROFF:
 		printk("secvma: power off\n");
 		c->t_end = cntvct();
@@ -211,7 +222,12 @@ void cmd_loop(void)
 		}
 		dsb(sy);
 		c->t_start = cntvct();
+		int armed = READ_ONCE(secvma_race.arm) == RACE_ARM_CMD;
+		if (armed)
+			race_begin();
 		run_command(c);
+		if (armed)
+			race_end();
 		reap_orphans();
 		c->t_end = cntvct();
 		dsb(sy);

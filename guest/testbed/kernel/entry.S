@@ -155,8 +155,7 @@ ret_from_fork:
  */
 	.globl	probe_call
 probe_call:
-	adrp	x9, probe
-	add	x9, x9, :lo12:probe
+	mrs	x9, tpidr_el1		// this CPU's probe_ctx
 	mov	x10, sp
 	str	x10, [x9, #32]
 	stp	x19, x20, [x9, #40]
@@ -174,16 +173,14 @@ probe_call:
 	mov	x2, x3
 	mov	x3, x4
 	blr	x16
-	adrp	x9, probe
-	add	x9, x9, :lo12:probe
+	mrs	x9, tpidr_el1		// this CPU's probe_ctx
 	str	xzr, [x9]
 	ldp	x29, x30, [x9, #120]
 	ret
 
 	.globl	probe_recover
 probe_recover:
-	adrp	x9, probe
-	add	x9, x9, :lo12:probe
+	mrs	x9, tpidr_el1		// this CPU's probe_ctx
 	str	xzr, [x9]
 	ldr	x10, [x9, #32]
 	mov	sp, x10

@@ -33,5 +33,6 @@ __init void start_kernel(u64 dtb, u64 boot_info_pa)
 void kernel_main(void)
 {
 	free_initmem();
+	smp_init();
 	cmd_loop();
 }

@@ -484,6 +484,7 @@ static void module_free(struct loaded_module *m, int h)
 
 static void free_tmp(struct loaded_module *m)
 {
+	WRITE_ONCE(module_tmp_image, 0);
 	unmap_run(1, m->tmp_va, m->tmp_pa, m->tmp_pages);
 	m->tmp_va = 0;
 }
@@ -550,6 +551,8 @@ int module_load(const void *image, u64 len, u64 flags, int *handle, u64 *modid, 
 		return snprintf(msg, msglen, "module pool exhausted (%lu pages)", m->tmp_pages),
 			m->used = 0, -1;
 	memcpy(eh, image, len);
+	dsb(sy);
+	WRITE_ONCE(module_tmp_image, (u64)eh);   /* where a racing CPU finds the image (smp.c) */
 	if (len < sizeof(*eh) || memcmp(eh->ident, "\177ELF\2\1", 6) || eh->type != 1 ||
 	    eh->machine != 183 || eh->shentsize != sizeof(struct elf64_shdr) ||
 	    eh->shnum > MAX_SHNUM || eh->shoff + (u64)eh->shnum * 64 > len ||
@@ -658,8 +661,10 @@ int module_load(const void *image, u64 len, u64 flags, int *handle, u64 *modid, 
 	/* 4. ask EL2 (HVC 30), or link and relocate here (symbol values become absolute) */
 	m->init_fn = find_sym(eh, sh, symidx, "init_module");
 	m->exit_fn = find_sym(eh, sh, symidx, "cleanup_module");
+	secvma_race.hvc_before = READ_ONCE(secvma_race.iters);
 	u64 r = mload_enosys ? HVC_ENOSYS :
 		hvc_call(HVC_MLOAD, (u64)eh, percpu, (u64)&m->arch, (u64)check, nc);
+	secvma_race.hvc_after = READ_ONCE(secvma_race.iters);
 	mload_enosys = r == HVC_ENOSYS;   /* an unmodified kernel never asks: ask once per boot */
 	vfree(check, PAGE_SIZE);
 	if (r == HVC_ENOSYS) {

@@ -1,7 +1,7 @@
 /* Exception handlers: EL1 faults (probe fixup or oops), EL0 syscalls and faults, IRQs. */
 #include "kernel.h"
 
-struct probe_ctx probe;
+struct probe_ctx probe_cpu[NR_CPUS];
 extern char probe_recover[];
 
 static void show_regs(struct pt_regs *r, u64 esr, u64 far)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from secvma.arch.descriptors import AF, DESC_TABLE, DESC_VALID, SH_SHIFT, Shareability
 from secvma.arch.walk import get_leaf
-from secvma.hvabi import HVC_ENOSYS, BootInfo, Form
+from secvma.hvabi import HVC_ENOSYS, MODLOAD_F_NO_INIT, BootInfo, Form, Op
 from secvma.platform import PhysAddr, SysReg
-from secvma.testbed.commands import TestbedSession
+from secvma.testbed.commands import Command, TestbedSession, write_cmd
 
 # `mov x0, #42; ret`: injected code returns 42 when it runs
 SHELLCODE = (0xD2800540, 0xD65F03C0)
@@ -58,6 +58,8 @@ class Attack:
     fixed_up: str = ""
     """How `hardened` takes the effect away without a refusal (e.g. PXN forced on a store it
     emulates); empty: a logged refusal must stop the attack."""
+    ncpus: int = 1
+    """vCPUs the scenario needs (the races run on two)."""
 
     def __post_init__(self) -> None:
         for policy, verdicts in self.expect.items():
@@ -726,6 +728,135 @@ def smmu_registers(s: TestbedSession) -> Evidence:
                                      f"SMMU_CR0 still {after:#x}")
 
 
+# secvma2024 frees a root another CPU has loaded; that CPU's next switch to it then panics: which
+# of the two is seen depends on the interleaving
+RACE_FREE = {"none": SUCCEEDS, "secvma2024": frozenset({Verdict.SUCCEEDED, Verdict.HALTED}),
+             "hardened": REFUSED}
+# the image is verified from a copy taken after the pages became AUTH: a change lands before
+# the copy (signature fails) or not at all; CPU1's store into an AUTH page stalls under C
+RACE_IMAGE = {"none": SUCCEEDS, "secvma2024": PANICS, "hardened": REFUSED}
+# secvma2024 (huge) maps the page-table pool read-only at stage 2: every store CPU1 makes there
+# traps, so none can go through a stale entry; hardened must refuse (see race_s2_stale)
+RACE_STALE = {"none": SUCCEEDS, "secvma2024": REFUSED, "hardened": REFUSED}
+
+# ---- SMP races (issue 13): two CPUs at once, the overlap measured (secvma.testbed.smp) ---------
+
+USER_SLOT = 5  # the user-root entry the races aim at
+
+
+def _overlap(r: object) -> str:
+    describe = getattr(r, "describe", None)
+    return describe() if callable(describe) else ""
+
+
+def race_table_store(s: TestbedSession) -> Evidence:
+    """CPU1 keeps storing an executable descriptor into an empty PTE slot while CPU0's own
+    (legal) store to the next slot of the same table page traps and is emulated."""
+    from secvma.testbed import smp
+
+    pa = _plant_shellcode(s)
+    m = s.vmap(pa, 0x1000, 0)
+    if not m.ok:
+        return Evidence(Verdict.BLOCKED, "no vmalloc mapping")
+    va, slot = _empty_pair_after(s, m.value)
+    lin = _bi(s).linear_offset
+    evil = pa | VALID_PAGE | AF | SH_INNER  # EL1 RW, PXN clear
+    legal = evil | (1 << 53) | (1 << 54)  # PXN | UXN: what the kernel itself would write
+    r = smp.race(s, smp.spin_store(slot + lin, evil), write_cmd(slot + 8 + lin, legal),
+                 min_iters=1)
+    final = s.platform.read_u64(PhysAddr(slot))
+    ev = _ran(s, va, slot)
+    ev.detail += f"; entry {final:#x}; {_overlap(r)}"
+    return ev
+
+
+def race_ttbr0_free(s: TestbedSession) -> Evidence:
+    """CPU1 keeps switching TTBR0 to a user root (HVC 35) while CPU0 releases it (HVC 34);
+    then CPU0 writes a raw table entry into the page. Effect: CPU1 still runs on the root and
+    the entry landed as written (no PXNTable: the hypervisor no longer guards the page)."""
+    from secvma.testbed import smp
+
+    page = s.alloc_page(pgtable_pool=True)
+    if not page.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, "no page-table pool page")
+    root, lin = int(page.ret[1]), _bi(s).linear_offset
+    s.hvc(33, root)
+    r = smp.race(s, smp.spin_hvc35(root, 2), Command(Op.HVC, (34, root)), min_iters=1)
+    ttbr0 = s.on_cpu(1).mrs(SysReg.TTBR0_EL1).value
+    target = s.alloc_page()
+    entry = int(target.ret[1]) | DESC_VALID | DESC_TABLE  # PXNTable clear
+    s.write(root + lin + 8 * USER_SLOT, entry)
+    now = s.platform.read_u64(PhysAddr(root + 8 * USER_SLOT))
+    detail = (f"HVC 34 -> {_hvc_ret(r.main):#x}; CPU1 TTBR0 {ttbr0:#x}, last HVC 35 -> "
+              f"{r.state['last']:#x}; entry {now:#x}; {_overlap(r)}")
+    if ttbr0 & 0x0000_FFFF_FFFF_F000 == root and now == entry:
+        return Evidence(Verdict.SUCCEEDED, f"CPU1 runs on released root {root:#x}, a raw entry "
+                                           f"landed in it; {detail}")
+    return Evidence(Verdict.BLOCKED, detail)
+
+
+def race_module_image(s: TestbedSession) -> Evidence:
+    """CPU1 keeps writing a `nop` over the first instruction of mod_counter's .text in the
+    kernel's temporary module image (it follows `module_tmp_image`) while CPU0 loads the
+    signed module. Effect: the installed code differs from the signed module relocated by the
+    host at the kernel's addresses."""
+    from secvma.module.elf import ElfModule
+    from secvma.testbed import smp
+    from secvma.testbed.modules import (
+        differing_sections,
+        host_relocation,
+        loaded_module,
+        symbol_lookup,
+    )
+
+    ko = _test_module(s, "mod_counter")
+    text = ElfModule(ko).section_by_name(".text")
+    if text is None or text.size < 8:
+        return Evidence(Verdict.NOT_APPLICABLE, "mod_counter has no code to change")
+    off = text.offset & ~7
+    word = bytearray(ko[off:off + 8])
+    word[text.offset - off:text.offset - off + 4] = (0xD503201F).to_bytes(4, "little")  # nop
+    if not s.upload(ko).ok:
+        return Evidence(Verdict.ERROR, "upload failed")
+    r = smp.race(s, smp.spin_store_indirect(s.image.va("module_tmp_image"),
+                                            int.from_bytes(word, "little"), off),
+                 Command(Op.MODLOAD, (len(ko), MODLOAD_F_NO_INIT, 0)))
+    detail = f"{_overlap(r)}, {r.overlap_hvc30} while in HVC 30"
+    if not r.main.ok:
+        return Evidence(Verdict.BLOCKED, f"insmod refused: {r.main.msg}; {detail}")
+    lm = loaded_module(s.platform, s.image, r.main.ret[0])
+    differ = differing_sections(s.platform, lm, host_relocation(ko, lm, symbol_lookup(s)))
+    if text.index in differ:
+        return Evidence(Verdict.SUCCEEDED, f"loaded .text differs from the signed module; "
+                                           f"{detail}")
+    return Evidence(Verdict.BLOCKED, f"loaded; .text equals the signed module (differing "
+                                     f"sections {differ}); {detail}")
+
+
+def race_s2_stale(s: TestbedSession) -> Evidence:
+    """CPU1 keeps storing a raw entry (not a table, no PXNTable) into a page while CPU0
+    registers the page as a user root (HVC 33: zeroed, stage 2 read-only). CPU0 reads the
+    entry right after HVC 33 returned, when every TLB has been invalidated: a raw entry there
+    is a store that went through a stale stage-2 TLB entry after the hypervisor cleared it."""
+    from secvma.testbed import smp
+
+    page = s.alloc_page(pgtable_pool=True)
+    if not page.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, "no page-table pool page")
+    va, root = int(page.ret[0]), int(page.ret[1])
+    evil = (root + 0x1000) | DESC_VALID  # a block-type entry, which no hypervisor writes here
+    slot_va = va + 8 * USER_SLOT
+    r = smp.race(s, smp.spin_store(slot_va, evil), Command(Op.HVC, (33, root)), min_iters=1,
+                 watch=slot_va)
+    seen = r.state["watch_val"]
+    final = s.platform.read_u64(PhysAddr(root + 8 * USER_SLOT))
+    detail = f"entry after HVC 33: {seen:#x}, now {final:#x}; {_overlap(r)}"
+    if seen == evil:
+        return Evidence(Verdict.SUCCEEDED, f"the raw entry stands in registered root "
+                                           f"{root:#x}; {detail}")
+    return Evidence(Verdict.BLOCKED, detail)
+
+
 ATTACKS: list[Attack] = [
     Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
            BLOCKED),
@@ -871,4 +1002,13 @@ ATTACKS: list[Attack] = [
     Attack("dma-then-page-table", "map a page for DMA, make it a page table, DMA into it",
            dma_then_page_table, GAP,
            gap="5 (no DMA count check on claim)"),
+    # SMP races (issue 13), two vCPUs (MTTCG: they really run at once; the overlap is measured)
+    Attack("race-table-store", "CPU1 stores an executable PTE while CPU0's store to the same "
+           "table traps", race_table_store, FORCED, fixed_up=_PXN, ncpus=2),
+    Attack("race-ttbr0-free", "release a user root (HVC 34) while CPU1 switches to it",
+           race_ttbr0_free, RACE_FREE, gap="-- (HVC 34 ignores other CPUs' TTBR0)", ncpus=2),
+    Attack("race-module-image", "rewrite the module image from CPU1 while CPU0 loads it",
+           race_module_image, RACE_IMAGE, ncpus=2),
+    Attack("race-s2-stale", "store through a stale stage-2 TLB entry while CPU0 registers "
+           "the page as a user root", race_s2_stale, RACE_STALE, ncpus=2),
 ]

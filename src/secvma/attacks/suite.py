@@ -81,7 +81,7 @@ def run_attack(attack: Attack, policy: str, s2: str = "huge",
     t0 = time.perf_counter()
     violations: list[str] = []
     try:
-        with TestbedSession(hv, image=image, command_timeout_s=30) as s:
+        with TestbedSession(hv, image=image, command_timeout_s=30, ncpus=attack.ncpus) as s:
             ev = attack.run(s)
             if policy == "hardened":  # secvma2024's gaps break invariants by design
                 try:

@@ -251,6 +251,10 @@ class KPCore:
         """Pin VBAR_EL1 once it points into kernel text; restore it if it moved (hardened)."""
         if not self.policy.hardened or not st.installed or st.boot is None:
             return
+        if st.cpu(cpu.index).boot_window:
+            # a CPU started by PSCI CPU_ON runs head.S again: VBAR_EL1 is set with the MMU
+            # off, before its MMU-on SCTLR write closes the window; checked from then on
+            return
         vbar = cpu.read_sysreg(SysReg.VBAR_EL1)
         if st.vbar == 0:
             boot = st.boot

@@ -376,9 +376,10 @@ DMA_DISK_MB = 4
 
 
 def _machine(image: TestbedImage, timeout_s: float, echo: bool, ram_mb: int,
-             cpu: str = "cortex-a57") -> MachineConfig:
+             cpu: str = "cortex-a57", ncpus: int = 1) -> MachineConfig:
     return MachineConfig(kernel=image.kernel_bin, timeout_s=timeout_s, echo_console=echo,
-                         ram_mb=ram_mb, smmu=True, dma_disk_mb=DMA_DISK_MB, cpu=cpu)
+                         ram_mb=ram_mb, smmu=True, dma_disk_mb=DMA_DISK_MB, cpu=cpu,
+                         ncpus=ncpus)
 
 
 @dataclass
@@ -433,6 +434,18 @@ def stop_reason(run: RunResult) -> str:
     return s + (f"; kernel: {last}" if last else "")
 
 
+CMD_SLOT_SIZE = CMD.msg + CMD_MSG_LEN
+"""sizeof(struct secvma_cmd): the stride of the secondaries' slots `secvma_cpu_cmd[]`."""
+
+
+class _OnCpu(Primitives):
+    def __init__(self, session: TestbedSession, cpu: int) -> None:
+        self.session, self.cpu = session, cpu
+
+    def call(self, command: Command) -> CommandResult:
+        return self.session.submit_on(self.cpu, command).wait(self.session.command_timeout_s)
+
+
 class TestbedSession(Primitives):
     """A running testbed with blocking primitives; the machine is served by a background thread.
 
@@ -448,15 +461,21 @@ class TestbedSession(Primitives):
 
     def __init__(self, hypervisor: Hypervisor, *, image: TestbedImage | None = None,
                  timeout_s: float = 600.0, command_timeout_s: float = 60.0,
-                 echo_console: bool = False, ram_mb: int = 1024, cpu: str = "cortex-a57"):
-        """`cpu`: QEMU's CPU model (cortex-a76 for FEAT_LSE atomics; a57 is ARMv8.0)."""
+                 echo_console: bool = False, ram_mb: int = 1024, cpu: str = "cortex-a57",
+                 ncpus: int = 1):
+        """`cpu`: QEMU's CPU model (cortex-a76 for FEAT_LSE atomics; a57 is ARMv8.0).
+        `ncpus`: vCPUs; the kernel starts the secondaries with PSCI CPU_ON and each polls its
+        own command slot (`on_cpu`, `submit_on`; `secvma.testbed.smp`)."""
         self.hypervisor = hypervisor
         self.testbed = image or build_testbed()
         self.image = KernelImage(self.testbed.kernel_elf)
         self.command_timeout_s = command_timeout_s
         self.cpu = cpu
-        self._config = _machine(self.testbed, timeout_s, echo_console, ram_mb, cpu)
+        self.ncpus = ncpus
+        self._config = _machine(self.testbed, timeout_s, echo_console, ram_mb, cpu, ncpus)
         self._driver = CommandDriver(self.image.pa("secvma_cmd"))
+        slot0 = self.image.pa("secvma_cpu_cmd")
+        self._cpu_drivers = {i: CommandDriver(slot0 + i * CMD_SLOT_SIZE) for i in range(1, ncpus)}
         self._thread: threading.Thread | None = None
         self._server: MailboxServer | None = None
         self._started = threading.Event()
@@ -487,21 +506,46 @@ class TestbedSession(Primitives):
             self._server = server
 
         try:
-            self.run_result = boot(self._config, self.hypervisor, poll_hook=self._driver.poll,
+            self.run_result = boot(self._config, self.hypervisor, poll_hook=self._poll,
                                    on_started=started)
-            self._driver.abort(MachineStopped(stop_reason(self.run_result)))
+            self._abort(MachineStopped(stop_reason(self.run_result)))
         except BaseException as exc:  # the waiting caller re-raises it
             self.error = exc
-            self._driver.abort(MachineStopped(f"machine failed: {exc}"))
+            self._abort(MachineStopped(f"machine failed: {exc}"))
         finally:
             self._server = None
 
-    def call(self, command: Command) -> CommandResult:
+    def _poll(self, server: MailboxServer) -> None:
+        self._driver.poll(server)
+        for d in self._cpu_drivers.values():
+            d.poll(server)
+
+    def _abort(self, error: BaseException) -> None:
+        self._driver.abort(error)
+        for d in self._cpu_drivers.values():
+            d.abort(error)
+
+    def submit_on(self, cpu: int, command: Command) -> _Pending:
+        """Post `command` to CPU `cpu` without waiting (`.wait(timeout)` for its result).
+
+        CPU 0 runs every command; a secondary runs the primitives only (NOP, WRITE, READ,
+        EXEC, MSR, MRS, HVC, AT, RACE_SPIN) and answers UNSUPPORTED otherwise."""
         if self._thread is None:
             raise MachineStopped("use TestbedSession as a context manager")
         if not self._thread.is_alive() and self.error is not None:
             raise MachineStopped(f"machine failed: {self.error}")
-        return self._driver.submit(command).wait(self.command_timeout_s)
+        if cpu == 0:
+            return self._driver.submit(command)
+        if cpu not in self._cpu_drivers:
+            raise ValueError(f"no CPU {cpu} (the session has {self.ncpus})")
+        return self._cpu_drivers[cpu].submit(command)
+
+    def on_cpu(self, cpu: int) -> Primitives:
+        """The primitives, run on CPU `cpu` (`s.on_cpu(1).write(va, v)`)."""
+        return _OnCpu(self, cpu)
+
+    def call(self, command: Command) -> CommandResult:
+        return self.submit_on(0, command).wait(self.command_timeout_s)
 
     def answers_within(self, timeout_s: float) -> bool:
         """True if the kernel completes a NOP within `timeout_s` (False: it stopped answering)."""
