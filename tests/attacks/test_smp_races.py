@@ -20,11 +20,6 @@ from secvma.testbed.policies import make_hypervisor
 pytestmark = pytest.mark.qemu
 
 RACES = ("race-table-store", "race-ttbr0-free", "race-module-image", "race-s2-stale")
-KNOWN_BUG = {("race-s2-stale", "hardened")}
-KNOWN_BUG_WHY = """HVC 33 zeroes the page and maps it read-only in stage 2, but the TLB invalidation runs only
-when the trap returns: CPU 1's stores through its stale TLB entry land after the zeroing
-(measured: ~5e5 of them during HVC 33), leaving an unvalidated entry in a registered root."""
-
 
 @pytest.fixture(scope="module")
 def image():  # type: ignore[no-untyped-def]
@@ -33,10 +28,7 @@ def image():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("name", RACES)
-def test_race_verdict_is_the_expected_one(name: str, policy: str, image: object,
-                                          request: pytest.FixtureRequest) -> None:
-    if (name, policy) in KNOWN_BUG:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_BUG_WHY))
+def test_race_verdict_is_the_expected_one(name: str, policy: str, image: object) -> None:
     attack = next(a for a in ATTACKS if a.name == name)
     assert attack.ncpus == 2
     out = run_attack(attack, policy, "huge", image)  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from secvma.arch.el2 import HCR_TVM
 from secvma.hvabi import HVC_ENOSYS, HVC_INVALID
 from secvma.kpcore import dma, guard, invariants
 from secvma.kpcore.faults import handle_abort, inject_refusal
+from secvma.kpcore.hostmem import settle
 from secvma.kpcore.hypercalls import HCR_HOST, handle_hvc, neg
 from secvma.kpcore.modkeys import ModuleKeys
 from secvma.kpcore.policy import Policy, policy_named
@@ -131,6 +132,14 @@ class KPCore:
         st = self.attach(platform)
         st.events[type(event).__name__] += 1
         try:
+            if st.unsettled:
+                settle(st, platform, cpu.index)
+                if isinstance(event, Stage2Abort) and \
+                        st.unsettled.get(event.ipa >> 12, cpu.index) != cpu.index:
+                    # a store into a page another CPU has just claimed: retried (PC
+                    # unchanged) once that CPU's TLB invalidation has run
+                    st.events["unsettled-retry"] += 1
+                    return
             self._dispatch(st, platform, cpu, event)
             if st.dma is not None:
                 dma.drain_faults(st)

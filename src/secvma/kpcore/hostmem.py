@@ -222,6 +222,23 @@ def _zero(plat: Platform, pfn: int) -> None:
     plat.write(pa_of(pfn), bytes(4096))
 
 
+def mark_unsettled(st: KState, pfn: int, cpu: int) -> None:
+    """`pfn` was just claimed by `cpu`: until `cpu` traps again its broadcast TLB invalidation
+    has not run, so another CPU can still store to the page through a stale stage-2 entry
+    (issue 13, race-s2-stale: ~5e5 such stores measured during one HVC 33 under MTTCG)."""
+    st.unsettled[pfn] = cpu
+
+
+def settle(st: KState, plat: Platform, cpu: int) -> None:
+    """At the start of each trap from `cpu`: the pages it claimed are read-only in every TLB
+    now; zero them again (a claim's contents are zero: what landed since is discarded)."""
+    for pfn in [p for p, c in st.unsettled.items() if c == cpu]:
+        del st.unsettled[pfn]
+        if st.pages.usage_of(pfn).is_table:
+            _zero(plat, pfn)
+            st.dirty_tables.add(pfn)
+
+
 def check_claim(st: KState, pfn: int, usage: Usage, *, rule: str) -> None:
     """Check phase of `commit_claim` (refusals: see pages.check_claim_table, ENOMEM)."""
     check_claim_table(st.pages, pfn, usage, rule=rule,
@@ -287,5 +304,14 @@ def set_class(st: KState, pfn: int, usage: Usage) -> None:
     _apply_kind_hardened(st, pfn)
 
 
-__all__ = ["PhysAddr", "check_claim", "commit_claim", "commit_release_page", "desired_kind",
-           "map_page_host", "set_class"]
+__all__ = [
+    "PhysAddr",
+    "check_claim",
+    "commit_claim",
+    "commit_release_page",
+    "desired_kind",
+    "map_page_host",
+    "mark_unsettled",
+    "set_class",
+    "settle",
+]

@@ -106,8 +106,8 @@ def handle_hvc(st: KState, plat: Platform, cpu: Vcpu, ev: Hvc) -> Outcome:
     elif 30 <= nr <= 32:
         result = modload.handle_module_hvc(st, plat, cpu, x)
     elif nr == 33 and st.installed:
-        userpgd.alloc_el0_pgd(st, plat, x[1])
-        result = 0 if st.policy.hardened else None
+        done = userpgd.alloc_el0_pgd(st, plat, cpu, x[1])
+        result = 0 if st.policy.hardened and done else None
     elif nr == 34 and st.installed:
         userpgd.free_el0_pgd(st, plat, x[1])
         result = 0 if st.policy.hardened else None

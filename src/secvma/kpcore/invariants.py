@@ -101,6 +101,8 @@ def _leaf(st: KState, base: int, level: int, desc: int, out: list[Violation]) ->
 def _table(st: KState, plat: Platform, pfn: int, refs: Counter[int] | None,
            out: list[Violation]) -> None:
     usage = st.pages.usage_of(pfn)
+    if pfn in st.unsettled:  # zeroed again when its claimer's TLB invalidation has run
+        return
     try:
         entries = struct.unpack("<512Q", plat.read(PhysAddr(pfn << 12), 4096))
     except (GuestMemoryError, ValueError):

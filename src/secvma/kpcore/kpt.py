@@ -46,7 +46,7 @@ from secvma.arch.insn import (
 )
 from secvma.kpcore.descs import PXN, PXNTABLE, Shape, leaf_pages, out_pa, shape
 from secvma.kpcore.fetch import fetch_insn
-from secvma.kpcore.hostmem import check_claim, commit_claim, commit_release_page
+from secvma.kpcore.hostmem import check_claim, commit_claim, commit_release_page, mark_unsettled
 from secvma.kpcore.pages import (
     EL1_EXEC_CLASSES,
     KPT_BY_LEVEL,
@@ -353,6 +353,7 @@ def emulate_hardened(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort,
     if plan.claim is not None:
         pfn, want = plan.claim
         commit_claim(st, plat, pfn, want)
+        mark_unsettled(st, pfn, cpu.index)
         return Outcome.RETRY
     commit_plan(st, plat, store, plan)
     finish_insn(cpu, store)
@@ -483,6 +484,7 @@ def _plan_c_kpt(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort, cs: CSto
                                  target=target)
             check_claim(st, target >> 12, want, rule=rule)
             commit_claim(st, plat, target >> 12, want)
+            mark_unsettled(st, target >> 12, cpu.index)
             return Outcome.RETRY
         if usage is not want:
             raise HypRefusal(Errno.EPERM, rule, f"table target is {usage.name}, "

@@ -72,6 +72,12 @@ class KState:
     stale_retries: dict[int, tuple[tuple[int, int, int], int]] = field(default_factory=dict)
     """Per CPU: (pc, page, ESR) of the last permission fault retried as a stale TLB, rounds."""
     dirty_tables: set[int] = field(default_factory=set)
+    unsettled: dict[int, int] = field(default_factory=dict)
+    """Pages claimed (made read-only at stage 2) by CPU n whose TLB invalidation has not run
+    yet: another CPU may still write them through a stale TLB entry. Zeroed again at CPU n's
+    next trap (its trampoline ran the broadcast TLBI before returning), see `settle`."""
+    pgd_pending: dict[int, int] = field(default_factory=dict)
+    """User roots whose HVC 33 is between its claim and its retried completion (by CPU n)."""
     mod: ModState = field(default_factory=ModState)
     dma: DmaState | None = None
 

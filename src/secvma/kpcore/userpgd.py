@@ -16,7 +16,7 @@ write x0 and silently ignore a wrong class (a message only), HVC 35 panics.
 
 from __future__ import annotations
 
-from secvma.kpcore.hostmem import check_claim, commit_claim, commit_release_page
+from secvma.kpcore.hostmem import check_claim, commit_claim, commit_release_page, mark_unsettled
 from secvma.kpcore.pages import Owner, Usage
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal
 from secvma.kpcore.state import KState
@@ -32,15 +32,33 @@ def _page(st: KState, pa: int, rule: str) -> int:
     return pa >> 12
 
 
-def alloc_el0_pgd(st: KState, plat: Platform, pa: int) -> None:
-    """HVC 33. C: el2_do_alloc_el0_pgd."""
+def alloc_el0_pgd(st: KState, plat: Platform, cpu: Vcpu, pa: int) -> bool:
+    """HVC 33. C: el2_do_alloc_el0_pgd. False: claimed, HVC 33 re-executed (see below).
+
+    C invalidates the TLBs inside the handler, before it zeroes the page; here the broadcast
+    TLBI runs in the trampoline after the answer, so another CPU could still write the page
+    through a stale TLB entry after the zeroing (issue 13, race-s2-stale). The claim therefore
+    rewinds ELR: the CPU runs its TLBI, re-executes HVC 33, the page is zeroed again at that
+    trap (`hostmem.settle`) and only then becomes a user root.
+    """
     rule = "hvc33-alloc-el0-pgd"
     pfn = _page(st, pa, rule) if st.policy.hardened else pa >> 12
+    owner = st.pgd_pending.get(pfn)
+    if owner is not None:
+        if owner != cpu.index:
+            raise HypRefusal(Errno.EBUSY, rule, "another CPU is registering this page",
+                             pa=pa, cpu=owner)
+        del st.pgd_pending[pfn]  # the retry: settled at the start of this trap
+        st.user_roots.add(pfn)
+        return True
     if st.pages.owner_of(pfn) is not Owner.HOST:
         raise HypRefusal(Errno.EPERM, rule, "page not owned by the host", pa=pa)
     check_claim(st, pfn, Usage.EL0_PGD, rule=rule)
     commit_claim(st, plat, pfn, Usage.EL0_PGD)
-    st.user_roots.add(pfn)
+    mark_unsettled(st, pfn, cpu.index)
+    st.pgd_pending[pfn] = cpu.index
+    cpu.set_elr(cpu.elr - 4)  # HVC's ELR is the next instruction: run it again
+    return False
 
 
 def free_el0_pgd(st: KState, plat: Platform, pa: int) -> None:
@@ -49,6 +67,8 @@ def free_el0_pgd(st: KState, plat: Platform, pa: int) -> None:
     pfn = _page(st, pa, rule) if st.policy.hardened else pa >> 12
     if st.pages.usage_of(pfn) is not Usage.EL0_PGD:
         raise HypRefusal(Errno.EPERM, rule, "not a registered user PGD", pa=pa)
+    if pfn in st.pgd_pending:
+        raise HypRefusal(Errno.EBUSY, rule, "user PGD is still being registered", pa=pa)
     if st.policy.hardened:
         for idx, c in st.cpus.items():
             if (c.ttbr0 & TTBR_BADDR) >> 12 == pfn:
@@ -80,6 +100,8 @@ def do_switch_mm(st: KState, cpu: Vcpu, ttbr0: int, asid: int) -> int:
     if base0 == boot.swapper_pg_dir or st.pages.usage_of(base0 >> 12) is not Usage.EL0_PGD:
         raise deny(Errno.EPERM, rule, "ttbr0 is not a registered user PGD", ttbr0=ttbr0,
                    usage=st.pages.usage_of(base0 >> 12))
+    if (base0 >> 12) in st.pgd_pending:
+        raise deny(Errno.EBUSY, rule, "ttbr0 is still being registered (HVC 33)", ttbr0=ttbr0)
     if st.policy.hardened and not 0 <= asid <= 0xFFFF:
         raise deny(Errno.EINVAL, rule, "ASID wider than 16 bits", asid=asid)
     new_ttbr1 = base1 | ((asid & 0xFFFF) << 48)

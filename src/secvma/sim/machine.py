@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -435,6 +435,8 @@ RMW_FORMS = ("cas", "swp", "ldadd")
 SIMD_FORMS = ("str_q", "st1")
 EXTRA_FORMS = ("stlxr", *RMW_FORMS, *SIMD_FORMS)
 INSN_SLOT = TEXT + 0x3000  # a text page where the CPU model "executes" its instruction
+HVC_SLOT = TEXT + 0x3100  # where the CPU model's HVC sits (ELR = the next instruction)
+HVC_REEXEC_MAX = 4  # a hypercall re-executed more often than this is a hypervisor bug
 
 
 # --- the machine ------------------------------------------------------------------------------
@@ -493,6 +495,9 @@ class FakeMachine:
         self.cpu = FakeVcpu()
         self.plat.vcpus.append(self.cpu)
         self.traps = 0
+        self.hvc_hook: Callable[[FakeVcpu], None] | None = None
+        """Called between a hypercall and its re-execution (ELR rewound): what the other CPUs
+        do while the calling CPU runs the TLB invalidation its trampoline was told to."""
         self.hv.handle(self.plat, self.cpu, CpuStart(KERNEL_PA, 0))
         if boot:
             self.boot()
@@ -506,7 +511,13 @@ class FakeMachine:
         regs = [nr, *args] + [0] * (8 - 1 - len(args))
         for i, v in enumerate(regs[:8]):
             c.regs[i] = v & MASK64
-        self.event(Hvc(imm, tuple(c.regs[:8])), c)  # type: ignore[arg-type]
+        for _ in range(HVC_REEXEC_MAX):  # ELR rewound onto the HVC: the CPU runs it again
+            c.elr = kva(HVC_SLOT) + 4
+            self.event(Hvc(imm, tuple(c.regs[:8])), c)  # type: ignore[arg-type]
+            if c.elr != kva(HVC_SLOT):
+                break
+            if self.hvc_hook is not None:
+                self.hvc_hook(c)
         return c.regs[0]
 
     def msr(self, reg: SysReg, value: int, cpu: FakeVcpu | None = None) -> bool:
