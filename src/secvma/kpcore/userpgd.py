@@ -3,6 +3,10 @@
 C: sekvm/HostPtSwitch.c:el2_do_alloc_el0_pgd, el2_do_free_el0_pgd, el2_do_switch_mm.
 
     HVC 33 alloc(pa):  page owner=HOST usage=NONE -> usage=EL0_PGD, zeroed, stage 2 RO
+                       in two trips: the claim rewinds ELR (x0 untouched), the CPU runs the
+                       broadcast TLBI and re-executes HVC 33, which zeroes the page again and
+                       registers it (a stale-TLB store from another CPU in between is
+                       discarded; issue 13). Meanwhile HVC 33/34/35 of the page: EBUSY
     HVC 34 free(pa):   usage=EL0_PGD -> NONE, zeroed, stage 2 RW
                        (hardened: EBUSY while a CPU's TTBR0 holds it)
     HVC 35 switch(ttbr0, asid):
