@@ -40,6 +40,17 @@ def test_race_verdict_is_the_expected_one(name: str, policy: str, image: object)
         assert out.refusals, "hardened must block a race with a named refusal"
 
 
+@pytest.mark.parametrize(("name", "policy"), [
+    *((n, "hardened") for n in RACES),
+    ("race-s2-stale", "secvma2024"),  # 4k: CPU 1's stores land until the claim, then trap
+])
+def test_race_verdict_in_4k_mode(name: str, policy: str, image: object) -> None:
+    attack = next(a for a in ATTACKS if a.name == name)
+    out = run_attack(attack, policy, "4k", image)  # type: ignore[arg-type]
+    assert out.verdict is not Verdict.INTERNAL_ERROR, out.detail
+    assert out.matches, (out.verdict, out.detail, out.refusals)
+
+
 def test_cpu1_runs_primitives_and_races_really_overlap(image: object) -> None:
     """CPU 1 is online, runs a primitive (its own probe catches its fault), and spins while
     CPU 0 sits in a trap: with MTTCG many iterations fall inside CPU 0's HVC."""
@@ -49,10 +60,15 @@ def test_cpu1_runs_primitives_and_races_really_overlap(image: object) -> None:
         va = s.image.va("secvma_test_value")
         assert s.on_cpu(1).write(va, 4242).ok and s.read(va).value == 4242
         assert s.on_cpu(1).read(0xDEAD_0000).faulted
-        r = smp.race(s, smp.spin_store(s.image.va("secvma_scratch"), 7),
-                     Command(Op.HVC, (5,)), min_iters=10)
-        assert r.spinner.ok and r.state["iters"] >= 10
-        assert r.overlap > 0, r.describe()
+        overlaps = []
+        for _ in range(5):  # a loaded host may deschedule CPU 1's thread for a whole trap
+            r = smp.race(s, smp.spin_store(s.image.va("secvma_scratch"), 7),
+                         Command(Op.HVC, (5,)), min_iters=10)
+            assert r.spinner.ok and r.state["iters"] >= 10
+            overlaps.append(r.overlap)
+            if r.overlap > 0:
+                break
+        assert max(overlaps) > 0, overlaps
         assert s.hypervisor.refusals == []  # type: ignore[attr-defined]
 
 
