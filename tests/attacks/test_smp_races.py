@@ -19,7 +19,8 @@ from secvma.testbed.policies import make_hypervisor
 
 pytestmark = pytest.mark.qemu
 
-RACES = ("race-table-store", "race-ttbr0-free", "race-module-image", "race-s2-stale")
+RACES = ("race-table-store", "race-ttbr0-free", "race-module-image", "race-s2-stale",
+         "race-table-claim")
 
 @pytest.fixture(scope="module")
 def image():  # type: ignore[no-untyped-def]

@@ -857,6 +857,35 @@ def race_s2_stale(s: TestbedSession) -> Evidence:
     return Evidence(Verdict.BLOCKED, detail)
 
 
+
+def race_table_claim(s: TestbedSession) -> Evidence:
+    """CPU1 keeps storing an executable PTE into a pool page while CPU0 links that page as a
+    new PTE table (the hypervisor claims it: zeroed, read-only). CPU0 reads the entry right
+    after its link store; a raw entry there went through a stale TLB entry after the claim."""
+    from secvma.testbed import smp
+
+    pa = _plant_shellcode(s)
+    page = s.alloc_page(pgtable_pool=True)
+    if not page.ok:
+        return Evidence(Verdict.NOT_APPLICABLE, "no page-table pool page")
+    tva, tpa = int(page.ret[0]), int(page.ret[1])
+    va0, slot = _empty_pmd_slot(s)
+    k = 7
+    evil = pa | VALID_PAGE | AF | SH_INNER  # EL1 RW, PXN clear
+    r = smp.race(s, smp.spin_store(tva + 8 * k, evil),
+                 write_cmd(slot + _bi(s).linear_offset, tpa | VALID_PAGE), min_iters=1,
+                 watch=tva + 8 * k)
+    seen = r.state["watch_val"]
+    linked = s.platform.read_u64(PhysAddr(slot)) & 0xFFFF_FFFF_F000 == tpa
+    ev = _ran(s, va0 + k * 0x1000, tpa + 8 * k)
+    state = "linked" if linked else "not linked"
+    detail = f"entry right after the link: {seen:#x}, table {state}; {_overlap(r)}"
+    if seen == evil and linked:
+        return Evidence(Verdict.SUCCEEDED, f"a raw executable PTE stood in the new, linked "
+                                           f"table; {detail}; then: {ev.detail}")
+    ev.detail += f"; {detail}"
+    return ev
+
 ATTACKS: list[Attack] = [
     Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
            BLOCKED),
@@ -1011,4 +1040,7 @@ ATTACKS: list[Attack] = [
            race_module_image, RACE_IMAGE, ncpus=2),
     Attack("race-s2-stale", "store through a stale stage-2 TLB entry while CPU0 registers "
            "the page as a user root", race_s2_stale, RACE_STALE, ncpus=2),
+    Attack("race-table-claim", "store an executable PTE through a stale TLB entry while CPU0 "
+           "links the page as a new table", race_table_claim, RACE_STALE, fixed_up=_PXN,
+           ncpus=2),
 ]
