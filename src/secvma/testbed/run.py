@@ -108,11 +108,15 @@ def _strings(hv: Hypervisor, attr: str) -> list[str]:
 
 def run_workloads(hypervisor: Hypervisor, workloads: list[str] | tuple[str, ...] = ("all",), *,
                   policy: str = "", s2: str = "", image: TestbedImage | None = None,
-                  timeout_s: float = 120.0, echo_console: bool = False) -> RunReport:
-    """Boot the testbed under `hypervisor`, run each workload by command, power off."""
+                  timeout_s: float = 120.0, echo_console: bool = False,
+                  ncpus: int = 1) -> RunReport:
+    """Boot the testbed under `hypervisor`, run each workload by command, power off.
+
+    `ncpus` > 1: the secondaries come up (PSCI CPU_ON, their own HVC 6 and trapped MSRs) and
+    idle in their command loops while CPU 0 runs the workloads."""
     names = expand(workloads)
     run = run_commands(hypervisor, [Command(Op.WORKLOAD, name=n) for n in names], image=image,
-                       timeout_s=timeout_s, echo_console=echo_console)
+                       timeout_s=timeout_s, echo_console=echo_console, ncpus=ncpus)
     reports: dict[str, WorkloadReport] = {}
     for n, r in zip(names, run.results, strict=True):
         reports[n] = _report(n, r)
