@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from secvma.attacks.scenarios import ATTACKS, Verdict
+from secvma.attacks.scenarios import ATTACKS, OPEN_RACES, Verdict
 from secvma.attacks.suite import POLICIES, run_attack
 from secvma.hvabi import Op
 from secvma.testbed import smp
@@ -89,3 +89,16 @@ def test_legal_smp_workloads_have_no_refusals(s2: str, image: object) -> None:
         assert one.mrs("TTBR0_EL1").value & 0xFFFF_FFFF_F000 == reserved
     assert hv.refusals == []  # type: ignore[attr-defined]
     assert hv.internal_errors == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_open_race_module_text(policy: str, image: object, request: pytest.FixtureRequest) -> None:
+    """race-module-text: SUCCEEDED under hardened in 9 of 10 runs (huge and 4k, ~3.5e6 CPU1
+    iterations during HVC 30, INV-MOD broken); the window is hit or not depending on the host's
+    scheduling, so the xfail is not strict. To fix: HVC 30 installs in a second trip."""
+    if policy == "hardened":
+        request.applymarker(pytest.mark.xfail(strict=False, reason="HVC 30 installs verified "
+                                              "text before the TLB invalidation (issue 13)"))
+    out = run_attack(OPEN_RACES[0], policy, "huge", image)  # type: ignore[arg-type]
+    assert out.verdict is not Verdict.INTERNAL_ERROR, out.detail
+    assert out.matches, (out.verdict, out.detail, out.refusals)

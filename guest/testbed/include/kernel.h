@@ -227,7 +227,7 @@ void smp_init(void);
 void race_begin(void);
 void race_end(void);
 u64 race_spin(u64 addr, u64 value, u64 mode, u64 off);
-extern volatile u64 module_tmp_image;
+extern volatile u64 module_tmp_image, module_run_text;
 void run_command(struct secvma_cmd *c);
 
 /* cmd.c / workloads.c */

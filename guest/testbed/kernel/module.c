@@ -485,6 +485,7 @@ static void module_free(struct loaded_module *m, int h)
 static void free_tmp(struct loaded_module *m)
 {
 	WRITE_ONCE(module_tmp_image, 0);
+	WRITE_ONCE(module_run_text, 0);
 	unmap_run(1, m->tmp_va, m->tmp_pa, m->tmp_pages);
 	m->tmp_va = 0;
 }
@@ -639,6 +640,7 @@ int module_load(const void *image, u64 len, u64 flags, int *handle, u64 *modid, 
 			 m->text_pages, m->ro_pages, m->data_pages);
 		goto fail;
 	}
+	WRITE_ONCE(module_run_text, m->arch.text_va);   /* for a racing CPU (smp.c) */
 	u64 base[3] = { m->arch.text_va, m->arch.ro_va, m->arch.data_va };
 	u64 percpu = 0;
 	for (int i = 1; i < n; i++)

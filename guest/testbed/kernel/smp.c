@@ -20,6 +20,7 @@ struct secvma_cmd secvma_cpu_cmd[NR_CPUS] __attribute__((aligned(4096), section(
 struct secvma_race secvma_race __attribute__((aligned(64), section(".data.smp")));
 char secondary_stacks[NR_CPUS * 16384] __attribute__((aligned(16)));
 volatile u64 module_tmp_image;
+volatile u64 module_run_text;   /* VA of the text run of the module being loaded */
 
 #define PSCI_CPU_ON 0xC4000003UL
 extern char secondary_entry[];

@@ -886,6 +886,41 @@ def race_table_claim(s: TestbedSession) -> Evidence:
     ev.detail += f"; {detail}"
     return ev
 
+
+def race_module_text(s: TestbedSession) -> Evidence:
+    """CPU1 keeps writing two `nop`s at the start of the module's text run (it follows
+    `module_run_text`) while CPU0 loads the signed module: HVC 30 writes the verified bytes and
+    makes the pages read-only, but the TLB invalidation runs only when the trap returns, so a
+    store through CPU1's stale TLB entry can land after the verified bytes. Effect: installed
+    .text differs from the signed module relocated by the host."""
+    from secvma.module.elf import ElfModule
+    from secvma.testbed import smp
+    from secvma.testbed.modules import (
+        differing_sections,
+        host_relocation,
+        loaded_module,
+        symbol_lookup,
+    )
+
+    ko = _test_module(s, "mod_counter")
+    text = ElfModule(ko).section_by_name(".text")
+    if text is None or text.size < 8:
+        return Evidence(Verdict.NOT_APPLICABLE, "mod_counter has no code to change")
+    if not s.upload(ko).ok:
+        return Evidence(Verdict.ERROR, "upload failed")
+    r = smp.race(s, smp.spin_store_indirect(s.image.va("module_run_text"),
+                                            0xD503201F_D503201F, 0),
+                 Command(Op.MODLOAD, (len(ko), MODLOAD_F_NO_INIT, 0)))
+    detail = f"{_overlap(r)}, {r.overlap_hvc30} while in HVC 30"
+    if not r.main.ok:
+        return Evidence(Verdict.BLOCKED, f"insmod refused: {r.main.msg}; {detail}")
+    lm = loaded_module(s.platform, s.image, r.main.ret[0])
+    differ = differing_sections(s.platform, lm, host_relocation(ko, lm, symbol_lookup(s)))
+    if text.index in differ:
+        return Evidence(Verdict.SUCCEEDED, f"loaded .text differs from the signed module; "
+                                           f"{detail}")
+    return Evidence(Verdict.BLOCKED, f"loaded; .text equals the signed module; {detail}")
+
 ATTACKS: list[Attack] = [
     Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
            BLOCKED),
@@ -1044,3 +1079,13 @@ ATTACKS: list[Attack] = [
            "links the page as a new table", race_table_claim, RACE_STALE, fixed_up=_PXN,
            ncpus=2),
 ]
+
+OPEN_RACES: list[Attack] = [
+    Attack("race-module-text", "rewrite the module's text run from CPU1 while HVC 30 installs "
+           "it", race_module_text, {"none": SUCCEEDS, "secvma2024": PANICS, "hardened": REFUSED},
+           ncpus=2),
+]
+"""Races `hardened` does not block yet (kept out of ATTACKS so the suite stays a regression
+check): HVC 30 writes the verified text and clears PXN in the same trap that makes the pages
+read-only, before any CPU's TLB is invalidated (issue 13; fix: install in a second trip, as
+HVC 33 does)."""
