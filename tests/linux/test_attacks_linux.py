@@ -46,7 +46,7 @@ def test_effects_are_measured_not_assumed(suite_none: dict[str, object]) -> None
     for name in ("EXEC_DATA", "EXEC_STACK", "EXEC_KMALLOC", "EXEC_VMALLOC", "EXEC_RODATA",
                  "EXEC_USERSPACE"):
         assert "returned 42" in by[name]
-    for name in ("TTBR1_FORGE", "TTBR0_CRAFT", "SCTLR_WRITE", "VBAR_WRITE"):
+    for name in ("TTBR1_FORGE", "TTBR0_CRAFT", "SCTLR_WRITE", "VBAR_WRITE", "MDSCR_KDE"):
         assert "held" in by[name]
     assert "is Live" in by["UNSIGNED_MODULE"]
     marker = "00736563766d6100646d612161746b00"  # read back through the kernel's own mapping
