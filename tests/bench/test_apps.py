@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.qemu, pytest.mark.debian, pytest.mark.slow,
 def test_every_bench_quick_under_plain_null_and_transparent(
         debian: fx.FixtureSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    r = CliRunner().invoke(main, ["bench", "apps", "--quick", "--config", "plain", "--config", "null",
+    r = CliRunner().invoke(main, ["bench", "apps", "--quick", "--reps", "1",  # one sample each
+                                  "--config", "plain", "--config", "null",
                                   "--config", "transparent", "-o", "t", "--json",
                                   "--plot", str(tmp_path / "fig.png")])
     assert r.exit_code == 0, r.output[-3000:]

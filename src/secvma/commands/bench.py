@@ -147,8 +147,7 @@ def _fail_on_errors(errors: dict[str, str]) -> None:
 @bench.command()
 @click.option("--config", "configs", multiple=True,
               type=click.Choice(["plain", "null", "transparent", "transparent-4k"]),
-              help="Configurations, in order (default: plain null; transparent's userspace is still "
-                   "far slower, so it is opt-in).")
+              help="Configurations, in order (default: plain null transparent).")
 @click.option("--bench", "benches", multiple=True,
               type=click.Choice(["kernbench", "hackbench", "netperf", "apache", "memcached"]),
               help="Benchmarks (default: all, in run-all.sh's order).")
@@ -175,7 +174,7 @@ def apps(configs: tuple[str, ...], benches: tuple[str, ...], reps: int | None, q
     from secvma.bench.harness import BENCHES, OutputFiles, append_results, output_files, params_line
     from secvma.bench.resultfile import ROUNDING_NOTE, load, norm_text, normalize
 
-    cfgs = list(configs) or ["plain", "null"]
+    cfgs = list(configs) or ["plain", "null", "transparent"]
     chosen = apps_mod.check_benches(list(benches) or list(BENCHES))
     params = apps_mod.QUICK if quick else apps_mod.DEFAULT
     if reps is not None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from secvma.attacks.scenarios import Verdict
-from secvma.attacks.suite import Outcome
+from secvma.attacks.suite import Outcome, summarize
 from secvma.linux.guestbuild import LinuxGuest, build_linux_guest
 from secvma.linux.session import (
     POLICIES,
@@ -238,12 +238,5 @@ def run_linux_suite(policies: tuple[str, ...] = POLICIES, only: tuple[str, ...] 
                 if not only or a.name in only for p in policies]
     return {"ok": bool(outcomes) and all(o.matches for o in outcomes),
             "guest": "linux",
-            "summary": {p: {"blocked": sum(o.verdict in (Verdict.BLOCKED, Verdict.HALTED)
-                                           for o in outcomes if o.policy == p),
-                            "succeeded": sum(o.verdict is Verdict.SUCCEEDED
-                                             for o in outcomes if o.policy == p),
-                            "internal_errors": sum(o.verdict is Verdict.INTERNAL_ERROR
-                                                   for o in outcomes if o.policy == p),
-                            "unexpected": sum(not o.matches for o in outcomes if o.policy == p)}
-                        for p in policies},
+            "summary": summarize(outcomes, policies),
             "outcomes": [o.as_json() for o in outcomes]}
