@@ -277,6 +277,9 @@ class TransparentKPCore:
         return {"table_pages": tables, "kernel_code_pages": kcode,
                 "text_patches_accepted": self.patches.accepted,
                 "text_patches_refused": self.patches.refused,
+                "text_patches_boot": {k: v for k, v in sorted(self.patches.boot.items())
+                                      if k != "refused"},
+                "text_patches_runtime": dict(sorted(self.patches.runtime.items())),
                 "user_roots_live": len(self.roots.valid),
                 "user_roots_released": self.roots.released,
                 "modules_authenticated": sum(1 for r in self.mod_records
