@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from secvma.arch.el2 import HCR_TVM
 from secvma.hvabi import HVC_ENOSYS, HVC_INVALID
-from secvma.kpcore import dma, guard, invariants
+from secvma.kpcore import dma, guard, invariants, ptefast
 from secvma.kpcore.faults import handle_abort, inject_refusal
 from secvma.kpcore.hypercalls import HCR_HOST, handle_hvc, neg
 from secvma.kpcore.modkeys import ModuleKeys
@@ -78,6 +78,7 @@ class KPCore:
         self.hvc_counts: dict[int, int] = {}
         self._traps = 0
         self._vbar_pinned: set[int] = set()  # CPUs whose guard checks the pinned VBAR_EL1
+        self._ptefast_possible = True  # until ptefast.maybe_arm says this machine cannot
 
     # --- public surface -----------------------------------------------------------------
 
@@ -119,6 +120,14 @@ class KPCore:
                 self.internal_errors.append(InternalError("poll", repr(exc)))
                 platform.halt(f"kpcore internal error: {exc!r}")
 
+    def sync(self, platform: Platform) -> None:
+        """Account for the PTE stores the machine carried out since the last trap (ptefast).
+
+        `handle` does this before anything else; call it to read an exact model between traps,
+        while the guest does no kernel PTE store (a stopped or idle CPU)."""
+        if self.st is not None and self.st.ptefast is not None:
+            ptefast.replay(self.st, platform)
+
     def check_invariants(self, platform: Platform, *, full: bool = True) -> list[invariants.Violation]:
         """Run the §9 invariants now; violations are also appended to `invariant_violations`."""
         found = invariants.check(self.attach(platform), platform, full=full)
@@ -131,12 +140,18 @@ class KPCore:
         st = self.attach(platform)
         st.events[type(event).__name__] += 1
         try:
+            if st.ptefast is not None:  # the model first: stores the machine did meanwhile
+                ptefast.replay(st, platform)
             self._dispatch(st, platform, cpu, event)
             if st.dma is not None:
                 dma.drain_faults(st)
             if not isinstance(event, GuardTrip):  # a trip was judged by kpcore.guard already
                 self._check_vbar(st, cpu)
             st.s2.flush(platform, cpu)
+            if st.ptefast is None and self._ptefast_possible:
+                self._ptefast_possible = ptefast.maybe_arm(st, platform, cpu)
+            elif isinstance(event, CpuStart):
+                ptefast.enable_again(st, cpu)
         except Exception as exc:  # a model bug: record, stop the machine, never propagate
             log.exception("kpcore internal error on %r", event)
             self.internal_errors.append(InternalError(repr(event), repr(exc)))

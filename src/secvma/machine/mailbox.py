@@ -166,6 +166,7 @@ class RunResult:
     cntfrq: int = 0
     guard: GuardStats | None = None
     fast_root_traps: int = 0  # of fast_traps: TTBR writes answered by the root fast path
+    fast_pte_traps: int = 0  # of fast_traps: kernel PTE stores done by the PTE fast path
 
     def roundtrip_stats(self) -> dict[str, float]:
         """Median, p99 and count of the trap round trips measured by the trampoline (µs)."""
@@ -359,6 +360,63 @@ class MailboxCpu:
 ROOT_TABLE_INDEX = {SysReg.TTBR0_EL1: 0, SysReg.TTBR1_EL1: 1}
 
 
+class PteFast:
+    """`platform.PteFastPath` on the trampoline (layout "PTE fast path")."""
+
+    def __init__(self, server: MailboxServer) -> None:
+        self.server = server
+        self.mm = server.mm
+        self.tables = layout.PTE_TABLE_MAP - layout.RAM_BASE
+        self.ordinary = layout.PTE_TARGET_MAP - layout.RAM_BASE
+        self.base_pfn = layout.RAM_BASE >> 12
+        self.npages = min(server.qemu.ram_size, layout.MAX_RAM) >> 12
+        self.replayed = 0  # log entries handed to the hypervisor
+        for c in server.cpus:  # a log left over from a previous run of the same RAM file
+            off = layout.pte_log_pa(c.index) - layout.RAM_BASE
+            self.mm[off:off + 8] = bytes(8)
+
+    def load(self, tables: bytes, ordinary: bytes) -> None:
+        n = layout.PTE_MAP_SIZE
+        if len(tables) > n or len(ordinary) > n:
+            raise ValueError(f"a PTE fast-path bitmap holds at most {n} bytes")
+        self.mm[self.tables:self.tables + n] = tables.ljust(n, b"\0")
+        self.mm[self.ordinary:self.ordinary + n] = ordinary.ljust(n, b"\0")
+
+    def mark(self, pfn: int, table: bool, ordinary: bool) -> None:
+        i = pfn - self.base_pfn
+        if not 0 <= i < self.npages:
+            return
+        byte, bit = i >> 3, 1 << (i & 7)
+        for base, on in ((self.tables, table), (self.ordinary, ordinary)):
+            v = self.mm[base + byte]
+            self.mm[base + byte] = (v | bit) if on else (v & ~bit)
+
+    def enable(self, cpu: object, on: bool) -> None:
+        c = self.server._cpu(cpu)
+        self.server.q[(c.off + layout.MB_PTE_EN) >> 3] = int(on)
+
+    def carried_out(self) -> int:
+        """PTE stores the trampoline has carried out since the CPUs started (MB_FAST_PTES)."""
+        return sum(int(self.server.q[(c.off + layout.MB_FAST_PTES) >> 3]) for c in self.server.cpus)
+
+    def drain(self) -> list[tuple[int, int, int, int]]:
+        out: list[tuple[int, int, int, int]] = []
+        q = self.server.q
+        for c in self.server.cpus:
+            base = (layout.pte_log_pa(c.index) - layout.RAM_BASE) >> 3
+            n = int(q[base])
+            if not n:
+                continue
+            if n > layout.PTE_LOG_MAX:
+                raise ProtocolError(f"cpu{c.index}: PTE fast-path log claims {n} entries")
+            for k in range(n):
+                e = base + 1 + 3 * k
+                out.append((c.index, int(q[e]), int(q[e + 1]), int(q[e + 2])))
+            q[base] = 0
+        self.replayed += len(out)
+        return out
+
+
 class RootTable:
     """One shared root fast-path table in the hypervisor region (layout "root fast path").
 
@@ -419,6 +477,7 @@ class MailboxServer:
         self.starve_s = STARVE_S
         self._qtest: QtestClient | None = None
         self.idle_sleeps = 0  # sleeps of the serve loop (spin-then-sleep only)
+        self.pte_fast_path = PteFast(self)
 
     # ---- Platform ----------------------------------------------------------------------
     @property
@@ -733,6 +792,7 @@ class MailboxServer:
         ntr = sum(int(self.q[(c.off + layout.MB_NTR) >> 3]) for c in self.cpus)
         guard = self.guard_stats(cntfrq)
         fast_roots = sum(int(self.q[(c.off + layout.MB_FAST_ROOTS) >> 3]) for c in self.cpus)
+        fast_ptes = sum(int(self.q[(c.off + layout.MB_FAST_PTES) >> 3]) for c in self.cpus)
         if exit_kind != "poweroff":  # read every counter above: release() unmaps guest RAM
             self.release()
             qemu.stop()
@@ -748,7 +808,7 @@ class MailboxServer:
         return RunResult(exit_kind, reason, wall, console.text,
                          qemu.proc.returncode if qemu.proc else None, dict(self.traps), fast, ntr, rt,
                          {k.decode(errors="replace"): v for k, v in console.first_seen.items()},
-                         cntfrq, guard, fast_roots)
+                         cntfrq, guard, fast_roots, fast_ptes)
 
     def guard_stats(self, cntfrq: int) -> GuardStats | None:
         """The interrupt guard's counters, or None when no CPU armed it."""
