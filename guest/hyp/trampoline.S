@@ -293,14 +293,19 @@ pte_fast:
     mov     x9, sp
     sub     x9, x9, x8
     add     x7, x7, x9
-    ldr     x8, [x7]
-    cmp     x8, #PTE_LOG_MAX
+    ldp     x8, x9, [x7]                // head (ours), tail (Python's)
+    sub     x10, x8, x9
+    cmp     x10, #PTE_LOG_MAX
     b.hs    slow_path                   // full: Python replays it, then decides this store
     str     x11, [x12]
+    mov     x9, #PTE_LOG_MAX
+    udiv    x10, x8, x9
+    msub    x10, x10, x9, x8            // head % PTE_LOG_MAX
     mov     x9, #PTE_LOG_ENTRY
-    madd    x10, x8, x9, x7
-    stp     x12, x13, [x10, #8]
-    str     x11, [x10, #24]
+    madd    x10, x10, x9, x7
+    stp     x12, x13, [x10, #16]
+    str     x11, [x10, #32]
+    dmb     ish                         // the entry before the head that publishes it
     add     x8, x8, #1
     str     x8, [x7]
     cbnz    x11, 4f

@@ -365,8 +365,8 @@ class PteFastPath(Protocol):
         ...
 
     def drain(self) -> list[tuple[int, int, int, int]]:
-        """Every CPU's logged stores, oldest first, as (cpu, slot PA, old, stored); the logs
-        are empty afterwards. Only while the CPUs that may append are stopped."""
+        """Every CPU's logged stores, oldest first, as (cpu, slot PA, old, stored), and
+        forget them; safe while CPUs run and append (never from two callers at once)."""
         ...
 
 

@@ -130,10 +130,9 @@ def test_the_next_trap_replays_the_log_before_it_decides() -> None:
     m, hv, fast, table = _armed()
     slot = table + 8
     assert fast.store(slot, page_desc(ORDINARY[1]))
-    assert hv.state.pages.subcount_of(ORDINARY[1] >> 12) == 0  # not replayed yet
+    assert hv.st is not None and hv.st.pages.subcount_of(ORDINARY[1] >> 12) == 0  # not yet
     assert m.store(lva(table + 16), page_desc(TEXT + 0x1000)).done  # not ordinary: traps
-    assert hv.state.pages.subcount_of(ORDINARY[1] >> 12) == 1
-    assert not fast.log and not hv.check_invariants(m.plat)
+    assert not fast.log and hv.st.pages.subcount_of(ORDINARY[1] >> 12) == 1 and not hv.check_invariants(m.plat)
 
 
 @pytest.mark.parametrize("entry", ["no-pxn", "not-ordinary", "malformed", "live-change",
@@ -150,10 +149,11 @@ def test_a_logged_store_the_rules_do_not_produce_halts_as_internal_error(entry: 
     }[entry]
     if entry == "not-a-table":
         slot = DATA + 8
+    st = hv.state
+    with pytest.raises(ptefast.FastPathMismatch):
+        ptefast.replay_one(st, m.plat, slot, old, new)
     m.plat.write_u64(PhysAddr(slot), new)
     fast.log.append((0, slot, old, new))
-    with pytest.raises(ptefast.FastPathMismatch):
-        ptefast.replay_one(hv.state, m.plat, slot, old, new)
     m.store(lva(table + 16), page_desc(TEXT + 0x1000))  # the next trap replays it
     assert hv.internal_errors and "FastPathMismatch" in hv.internal_errors[-1].error
     assert m.plat.halted is not None
@@ -167,3 +167,10 @@ def test_not_armed_on_smp_or_other_policies(policy: str, ncpus: int) -> None:
     m.boot()
     map_vmalloc(m, VMALLOC, ORDINARY[0])
     assert hv.state.ptefast is None and not m.plat.pte_fast_path.enabled  # type: ignore[attr-defined]
+
+
+def test_reading_the_state_replays_the_log() -> None:
+    """`KPCore.state` between traps is exact: the machine's stores so far are accounted for."""
+    _m, hv, fast, table = _armed()
+    assert fast.store(table + 8, page_desc(ORDINARY[1]))
+    assert hv.state.pages.subcount_of(ORDINARY[1] >> 12) == 1 and not fast.log

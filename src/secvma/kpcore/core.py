@@ -84,8 +84,12 @@ class KPCore:
 
     @property
     def state(self) -> KState:
+        """The model, exact: PTE stores the machine did since the last trap are replayed
+        first (kpcore/ptefast.py; not while `handle` runs in another thread)."""
         if self.st is None:
             raise RuntimeError("KPCore has not seen its machine yet (no event handled)")
+        if self.st.ptefast is not None:
+            ptefast.replay(self.st, self.st.ptefast.platform)
         return self.st
 
     @property
@@ -123,13 +127,14 @@ class KPCore:
     def sync(self, platform: Platform) -> None:
         """Account for the PTE stores the machine carried out since the last trap (ptefast).
 
-        `handle` does this before anything else; call it to read an exact model between traps,
-        while the guest does no kernel PTE store (a stopped or idle CPU)."""
+        `handle` does this before anything else, `check_invariants` too; call it to read an
+        exact model between traps (not while `handle` runs in another thread)."""
         if self.st is not None and self.st.ptefast is not None:
             ptefast.replay(self.st, platform)
 
     def check_invariants(self, platform: Platform, *, full: bool = True) -> list[invariants.Violation]:
         """Run the §9 invariants now; violations are also appended to `invariant_violations`."""
+        self.sync(platform)
         found = invariants.check(self.attach(platform), platform, full=full)
         self.invariant_violations.extend(found)
         for v in found:

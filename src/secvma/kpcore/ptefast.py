@@ -48,6 +48,7 @@ class PteFastState:
     """The armed fast path: the platform's capability and what was replayed."""
 
     path: PteFastPath
+    platform: Platform
     replayed: int = 0
     maps: int = 0
     unmaps: int = 0
@@ -103,7 +104,7 @@ def maybe_arm(st: KState, plat: Platform, cpu: Vcpu) -> bool:
         path.mark(pfn, _table(owner, usage), _ordinary(owner, usage))
 
     st.pages.listeners.append(on_change)
-    st.ptefast = PteFastState(path)
+    st.ptefast = PteFastState(path, plat)
     path.enable(cpu, True)
     return True
 

@@ -170,16 +170,19 @@ ROOT_BADDR = 0x0000_FFFF_FFFF_FFFE
 #          is stored (PXN: what Python forces on a leaf of a NONE page);
 #   unmap: old bits[1:0] = 0b11 with its output page marked in PTE_TARGET_MAP, new 0: 0 is
 #          stored, then TLBI IPAS2E1IS (table page) + TLBI VMALLE1IS (what Python queues);
-# and appended to the CPU's log {count u64, then PTE_LOG_MAX x (slot PA, old, stored) u64};
-# anything else, or a full log, goes to Python, which replays every log through its own rules
-# before it decides anything (kpcore/ptefast.py). Counted in MB_FAST and MB_FAST_PTES.
+# and appended to the CPU's log, a ring {head u64 (EL2 writes), tail u64 (Python writes), then
+# PTE_LOG_MAX x (slot PA, old, stored) u64}, entry k at k % PTE_LOG_MAX: EL2 writes the entry,
+# DMB, then head + 1; Python reads head, the entries from tail, then sets tail = head, so it
+# can drain while the CPU runs. Anything else, or a full ring, goes to Python, which replays
+# every log through its own rules before it decides anything (kpcore/ptefast.py). Counted in
+# MB_FAST and MB_FAST_PTES.
 PTE_TABLE_MAP = HYP_BASE + 0x18_8000
 PTE_MAP_SIZE = MAX_RAM >> 15  # one bit per 4 KB page: 96 KB
 PTE_TARGET_MAP = PTE_TABLE_MAP + PTE_MAP_SIZE
 PTE_LOG_BASE = PTE_TARGET_MAP + PTE_MAP_SIZE  # CPU n's log at + n * PTE_LOG_STRIDE
 PTE_LOG_STRIDE = 0x1000
 PTE_LOG_ENTRY = 24
-PTE_LOG_MAX = (PTE_LOG_STRIDE - 8) // PTE_LOG_ENTRY
+PTE_LOG_MAX = (PTE_LOG_STRIDE - 16) // PTE_LOG_ENTRY
 PTE_OA_MASK = 0x0000_FFFF_FFFF_F000  # output address bits 47:12 of a page descriptor
 PTE_PXN_BIT = 53
 # ESR_EL2 of the aborts the PTE fast path takes: ISV, SAS = 64 bit, SF, WnR, and S1PTW, CM, EA,

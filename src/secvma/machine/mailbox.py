@@ -14,10 +14,17 @@ trampoline zeroes the command list before it posts a request).
 latency (see `secvma bench micro`). With `spin_us` the loop spins that long after the last
 trap, then sleeps between polls, each sleep longer than the last up to `IDLE_SLEEP_MAX_S`,
 so an idle guest costs the host almost nothing and a busy one keeps the spinning latency.
+While it spins it yields the core after each round of polls (`sched_yield`): on a loaded
+host the spinning server and the spinning vCPU thread otherwise take turns at each other's
+expense, and the vCPU thread waited in the run queue for most of a module load (one xfs load
+with every PTE store trapping, load average ~6 on 2 cores: gaps between an answer and the
+next trap summed to 1.6-3.2 s of 2.7-4.1 s, matching the vCPU thread's run-queue wait in
+/proc schedstat; with the yield 0.7-0.9 s of 1.75-1.8 s).
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
@@ -373,7 +380,7 @@ class PteFast:
         self.replayed = 0  # log entries handed to the hypervisor
         for c in server.cpus:  # a log left over from a previous run of the same RAM file
             off = layout.pte_log_pa(c.index) - layout.RAM_BASE
-            self.mm[off:off + 8] = bytes(8)
+            self.mm[off:off + 16] = bytes(16)
 
     def load(self, tables: bytes, ordinary: bytes) -> None:
         n = layout.PTE_MAP_SIZE
@@ -404,15 +411,15 @@ class PteFast:
         q = self.server.q
         for c in self.server.cpus:
             base = (layout.pte_log_pa(c.index) - layout.RAM_BASE) >> 3
-            n = int(q[base])
-            if not n:
+            head, tail = int(q[base]), int(q[base + 1])  # head first: its entries are written
+            if head == tail:
                 continue
-            if n > layout.PTE_LOG_MAX:
-                raise ProtocolError(f"cpu{c.index}: PTE fast-path log claims {n} entries")
-            for k in range(n):
-                e = base + 1 + 3 * k
+            if not 0 < head - tail <= layout.PTE_LOG_MAX:
+                raise ProtocolError(f"cpu{c.index}: PTE fast-path log head {head}, tail {tail}")
+            for k in range(tail, head):
+                e = base + 2 + 3 * (k % layout.PTE_LOG_MAX)
                 out.append((c.index, int(q[e]), int(q[e + 1]), int(q[e + 2])))
-            q[base] = 0
+            q[base + 1] = head
         self.replayed += len(out)
         return out
 
@@ -762,6 +769,8 @@ class MailboxServer:
                 polls = 1
                 time.sleep(sleep_s)
                 sleep_s = min(sleep_s * 2, IDLE_SLEEP_MAX_S)
+            elif spin_s is not None:  # spinning: let a runnable QEMU thread have this core
+                os.sched_yield()
         return self._finish(console, exit_kind, reason)
 
     def _starved(self, now: float) -> str | None:
