@@ -23,8 +23,9 @@ deviation over `reps`.
 
 Less noisy than wall time on a shared host, per protected load: `load_traps` (round trips to
 Python during the load command), `load_python_ms` (Python's time in the hypervisor's `handle`
-for them) and `load_fast_ptes` (kernel PTE stores the trampoline's PTE fast path carried out
-without a round trip, kpcore/ptefast.py), each a mean over `reps`.
+for them, wall), `load_python_cpu_ms` (the serving thread's CPU time of the same) and
+`load_fast_ptes` (kernel PTE stores the trampoline's PTE fast path carried out without a
+round trip, kpcore/ptefast.py), each a mean over `reps`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Samples:
     unload_host: list[float] = field(default_factory=list)
     load_traps: list[int] = field(default_factory=list)
     load_python: list[float] = field(default_factory=list)
+    load_python_cpu: list[float] = field(default_factory=list)
     load_fast_ptes: list[int] = field(default_factory=list)
 
 
@@ -79,14 +81,16 @@ class _Counting:
         self.hyp = hyp
         self.traps = 0
         self.python_s = 0.0
+        self.python_cpu_s = 0.0  # CPU time of the serving thread: hardly moved by host load
         self.poll = getattr(hyp, "poll", None)  # the mailbox loop looks this up once
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             self.hyp.handle(platform, cpu, event)
         finally:
             self.python_s += time.perf_counter() - t
+            self.python_cpu_s += time.thread_time() - c
             self.traps += 1
 
 
@@ -142,10 +146,12 @@ def measure(hypervisor: Hypervisor, modules: Mapping[str, Path], reps: int, *,
                     progress(f"{'protected' if protected else 'unprotected'} {mod} {k + 1}/{reps}")
                 d = _check(s.load_uploaded(offsets[dep][1], offsets[dep][0], no_init=True),
                            f"insmod {dep}")
-                traps, py, fast = counting.traps, counting.python_s, _fast_ptes(s.platform)
+                traps, py, cpu_s = counting.traps, counting.python_s, counting.python_cpu_s
+                fast = _fast_ptes(s.platform)
                 r = _check(s.load_uploaded(offsets[mod][1], offsets[mod][0], no_init=True),
                            f"insmod {mod}")
                 traps, py = counting.traps - traps, counting.python_s - py
+                cpu_s = counting.python_cpu_s - cpu_s
                 fast = _fast_ptes(s.platform) - fast
                 if protected and (r.ret[1] == HVC_INVALID or d.ret[1] == HVC_INVALID):
                     s.unload_module(r.value)
@@ -161,6 +167,7 @@ def measure(hypervisor: Hypervisor, modules: Mapping[str, Path], reps: int, *,
                 smp.unload_host.append(u.wall_s)
                 smp.load_traps.append(traps)
                 smp.load_python.append(py)
+                smp.load_python_cpu.append(cpu_s)
                 smp.load_fast_ptes.append(fast)
     return out
 
@@ -216,6 +223,7 @@ def run_modules(reps: int = 5, *, image: TestbedImage | None = None,
                        load_host_ms=_ms(p.load_host)[0], unload_host_ms=_ms(p.unload_host)[0],
                        load_traps=round(statistics.fmean(p.load_traps), 1),
                        load_python_ms=_ms(p.load_python)[0],
+                       load_python_cpu_ms=_ms(p.load_python_cpu)[0],
                        load_fast_ptes=round(statistics.fmean(p.load_fast_ptes), 1))
         else:
             row["error"] = errors["protected"]

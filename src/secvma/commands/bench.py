@@ -116,7 +116,8 @@ def modules(reps: int, as_json: bool) -> None:
     for name, row in res["modules"].items():
         if row.get("load_traps") is not None:
             console.print(f"{name}: per protected load {row['load_traps']:.0f} round trips to "
-                          f"Python, {row['load_python_ms']:.1f} ms in the hypervisor, "
+                          f"Python, {row['load_python_ms']:.1f} ms in the hypervisor "
+                          f"({row['load_python_cpu_ms']:.1f} ms CPU), "
                           f"{row['load_fast_ptes']:.0f} PTE stores done by the trampoline")
     console.print(f"[dim]{res['timing']}[/]")
     _fail_on_errors(res["errors"])

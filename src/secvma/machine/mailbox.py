@@ -378,6 +378,7 @@ class PteFast:
         self.base_pfn = layout.RAM_BASE >> 12
         self.npages = min(server.qemu.ram_size, layout.MAX_RAM) >> 12
         self.replayed = 0  # log entries handed to the hypervisor
+        self.kept: list[tuple[int, int, int, int]] = []  # drained when guest RAM went away
         for c in server.cpus:  # a log left over from a previous run of the same RAM file
             off = layout.pte_log_pa(c.index) - layout.RAM_BASE
             self.mm[off:off + 16] = bytes(16)
@@ -402,12 +403,21 @@ class PteFast:
         c = self.server._cpu(cpu)
         self.server.q[(c.off + layout.MB_PTE_EN) >> 3] = int(on)
 
+    def keep(self) -> None:
+        """Drain the logs into memory before guest RAM is unmapped (`drain` returns them)."""
+        if not self.server.released:
+            self.kept = self.drain()
+
     def carried_out(self) -> int:
         """PTE stores the trampoline has carried out since the CPUs started (MB_FAST_PTES)."""
+        if self.server.released:
+            return 0
         return sum(int(self.server.q[(c.off + layout.MB_FAST_PTES) >> 3]) for c in self.server.cpus)
 
     def drain(self) -> list[tuple[int, int, int, int]]:
-        out: list[tuple[int, int, int, int]] = []
+        out, self.kept = self.kept, []
+        if self.server.released:  # the machine is gone: what it logged last was kept
+            return out
         q = self.server.q
         for c in self.server.cpus:
             base = (layout.pte_log_pa(c.index) - layout.RAM_BASE) >> 3
@@ -484,6 +494,7 @@ class MailboxServer:
         self.starve_s = STARVE_S
         self._qtest: QtestClient | None = None
         self.idle_sleeps = 0  # sleeps of the serve loop (spin-then-sleep only)
+        self.released = False  # guest RAM unmapped (the run is over)
         self.pte_fast_path = PteFast(self)
 
     # ---- Platform ----------------------------------------------------------------------
@@ -841,5 +852,7 @@ class MailboxServer:
         if self._qtest is not None:
             self._qtest.close()
             self._qtest = None
+        self.pte_fast_path.keep()
+        self.released = True
         self.q.release()
         self.u32.release()
