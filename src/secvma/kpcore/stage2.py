@@ -82,13 +82,21 @@ _KIND_BY_BITS: dict[tuple[int, int, int], PermKind] = {
     (int(k.value[0]), k.value[1], k.value[2]): k for k in PermKind}
 
 
+def _leaf_bits(level: int, kind: PermKind) -> int:
+    memattr, s2ap, xn = kind.value
+    sh = Shareability.NON if kind is PermKind.DEVICE else Shareability.INNER
+    return (DESC_VALID | (DESC_TABLE if level == 3 else 0) | (memattr << MEMATTR_SHIFT)
+            | (s2ap << AP_SHIFT) | (sh << SH_SHIFT) | AF | (xn << S2_XN_SHIFT))
+
+
+_LEAF_BITS = {(level, kind): _leaf_bits(level, kind) for level in (1, 2, 3) for kind in PermKind}
+_OA_MASKS = {level: oa_mask(level) for level in (1, 2, 3)}
+
+
 def leaf_desc(oa: int, level: int, kind: PermKind) -> int:
     """A stage-2 block (level 1/2) or page (level 3) descriptor for `kind`, AF set."""
-    memattr, s2ap, xn = kind.value
-    assert oa & ~oa_mask(level) == 0, f"{oa:#x} misaligned for level {level}"
-    sh = Shareability.NON if kind is PermKind.DEVICE else Shareability.INNER
-    return (oa | DESC_VALID | (DESC_TABLE if level == 3 else 0) | (memattr << MEMATTR_SHIFT)
-            | (s2ap << AP_SHIFT) | (sh << SH_SHIFT) | AF | (xn << S2_XN_SHIFT))
+    assert oa & ~_OA_MASKS[level] == 0, f"{oa:#x} misaligned for level {level}"
+    return oa | _LEAF_BITS[level, kind]
 
 
 def kind_of(desc: int) -> PermKind | None:
