@@ -32,7 +32,7 @@ ENTRIES = {
 @pytest.mark.parametrize("kind", sorted(ENTRIES))
 def test_level3_entries_translate_as_the_full_walk(kind: str) -> None:
     m, _hv = booted("hardened")
-    table, slot0 = map_vmalloc(m, VMALLOC, PAGE)  # page 0 of the region: a valid leaf
+    _table, slot0 = map_vmalloc(m, VMALLOC, PAGE)  # page 0 of the region: a valid leaf
     for k in range(1, 8):
         m.plat.write_u64(PhysAddr(slot0 + 8 * k), ENTRIES[kind](PAGE + 0x1000 * k))
     pages = S1Pages(m.plat, m.cpu)
