@@ -288,11 +288,11 @@ pte_fast:
     and     x6, x13, #PTE_OA_MASK
     bl      pte_bit
     cbz     x4, slow_path
-3:  ldr     x7, =PTE_LOG_BASE           // this CPU's log: same offset as its mailbox
+3:  ldr     x7, =PTE_LOG_BASE           // this CPU's log: its mailbox's index x stride
     ldr     x8, =MBOX_BASE
     mov     x9, sp
     sub     x9, x9, x8
-    add     x7, x7, x9
+    add     x7, x7, x9, lsl #PTE_LOG_SHIFT
     ldp     x8, x9, [x7]                // head (ours), tail (Python's)
     sub     x10, x8, x9
     cmp     x10, #PTE_LOG_MAX

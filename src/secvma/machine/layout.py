@@ -180,7 +180,8 @@ PTE_TABLE_MAP = HYP_BASE + 0x18_8000
 PTE_MAP_SIZE = MAX_RAM >> 15  # one bit per 4 KB page: 96 KB
 PTE_TARGET_MAP = PTE_TABLE_MAP + PTE_MAP_SIZE
 PTE_LOG_BASE = PTE_TARGET_MAP + PTE_MAP_SIZE  # CPU n's log at + n * PTE_LOG_STRIDE
-PTE_LOG_STRIDE = 0x1000
+PTE_LOG_STRIDE = 0x4000  # 681 entries: an xfs load stores ~1 850 PTEs between 13 traps
+PTE_LOG_SHIFT = 2  # PTE_LOG_STRIDE = MBOX_STRIDE << PTE_LOG_SHIFT
 PTE_LOG_ENTRY = 24
 PTE_LOG_MAX = (PTE_LOG_STRIDE - 16) // PTE_LOG_ENTRY
 PTE_OA_MASK = 0x0000_FFFF_FFFF_F000  # output address bits 47:12 of a page descriptor
@@ -231,6 +232,7 @@ def mailbox_pa(cpu: int) -> int:
 
 
 assert PTE_LOG_BASE + MAX_CPUS * PTE_LOG_STRIDE <= S2_POOL_BASE, "PTE fast path overlaps the pool"
+assert PTE_LOG_STRIDE == MBOX_STRIDE << PTE_LOG_SHIFT, "the trampoline scales a mailbox offset"
 assert ROOTTAB_BASE + 2 * ROOT_TABLE_SIZE <= PTE_TABLE_MAP, "root tables overlap the PTE maps"
 
 
