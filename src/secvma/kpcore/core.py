@@ -24,6 +24,7 @@ never makes progress again.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,17 +80,19 @@ class KPCore:
         self._traps = 0
         self._vbar_pinned: set[int] = set()  # CPUs whose guard checks the pinned VBAR_EL1
         self._ptefast_possible = True  # until ptefast.maybe_arm says this machine cannot
+        self._lock = threading.RLock()  # handle vs a replay asked for by another thread
 
     # --- public surface -----------------------------------------------------------------
 
     @property
     def state(self) -> KState:
         """The model, exact: PTE stores the machine did since the last trap are replayed
-        first (kpcore/ptefast.py; not while `handle` runs in another thread)."""
+        first (kpcore/ptefast.py)."""
         if self.st is None:
             raise RuntimeError("KPCore has not seen its machine yet (no event handled)")
         if self.st.ptefast is not None:
-            ptefast.replay(self.st, self.st.ptefast.platform)
+            with self._lock:
+                ptefast.replay(self.st, self.st.ptefast.platform)
         return self.st
 
     @property
@@ -127,10 +130,11 @@ class KPCore:
     def sync(self, platform: Platform) -> None:
         """Account for the PTE stores the machine carried out since the last trap (ptefast).
 
-        `handle` does this before anything else, `check_invariants` too; call it to read an
-        exact model between traps (not while `handle` runs in another thread)."""
+        `handle` does this before anything else, `check_invariants` and `state` too; the
+        machine may go on running (the log is a ring), `handle` waits meanwhile."""
         if self.st is not None and self.st.ptefast is not None:
-            ptefast.replay(self.st, platform)
+            with self._lock:
+                ptefast.replay(self.st, platform)
 
     def check_invariants(self, platform: Platform, *, full: bool = True) -> list[invariants.Violation]:
         """Run the §9 invariants now; violations are also appended to `invariant_violations`."""
@@ -142,6 +146,10 @@ class KPCore:
         return found
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
+        with self._lock:  # a replay from another thread (`state`) never interleaves with it
+            self._handle(platform, cpu, event)
+
+    def _handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
         st = self.attach(platform)
         st.events[type(event).__name__] += 1
         try:
