@@ -567,10 +567,7 @@ class ModuleLoad:
         """simplify_symbol: undefined -> exports (kernel, then loaded modules); defined -> +base."""
         st, elf = self.st, self.elf
         assert elf is not None
-        kernel = st.mod.kernel_table
-        if kernel is None:  # the kernel's exports never change: one table for every load
-            kernel = st.mod.kernel_table = ExportTable(kernel_exports(st, self.plat))
-        table = kernel.copy()
+        table = self._kernel_table().copy()
         for _i, m in sorted(st.mod.loaded.items()):  # the first source of a name wins
             table.add([e for e in m.exports if table.get(e.name) is None])
         percpu = 0
@@ -720,6 +717,13 @@ class ModuleLoad:
                 raise _refuse("mload-mark-ex", "the kernel entry for verified text is not an "
                               "L3 PTE mapping the verified page", va=page, level=hit[2])
 
+    def _kernel_table(self) -> ExportTable:
+        """The kernel's exports as a table (they never change: built once, for every load)."""
+        kernel = self.st.mod.kernel_table
+        if kernel is None:
+            kernel = self.st.mod.kernel_table = ExportTable(kernel_exports(self.st, self.plat))
+        return kernel
+
     def _module_exports(self, addrs: dict[int, int]) -> None:
         st, elf = self.st, self.elf
         assert elf is not None
@@ -728,10 +732,10 @@ class ModuleLoad:
         except ModuleError as exc:
             raise _refuse("mload-exports", str(exc), Errno.EINVAL) from None
         if st.policy.hardened:
-            known = {e.name for e in kernel_exports(st, self.plat)}
-            for m in st.mod.loaded.values():
-                known.update(e.name for e in m.exports)
-            clash = sorted({e.name for e in exports} & known)
+            kernel = self._kernel_table()
+            known = {e.name for m in st.mod.loaded.values() for e in m.exports}
+            clash = sorted({e.name for e in exports
+                            if e.name in known or kernel.get(e.name) is not None})
             if clash:
                 raise _refuse("mload-exports", f"module {self.name!r} exports {clash[0]}, "
                               "which is already exported", Errno.EBUSY)
