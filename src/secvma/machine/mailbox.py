@@ -74,6 +74,7 @@ HOUSEKEEP_S = 0.002  # console, QEMU liveness, deadline and watchdog checks at m
 HOOK_S = 0.0002  # the hypervisor's `poll` and the caller's poll hook at most this often
 DEFAULT_SPIN_US = 1000.0  # spin this long after a trap before sleeping (runner.boot's default)
 IDLE_SLEEP_MIN_S = 0.00005  # first sleep once the spin window has passed without a trap
+YIELD_WHILE_SPINNING = True  # spin-then-sleep yields the core between poll rounds (see above)
 IDLE_SLEEP_MAX_S = 0.001  # longest sleep: bounds the extra latency of a trap after idling
 
 # (op0, op1, CRn, CRm, op2) of the registers the trampoline can write
@@ -716,6 +717,7 @@ class MailboxServer:
         u32 = self.u32
         single = states[0] if len(states) == 1 else None
         spin_s = None if self.spin_us is None else self.spin_us / 1e6
+        yield_spin = spin_s is not None and YIELD_WHILE_SPINNING
         idle_hook = getattr(self.hyp, "poll", None)
         perf_counter = time.perf_counter
         last_trap = next_hook = next_house = perf_counter()
@@ -780,7 +782,7 @@ class MailboxServer:
                 polls = 1
                 time.sleep(sleep_s)
                 sleep_s = min(sleep_s * 2, IDLE_SLEEP_MAX_S)
-            elif spin_s is not None:  # spinning: let a runnable QEMU thread have this core
+            elif yield_spin:  # spinning: let a runnable QEMU thread have this core
                 os.sched_yield()
         return self._finish(console, exit_kind, reason)
 
