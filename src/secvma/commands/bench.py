@@ -129,6 +129,12 @@ def modules(reps: int, as_json: bool) -> None:
         t.add_row(name, ms(row, "load_ms"), ms(row, "unload_ms"), ms(row, "load_ms_unprotected"),
                   ms(row, "unload_ms_unprotected"), "—" if ratio is None else f"{ratio:.2f}×")
     console.print(t)
+    for name, row in res["modules"].items():
+        if row.get("load_traps") is not None:
+            console.print(f"{name}: per protected load {row['load_traps']:.0f} round trips to "
+                          f"Python, {row['load_python_ms']:.1f} ms in the hypervisor "
+                          f"({row['load_python_cpu_ms']:.1f} ms CPU), "
+                          f"{row['load_fast_ptes']:.0f} PTE stores done by the trampoline")
     console.print(f"[dim]{res['timing']}[/]")
     _fail_on_errors(res["errors"])
 
