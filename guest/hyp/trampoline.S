@@ -90,6 +90,8 @@ _start:
     str     xzr, [sp, #MB_CUR_TTBR0]
     str     xzr, [sp, #MB_NEXT_TTBR0]
     str     xzr, [sp, #MB_FAST_ROOTS]
+    str     xzr, [sp, #MB_PTE_EN]       // PTE fast path off until Python enables it
+    str     xzr, [sp, #MB_FAST_PTES]
     str     wzr, [sp, #MB_GUARDTAB + 4] // empty guard table (state 0 ends it)
     // boot frame: x0 = DTB / context id, x1..x30 = 0, EL1h with DAIF masked
     add     x2, sp, #MB_X
@@ -128,6 +130,8 @@ lower_sync:                             // x0, x1 already saved by the vector
     str     x1, [sp, #MB_NTR]
     // fast path: an MSR (EC 0x18, direction write) whose ISS key is in the table
     lsr     x1, x0, #26
+    cmp     x1, #0x24                   // data abort from EL1/EL0: the PTE fast path
+    b.eq    pte_fast
     cmp     x1, #0x18
     b.ne    slow_path
     tbnz    x0, #0, slow_path           // MRS (read): always to Python
@@ -233,6 +237,110 @@ root_lookup:                            // x2 = TTBR value, x7 = table offset ->
     ret
 1:  mov     x3, #1
     ret
+
+// PTE fast path (layout "PTE fast path"): a map of an ordinary page (PXN forced) or an unmap
+// of one, by an ISV 64-bit store at a slot of a level-3 kernel table page Python marked
+pte_fast:
+    ldr     x4, [sp, #MB_PTE_EN]
+    cbz     x4, slow_path
+    ldr     x4, =PTE_ESR_MASK
+    and     x4, x0, x4
+    ldr     x5, =PTE_ESR_WANT           // ISV, SAS 64, SF, WnR, no S1PTW/CM/EA/FnV, permission
+    cmp     x4, x5
+    b.ne    slow_path
+    ldr     x4, [sp, #MB_SPSR]
+    and     x4, x4, #0xe                // M[3:1] = 0b010: EL1t or EL1h
+    cmp     x4, #4
+    b.ne    slow_path
+    mrs     x3, far_el2
+    tst     x3, #7                      // an aligned slot
+    b.ne    slow_path
+    mrs     x2, hpfar_el2
+    ubfx    x2, x2, #4, #40
+    lsl     x2, x2, #12                 // x2 = table page (IPA = PA)
+    ldr     x7, =PTE_TABLE_MAP
+    mov     x6, x2
+    bl      pte_bit
+    cbz     x4, slow_path
+    and     x3, x3, #0xff8
+    orr     x12, x2, x3                 // x12 = slot
+    ubfx    x5, x0, #16, #5             // SRT
+    mov     x11, xzr
+    cmp     x5, #31
+    b.eq    1f
+    add     x6, sp, #MB_X
+    ldr     x11, [x6, x5, lsl #3]       // x11 = new
+1:  ldr     x13, [x12]                  // x13 = old
+    ldr     x7, =PTE_TARGET_MAP
+    cbnz    x13, 2f
+    and     x4, x11, #3                 // map: 0 -> page descriptor of an ordinary page
+    cmp     x4, #3
+    b.ne    slow_path
+    and     x6, x11, #PTE_OA_MASK
+    bl      pte_bit
+    cbz     x4, slow_path
+    orr     x11, x11, #(1 << PTE_PXN_BIT)
+    b       3f
+2:  cbnz    x11, slow_path              // unmap: page descriptor of an ordinary page -> 0
+    and     x4, x13, #3
+    cmp     x4, #3
+    b.ne    slow_path
+    and     x6, x13, #PTE_OA_MASK
+    bl      pte_bit
+    cbz     x4, slow_path
+3:  ldr     x7, =PTE_LOG_BASE           // this CPU's log: its mailbox's index x stride
+    ldr     x8, =MBOX_BASE
+    mov     x9, sp
+    sub     x9, x9, x8
+    add     x7, x7, x9, lsl #PTE_LOG_SHIFT
+    ldp     x8, x9, [x7]                // head (ours), tail (Python's)
+    sub     x10, x8, x9
+    cmp     x10, #PTE_LOG_MAX
+    b.hs    slow_path                   // full: Python replays it, then decides this store
+    str     x11, [x12]
+    mov     x9, #PTE_LOG_MAX
+    udiv    x10, x8, x9
+    msub    x10, x10, x9, x8            // head % PTE_LOG_MAX
+    mov     x9, #PTE_LOG_ENTRY
+    madd    x10, x10, x9, x7
+    stp     x12, x13, [x10, #16]
+    str     x11, [x10, #32]
+    dmb     ish                         // the entry before the head that publishes it
+    add     x8, x8, #1
+    str     x8, [x7]
+    cbnz    x11, 4f
+    dsb     ishst                       // unmap: the invalidation Python would queue
+    lsr     x9, x2, #12
+    tlbi    ipas2e1is, x9
+    dsb     ish
+    tlbi    vmalle1is
+    dsb     ish
+    isb
+4:  ldr     x4, [sp, #MB_FAST]
+    add     x4, x4, #1
+    str     x4, [sp, #MB_FAST]
+    ldr     x4, [sp, #MB_FAST_PTES]
+    add     x4, x4, #1
+    str     x4, [sp, #MB_FAST_PTES]
+    ldr     x4, [sp, #MB_ELR]
+    add     x4, x4, #4
+    str     x4, [sp, #MB_ELR]
+    b       restore_eret
+pte_bit:                                // x6 = PA, x7 = bitmap -> x4 = its bit (0 outside RAM)
+    mov     x4, xzr
+    ldr     x8, =RAM_BASE
+    subs    x6, x6, x8
+    b.lo    1f
+    lsr     x6, x6, #12
+    ldr     x8, =(MAX_RAM >> 12)
+    cmp     x6, x8
+    b.hs    1f
+    lsr     x8, x6, #3
+    ldrb    w4, [x7, x8]
+    and     x8, x6, #7
+    lsr     w4, w4, w8
+    and     w4, w4, #1
+1:  ret
 
 sgi_forward:                            // EL2 sends the SGI EL1 asked for (IMO traps it)
     ubfx    x5, x0, #5, #5

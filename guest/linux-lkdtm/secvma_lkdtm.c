@@ -423,6 +423,33 @@ static int a_vbar_write(unsigned long arg)
 	return 0;
 }
 
+#define MDSCR_KDE (1UL << 13)
+
+static int a_mdscr_kde(unsigned long arg)
+{
+	u64 old = read_sysreg(mdscr_el1), forged = old | MDSCR_KDE, back;
+	unsigned long flags;
+
+	SET_RESULT("effect=0 writing MDSCR_EL1 %#llx", forged);
+	local_irq_save(flags);
+	/*
+	 * KDE enables breakpoint, watchpoint and step exceptions at EL1 (the first step of a
+	 * kernel debugger an attacker would use to hijack control flow). No trap guards
+	 * MDSCR_EL1 here: judged, like VBAR_WRITE, by whether the bit survives five guard
+	 * intervals. No breakpoint is armed and PSTATE.D is set, so it is harmless either way.
+	 */
+	write_sysreg(forged, mdscr_el1);
+	isb();
+	mdelay(50);
+	back = read_sysreg(mdscr_el1);
+	write_sysreg(old, mdscr_el1);
+	isb();
+	local_irq_restore(flags);
+	SET_RESULT("effect=%d MDSCR_EL1 held %#llx (forged %#llx, real %#llx)",
+		   (back & MDSCR_KDE) != 0, back, forged, old);
+	return 0;
+}
+
 /* `arg`: the address of aarch64_insn_patch_text_nosync (from /proc/kallsyms). */
 static int a_text_poke(unsigned long arg)
 {
@@ -634,6 +661,7 @@ static const struct attack attacks[] = {
 	{ "TTBR0_CRAFT", a_ttbr0_craft },
 	{ "SCTLR_WRITE", a_sctlr_write },
 	{ "VBAR_WRITE", a_vbar_write },
+	{ "MDSCR_KDE", a_mdscr_kde },
 	{ "TEXT_POKE", a_text_poke },
 	{ "DMA_TEXT", a_dma_text },
 	{ "DMA_RODATA", a_dma_rodata },

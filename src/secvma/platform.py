@@ -340,6 +340,37 @@ class Platform(Protocol):
 
 
 @runtime_checkable
+class PteFastPath(Protocol):
+    """Optional capability of a platform (attribute `pte_fast_path`): harmless kernel PTE
+    stores carried out without a round trip, on a single-CPU machine.
+
+    The hypervisor marks pages in two bitmaps: level-3 kernel table pages, and ordinary pages
+    (a leaf mapping one is given PXN, nothing else). On an enabled CPU, a 64-bit store with a
+    syndrome into an aligned slot of a marked table page that maps an ordinary page into an
+    empty slot (PXN forced), or empties a slot that mapped one (then TLBI as `flush_tlb_ipa`
+    of the table page), is done by the machine and logged; everything else traps as before.
+    The hypervisor must `drain` the log and account for every entry before it decides anything.
+    """
+
+    def load(self, tables: bytes, ordinary: bytes) -> None:
+        """Replace both bitmaps (bit n of byte n // 8 = page ram_base + n * 4 KB)."""
+        ...
+
+    def mark(self, pfn: int, table: bool, ordinary: bool) -> None:
+        """Set one page's two bits."""
+        ...
+
+    def enable(self, cpu: Vcpu, on: bool) -> None:
+        """Turn the fast path on or off for `cpu` (off again after the CPU restarts)."""
+        ...
+
+    def drain(self) -> list[tuple[int, int, int, int]]:
+        """Every CPU's logged stores, oldest first, as (cpu, slot PA, old, stored), and
+        forget them; safe while CPUs run and append (never from two callers at once)."""
+        ...
+
+
+@runtime_checkable
 class Hypervisor(Protocol):
     """An EL2 policy. `handle` is called once per event, on the CPU that raised it."""
 

@@ -13,7 +13,7 @@ from test_transparent import KVA, PTE, _store, armed
 
 from secvma import fixtures as fx
 from secvma.kpcore.kexports import image_exports
-from secvma.kpcore.modauth import MOV_X9_X30, ModSites, ModuleAuthority, load_candidate
+from secvma.kpcore.modauth import MOV_X9_X30, ModSites, ModuleAuthority, Verdict, load_candidate
 from secvma.kpcore.pages import Usage
 from secvma.kpcore.textsites import KIMAGE_VADDR, NOP
 from secvma.module import linux_sig
@@ -120,6 +120,19 @@ def test_tampered_text_refused_and_stays_pxn(debian: fx.FixtureSet) -> None:
     assert hv.protection_summary()["modules_refused"] == 1 and not hv.internal_errors
 
 
+def test_no_authority_is_a_named_refusal_quirk(debian: fx.FixtureSet) -> None:
+    """A run given no module authority (bench apps built its hypervisor without one) used to
+    keep PXN silently: the guest's modules oopsed with no refusal to explain it."""
+    hv, plat, cpu, _lay = _loaded(debian)
+    hv.modules = None
+    _exec(hv, plat, cpu, CORE_SLOT)
+    _exec(hv, plat, cpu, CORE_SLOT + 8)  # the next text page joins the same refused record
+    assert plat.read_u64(PhysAddr(CORE_SLOT)) & PXN and plat.read_u64(PhysAddr(CORE_SLOT + 8)) & PXN
+    assert [r.rule for r in hv.refusals] == ["mod-unknown"]
+    assert "no module authority" in hv.refusals[0].reason
+    assert hv.protection_summary()["modules_refused"] == 1 and not hv.internal_errors
+
+
 def test_unsigned_candidate_refused(debian: fx.FixtureSet) -> None:
     body, sig = linux_sig.split_appended_signature(debian.modules["libcrc32c"].read_bytes())
     assert sig is not None
@@ -212,22 +225,63 @@ def test_patch_site_words() -> None:
 def test_exports_ignore_a_stray_word_naming_an_export() -> None:
     """A word before `__ksymtab` whose PC-relative target is a name is not an entry (seen on
     Debian: `cpu_number` got a wrong address and xfs's per-CPU accesses mismatched)."""
-    names = [f"sym{i:03d}" for i in range(8)]
-    strings = b"\0" + b"\0".join(n.encode() for n in names) + b"\0"
-    img = bytearray(0x30000)
-    str_at = 0x20000
-    img[str_at:str_at + len(strings)] = strings
-    name_at = {n: str_at + strings.index(b"\0" + n.encode() + b"\0") + 1 for n in names}
-    table = 0x1_0000
-    for k, n in enumerate(names):
-        e = table + 12 * k
-        struct.pack_into("<iii", img, e, 0x100 + 8 * k - e, name_at[n] - (e + 4), 0)
+    img, names, _table = _synthetic_ksymtab()
     stray = 0x8000
-    struct.pack_into("<ii", img, stray, 0x4444 - stray, name_at["sym003"] - (stray + 4))
+    struct.pack_into("<ii", img, stray, 0x4444 - stray, _name_va(img, "sym003") - (stray + 4))
     sv = {n: SymversEntry(0, n, "vmlinux", ExportKind.PLAIN, "") for n in names}
     got = image_exports(bytes(img), sv)
     assert set(got) == set(names)
     assert got["sym003"].address == KIMAGE_VADDR + 0x100 + 24
+
+
+def test_exports_from_the_long_table_not_a_short_array_quirk() -> None:
+    """Debian's Image holds a 2-entry array of 12-byte PC-relative records naming
+    `__cpuhp_state_add_instance` (value in .rodata), while the real entry names a copy of the
+    string outside the densest string region: the short array won, virtio_net's PLT pointed
+    17 MiB away from the kernel's and the module was refused (`mod-mismatch`)."""
+    img, names, table = _synthetic_ksymtab()
+    far = 0x2F000  # a second copy of sym010's name, outside the dense region
+    img[far - 1:far + 7] = b"\0sym010\0"
+    e = table + 12 * 10
+    struct.pack_into("<i", img, e + 4, far - (e + 4))
+    arr = 0x9000  # two records, 12 bytes apart, naming sym010 and sym011 in the dense region
+    for j, n in enumerate(("sym010", "sym011")):
+        r = arr + 12 * j
+        struct.pack_into("<iii", img, r, 0x7770 - r, _name_va(img, n) - (r + 4), 0)
+    sv = {n: SymversEntry(0, n, "vmlinux", ExportKind.PLAIN, "") for n in names}
+    got = image_exports(bytes(img), sv)
+    assert set(got) == set(names)
+    assert got["sym010"].address == KIMAGE_VADDR + 0x100 + 8 * 10
+    assert got["sym011"].address == KIMAGE_VADDR + 0x100 + 8 * 11
+
+
+def test_debian_export_of_cpuhp_state_add_instance_is_in_text(debian: fx.FixtureSet) -> None:
+    """The Debian Image's value for the quirk above: the function's entry in kernel text."""
+    from secvma.linux.trust import kernel_exports
+
+    img = debian.kernel_image.read_bytes()
+    ex = kernel_exports(img, debian)
+    addr = ex["__cpuhp_state_add_instance"].address - KIMAGE_VADDR
+    assert addr == 0x97B80  # in .text (the short array's value was 0x1175ea8, in .rodata)
+    assert img[addr:addr + 4] != bytes(4)
+
+
+def _synthetic_ksymtab(n: int = 80) -> tuple[bytearray, list[str], int]:
+    """An Image with a sorted 12-byte `__ksymtab` of `n` entries at 0x10000 (values at
+    KIMAGE_VADDR + 0x100 + 8k) and its strings at 0x20000."""
+    names = [f"sym{i:03d}" for i in range(n)]
+    strings = b"\0" + b"\0".join(x.encode() for x in names) + b"\0"
+    img = bytearray(0x30000)
+    img[0x20000:0x20000 + len(strings)] = strings
+    table = 0x1_0000
+    for k, x in enumerate(names):
+        e = table + 12 * k
+        struct.pack_into("<iii", img, e, 0x100 + 8 * k - e, _name_va(img, x) - (e + 4), 0)
+    return img, names, table
+
+
+def _name_va(img: bytearray, name: str) -> int:
+    return bytes(img).index(b"\0" + name.encode() + b"\0", 0x20000) + 1
 
 
 def test_kpcore_imports_nothing_from_testbed() -> None:
@@ -256,6 +310,76 @@ def test_debian_modules_link_against_the_image_exports(debian: fx.FixtureSet, na
     got = auth.link(by[name], KVA + 0x200_0000, KVA + 0x300_0000, loaded)
     assert isinstance(got, tuple), got
     _ = image_exports  # the exports come from the Image (kexports), not from Module.symvers
+
+
+EXT4_CHAIN = ("lib/crc16.ko", "fs/mbcache.ko", "fs/jbd2/jbd2.ko", "fs/ext4/ext4.ko")
+
+
+def test_struct_module_offsets_from_the_image_btf(debian: fx.FixtureSet) -> None:
+    from secvma.kpcore.modauth import NAME_OFF
+    from secvma.linux.trust import module_struct
+
+    off = module_struct(debian.kernel_image.read_bytes())
+    assert off["name"] == NAME_OFF and off["core_layout"] == 0x140
+    assert off["percpu_size"] == off["percpu"] + 8 and off["percpu"] > off["init_layout"]
+
+
+def test_module_with_per_cpu_data_links_at_the_kernels_per_cpu_area_quirk(
+        debian: fx.FixtureSet) -> None:
+    """ext4 (the apps guest's root filesystem) has `.data..percpu`: relocated as if its
+    per-CPU area sat at 0, its ADRPs overflowed and ext4 was refused (`mod-link`). The base
+    is read from `struct module` at the offset the Image's BTF gives."""
+    from secvma.linux.trust import module_authority
+    from secvma.machine.initramfs import debian_module_files
+
+    img = debian.kernel_image.read_bytes()
+    auth = module_authority(img, fx=debian, modules=debian_module_files(EXT4_CHAIN))
+    by = {c.name: c for c in auth.candidates}
+    loaded: list[Export] = []
+    for k, dep in enumerate(("crc16", "mbcache", "jbd2")):
+        got = auth.link(by[dep], KVA + 0x100_0000 * (k + 1), KVA + 0x80_0000 * (k + 9), loaded)
+        assert isinstance(got, tuple), got
+        loaded += got[2]
+    ext4 = by["ext4"]
+    percpu = KVA + 0x20_0000  # within reach, as the kernel's reserved per-CPU chunk is
+    at_zero = auth.link(ext4, KVA + 0x800_0000, KVA + 0x900_0000, loaded)
+    assert isinstance(at_zero, Verdict) and at_zero.rule == "mod-link", at_zero
+    assert isinstance(auth.link(ext4, KVA + 0x800_0000, KVA + 0x900_0000, loaded, percpu), tuple)
+
+    assert ext4.view is not None
+    size = ext4.view.sections[ext4.view.percpu_index].size
+    off = auth.module_struct["percpu"]
+    mem = {KVA + 0x800_0000 + ext4.this_module + off: struct.pack("<QI", percpu, size)}
+
+    def read(va: int, n: int) -> bytes | None:
+        return mem.get(va, b"")[:n] or None
+
+    assert auth.percpu_base(ext4, KVA + 0x800_0000, read) == percpu
+    mem[KVA + 0x800_0000 + ext4.this_module + off] = struct.pack("<QI", percpu, size + 8)
+    bad = auth.percpu_base(ext4, KVA + 0x800_0000, read)
+    assert isinstance(bad, Verdict) and bad.rule == "mod-layout"
+    assert auth.percpu_base(by["crc16"], KVA, read) == 0  # no per-CPU data: nothing read
+    auth.module_struct = {}
+    blind = auth.percpu_base(ext4, KVA + 0x800_0000, read)
+    assert isinstance(blind, Verdict) and "BTF" in blind.reason
+
+
+def test_btf_parser_refuses_malformed_blobs(debian: fx.FixtureSet) -> None:
+    from secvma.kpcore import kbtf
+
+    img = debian.kernel_image.read_bytes()
+    at = kbtf.find_blob(img)
+    hdr = kbtf.HEADER.unpack_from(img, at)
+    blob = bytearray(img[at:at + hdr[3] + hdr[6] + hdr[7]])
+    assert kbtf.parse(bytes(blob), 0).offsets("module")["name"] == 24
+    with pytest.raises(kbtf.BtfError):
+        kbtf.parse(bytes(blob[:hdr[3] + 100]), 0)  # tables cut short
+    with pytest.raises(kbtf.BtfError):
+        kbtf.find_blob(b"\0" * 4096)
+    bad = bytearray(blob)
+    struct.pack_into("<I", bad, hdr[3] + 4, 0x1F << 24)  # first type: kind 31
+    with pytest.raises(kbtf.BtfError):
+        kbtf.parse(bytes(bad), 0)
 
 
 def test_invariants_hold_for_module_text_then_catch_a_changed_word(debian: fx.FixtureSet) -> None:

@@ -138,9 +138,9 @@ def test_load_unload_cycles_restore_page_usage_table(session: tuple[Any, KPCore]
                                                      blobs: dict[str, bytes]) -> None:
     """Two cycles of every test module leave owner/class/subcount of all pages as before."""
     s, hv = session
-    pages = hv.state.pages
 
     def snap() -> tuple[bytes, bytes, bytes]:
+        pages = hv.state.pages  # through `state`: PTE stores done at EL2 are accounted for
         return bytes(pages.usage), bytes(pages.owner), pages.subcount.tobytes()
 
     before = snap()

@@ -208,7 +208,8 @@ def test_arming_protects_tables_text_rodata_and_counts() -> None:
     assert prot["table_pages"] == {"EL1_PGD": 4, "EL1_PUD": 2, "EL1_PMD": 2, "EL1_PTE": 2}
     assert prot["kernel_code_pages"] == 2 and prot["user_roots_live"] == 1
     assert set(prot) == {"table_pages", "kernel_code_pages", "text_patches_accepted",
-                         "text_patches_refused", "user_roots_live", "user_roots_released",
+                         "text_patches_refused", "text_patches_boot", "text_patches_runtime",
+                         "user_roots_live", "user_roots_released",
                          "modules_authenticated", "modules_refused"}
     assert hv.arm_passes == 2  # the second walk found nothing new
 
@@ -290,10 +291,11 @@ def test_invalid_nonzero_descriptor_quirk() -> None:
     assert plat.read_u64(PhysAddr(PTE + 8)) == live & ~1 and not hv.refusals
     assert hv.state.pages.subcount_of(data_pfn) == before - 1
     _store(hv, plat, cpu, PTE + 8, (live | 1) & ~PXN)  # valid again, asks for EL1-exec
-    assert plat.read_u64(PhysAddr(PTE + 8)) == live | PXN and not hv.refusals
+    assert plat.read_u64(PhysAddr(PTE + 8)) == live | PXN
+    assert [r.rule for r in hv.refusals] == ["mod-unknown"]  # EL1-exec of data: refused, logged
     assert hv.state.pages.subcount_of(data_pfn) == before
     _store(hv, plat, cpu, PTE + 8, 0x1)  # bit 0 set, bit 1 clear at level 3: still refused
-    assert [r.rule for r in hv.refusals] == ["kpt-L3"]
+    assert [r.rule for r in hv.refusals] == ["mod-unknown", "kpt-L3"]
 
 
 def test_arming_walks_again_when_a_table_appears_meanwhile() -> None:
@@ -332,7 +334,9 @@ def test_pxn_forced_on_executable_leaf_to_non_text() -> None:
     assert plat.read_u64(PhysAddr(PTE + 16)) & PXN
     _store(hv, plat, cpu, PTE + 24, TEXT_PA | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)  # text
     assert not plat.read_u64(PhysAddr(PTE + 24)) & PXN
-    assert cpu.skips == 2 and not hv.refusals and hv.stats["pxn_fixups"] == 1
+    assert cpu.skips == 2 and hv.stats["pxn_fixups"] == 1
+    # no module authority in this run: the request is refused by name, not silently PXN'd
+    assert [r.rule for r in hv.refusals] == ["mod-unknown"]
 
 
 def test_reserved_pg_dir_stays_empty() -> None:

@@ -8,6 +8,7 @@ an oops and not the machine.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -46,7 +47,7 @@ def test_effects_are_measured_not_assumed(suite_none: dict[str, object]) -> None
     for name in ("EXEC_DATA", "EXEC_STACK", "EXEC_KMALLOC", "EXEC_VMALLOC", "EXEC_RODATA",
                  "EXEC_USERSPACE"):
         assert "returned 42" in by[name]
-    for name in ("TTBR1_FORGE", "TTBR0_CRAFT", "SCTLR_WRITE", "VBAR_WRITE"):
+    for name in ("TTBR1_FORGE", "TTBR0_CRAFT", "SCTLR_WRITE", "VBAR_WRITE", "MDSCR_KDE"):
         assert "held" in by[name]
     assert "is Live" in by["UNSIGNED_MODULE"]
     marker = "00736563766d6100646d612161746b00"  # read back through the kernel's own mapping
@@ -70,11 +71,14 @@ def test_no_attack_is_a_known_gap_under_transparent() -> None:
     assert [a.name for a in ATTACKS if a.gap] == []
 
 
-def test_cli_json_shape(guest: LinuxGuest) -> None:
+def test_cli_json_shape(guest: LinuxGuest, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["attack", "--guest", "linux", "--policy", "none", "--only",
-                                    "SCTLR_WRITE", "--json"])
+                                    "SCTLR_WRITE", "--json", "--report", str(tmp_path / "r.md")])
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
+    md = (tmp_path / "r.md").read_text()
+    assert "stock Debian kernel" in md and "| SCTLR_WRITE | change SCTLR_EL1 |" in md
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads(res.stdout)
     assert set(data) >= {"outcomes", "summary", "ok"}
     (o,) = data["outcomes"]
     assert o["attack"] == "SCTLR_WRITE" and o["policy"] == "none" and o["matches"] is True

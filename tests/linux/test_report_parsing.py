@@ -84,3 +84,13 @@ def test_host_observed_effect_overrides_the_module() -> None:
     v, d = judge(text, "DMA_HYP", "poweroff", [], host_effect=True)
     assert v is Verdict.SUCCEEDED and "found the marker" in d
     assert judge(text, "DMA_HYP", "poweroff", [], host_effect=False, dma_faults=2)[0] is Verdict.BLOCKED
+
+
+def test_guarded_register_blocked_only_with_the_guards_refusal() -> None:
+    """VBAR_WRITE/MDSCR_KDE: the forged value gone but no `vbar`/`mdscr-kde` restore logged
+    means the attack misfired or something else undid it; not credited as blocked."""
+    text = _atk("MDSCR_KDE", 0, "exited:0", "effect=0 MDSCR_EL1 held 0x0 (forged 0x2000)")
+    assert judge(text, "MDSCR_KDE", "poweroff", [],
+                 evidence=("mdscr-kde", ["vbar"]))[0] is Verdict.ERROR
+    assert judge(text, "MDSCR_KDE", "poweroff", [],
+                 evidence=("mdscr-kde", ["mdscr-kde"]))[0] is Verdict.BLOCKED

@@ -34,6 +34,9 @@ def test_all_workloads_ok_and_nothing_refused(debian: fx.FixtureSet, policy: str
         assert isinstance(tables, dict) and all(tables[k] > 0 for k in tables)
         assert prot["kernel_code_pages"] > 3000 and prot["text_patches_accepted"] > 40000
         assert prot["text_patches_refused"] == 0
+        boot = prot["text_patches_boot"]
+        assert isinstance(boot, dict) and sum(boot.values()) == prot["text_patches_accepted"] \
+            - sum(prot["text_patches_runtime"].values())  # type: ignore[union-attr]
         assert prot["user_roots_released"] > 0  # forkexec's exited processes
         assert prot["modules_authenticated"] >= 2 and prot["modules_refused"] == 0
 

@@ -31,7 +31,7 @@ def test_boot_of_a_missing_kernel_says_what_to_do(tmp_path: object) -> None:
 def test_bench_micro_json_keys() -> None:
     """`secvma bench micro --json` prints every contracted key with a measured number."""
     res = CliRunner().invoke(main, ["bench", "micro", "--iterations", "500", "--boot-runs", "0",
-                                    "--idle-ms", "0", "--json"])
+                                    "--idle-ms", "0", "--syscalls", "2000", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     for key in ("hvc_roundtrip_us", "stage2_abort_us", "sysreg_trap_us"):
@@ -42,6 +42,13 @@ def test_bench_micro_json_keys() -> None:
     assert out["spin_then_block"]["hvc_roundtrip_p99_us"] > 0
     assert out["boot_s_null"] is None and out["boot_s_plain"] is None  # --boot-runs 0
     assert out["idle_hypervisor_pct"] is None and out["idle_qemu_pct"] is None  # --idle-ms 0
+    # getppid under transparent: every call's TTBR writes (KPTI) answered at EL2, none in Python
+    assert out["syscall_ns_null"] > 0 and out["syscall_ns_transparent"] > 0
+    assert out["syscall_ratio"] > 0
+    per = out["syscall_traps_per_call"]
+    assert per["null"]["el2"] == 0 and per["transparent"]["fast"] >= 2
+    assert per["transparent"]["python"] < 0.01
+    assert out["ttbr_fast_path_us"] is not None
 
 
 def test_boot_exits_non_zero_when_the_guest_halts() -> None:

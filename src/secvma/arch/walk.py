@@ -479,6 +479,13 @@ def _s1_regime(va: int, tcr: int, ttbr0: int, ttbr1: int, cpu: CpuFeatures) -> _
     return _Regime(root, start_level, inputsize, outputsize)
 
 
+def s1_output_bits(va: int, tcr: int, ttbr0: int, ttbr1: int,
+                   cpu: CpuFeatures = CORTEX_A57) -> int | None:
+    """The stage-1 output size (bits) `translate` uses for `va` (None: no translation regime)."""
+    regime = _s1_regime(va & MASK64, tcr, ttbr0, ttbr1, cpu)
+    return None if regime is None else regime.outputsize
+
+
 def translate(
     read_u64: ReadU64,
     va: int,

@@ -27,11 +27,20 @@ def _rule(o: dict[str, Any]) -> str:
     return o["refusals"][0].split(":", 1)[0] if o["refusals"] else ""
 
 
-def markdown(res: dict[str, Any], s2: str, png_name: str | None = None) -> str:
+Goals = dict[str, tuple[str, str]]
+"""scenario -> (goal, known gap)."""
+
+
+def testbed_goals() -> Goals:
+    return {a.name: (a.goal, a.gap) for a in ATTACKS}
+
+
+def markdown(res: dict[str, Any], s2: str, png_name: str | None = None,
+             goals: Goals | None = None, kernel: str = "testbed kernel") -> str:
     """The whole report as Markdown text."""
-    goals = {a.name: (a.goal, a.gap) for a in ATTACKS}
+    goals = testbed_goals() if goals is None else goals
     policies = list(res["summary"])
-    lines = [f"# secvma attack report (stage 2: {s2})", "",
+    lines = [f"# secvma attack report ({kernel}, stage 2: {s2})", "",
              "Each scenario is a compromised kernel's attempt, judged by its effect (changed bytes, "
              "injected code that ran, a register that holds the forged value), under each policy. "
              "A hypervisor internal error is never counted as blocked.", "",
@@ -43,7 +52,7 @@ def markdown(res: dict[str, Any], s2: str, png_name: str | None = None) -> str:
                      f"{c['unexpected']} |")
     if png_name:
         lines += ["", f"![verdict matrix]({png_name})"]
-    lines += ["", "| scenario | goal | §11 gap | " + " | ".join(policies) + " |",
+    lines += ["", "| scenario | goal | known gap | " + " | ".join(policies) + " |",
               "|---|---|---|" + "---|" * len(policies)]
     by = {(o["attack"], o["policy"]): o for o in res["outcomes"]}
     for name in dict.fromkeys(o["attack"] for o in res["outcomes"]):
@@ -67,7 +76,7 @@ def markdown(res: dict[str, Any], s2: str, png_name: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_matrix(res: dict[str, Any], path: Path, s2: str) -> None:
+def draw_matrix(res: dict[str, Any], path: Path, s2: str, kernel: str = "testbed kernel") -> None:
     """Scenario × policy grid coloured by verdict; an unexpected verdict is crossed out."""
     import matplotlib
 
@@ -94,7 +103,7 @@ def draw_matrix(res: dict[str, Any], path: Path, s2: str) -> None:
     ax.set_xticks([x + 0.5 for x in range(len(policies))], labels=policies)
     ax.xaxis.tick_top()
     ax.set_yticks([y + 0.5 for y in range(len(names))], labels=names, fontsize=7)
-    ax.set_title(f"secvma attack verdicts (stage 2: {s2}); × = not the expected verdict",
+    ax.set_title(f"secvma attack verdicts ({kernel}, stage 2: {s2}); × = not the expected verdict",
                  fontsize=9, pad=24)
     handles = [Patch(color=c, label=v) for v, c in COLORS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7)
@@ -103,9 +112,10 @@ def draw_matrix(res: dict[str, Any], path: Path, s2: str) -> None:
     plt.close(fig)
 
 
-def write_report(res: dict[str, Any], path: Path, s2: str) -> Path:
+def write_report(res: dict[str, Any], path: Path, s2: str, goals: Goals | None = None,
+                 kernel: str = "testbed kernel") -> Path:
     """Write FILE.md and, next to it, FILE.png (the matrix); returns the PNG's path."""
     png = path.with_suffix(".png")
-    draw_matrix(res, png, s2)
-    path.write_text(markdown(res, s2, png.name))
+    draw_matrix(res, png, s2, kernel)
+    path.write_text(markdown(res, s2, png.name, goals, kernel))
     return png

@@ -109,13 +109,17 @@ def run_suite(policies: tuple[str, ...] = POLICIES, only: tuple[str, ...] = (),
     image = build_testbed()
     outcomes = [run_attack(a, p, s2, image) for a in ATTACKS if not only or a.name in only
                 for p in policies]
-    return {"ok": all(o.matches for o in outcomes),
-            "summary": {p: {"blocked": sum(o.verdict in (Verdict.BLOCKED, Verdict.HALTED)
-                                           for o in outcomes if o.policy == p),
-                            "succeeded": sum(o.verdict is Verdict.SUCCEEDED
-                                             for o in outcomes if o.policy == p),
-                            "internal_errors": sum(o.verdict is Verdict.INTERNAL_ERROR
-                                                   for o in outcomes if o.policy == p),
-                            "unexpected": sum(not o.matches for o in outcomes if o.policy == p)}
-                        for p in policies},
+    return {"ok": all(o.matches for o in outcomes), "summary": summarize(outcomes, policies),
             "outcomes": [o.as_json() for o in outcomes]}
+
+
+def summarize(outcomes: list[Outcome], policies: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Per policy: blocked (refused or halted), succeeded, internal errors, unexpected verdicts
+    (the `summary` JSON key of both attack suites)."""
+    return {p: {"blocked": sum(o.verdict in (Verdict.BLOCKED, Verdict.HALTED)
+                               for o in outcomes if o.policy == p),
+                "succeeded": sum(o.verdict is Verdict.SUCCEEDED for o in outcomes if o.policy == p),
+                "internal_errors": sum(o.verdict is Verdict.INTERNAL_ERROR
+                                       for o in outcomes if o.policy == p),
+                "unexpected": sum(not o.matches for o in outcomes if o.policy == p)}
+            for p in policies}

@@ -20,11 +20,18 @@ its resolution is the mailbox poll period, ~0.2 ms) is reported as `*_host_ms`. 
 are put into the kernel's upload buffer once per boot, so neither figure includes a copy from
 the host. run-mod.sh takes one sample per operation; here it is the mean and sample standard
 deviation over `reps`.
+
+Less noisy than wall time on a shared host, per protected load: `load_traps` (round trips to
+Python during the load command), `load_python_ms` (Python's time in the hypervisor's `handle`
+for them, wall), `load_python_cpu_ms` (the serving thread's CPU time of the same) and
+`load_fast_ptes` (kernel PTE stores the trampoline's PTE fast path carried out without a
+round trip, kpcore/ptefast.py), each a mean over `reps`.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +41,7 @@ from secvma.hvabi import HVC_INVALID
 from secvma.kpcore import make_policy
 from secvma.kpcore.modkeys import ModuleKeys, keys_for
 from secvma.machine.errors import MachineError
-from secvma.platform import Hypervisor
+from secvma.platform import Event, Hypervisor, Platform, Vcpu
 from secvma.testbed.build import TestbedImage, build_testbed
 from secvma.testbed.commands import CommandResult, TestbedSession
 from secvma.testbed.modules import REAL_PAIRS
@@ -61,6 +68,36 @@ class Samples:
     unload: list[float] = field(default_factory=list)
     load_host: list[float] = field(default_factory=list)
     unload_host: list[float] = field(default_factory=list)
+    load_traps: list[int] = field(default_factory=list)
+    load_python: list[float] = field(default_factory=list)
+    load_python_cpu: list[float] = field(default_factory=list)
+    load_fast_ptes: list[int] = field(default_factory=list)
+
+
+class _Counting:
+    """The hypervisor, with the round trips it served and the time it took counted."""
+
+    def __init__(self, hyp: Hypervisor) -> None:
+        self.hyp = hyp
+        self.traps = 0
+        self.python_s = 0.0
+        self.python_cpu_s = 0.0  # CPU time of the serving thread: hardly moved by host load
+        self.poll = getattr(hyp, "poll", None)  # the mailbox loop looks this up once
+
+    def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
+        t, c = time.perf_counter(), time.thread_time()
+        try:
+            self.hyp.handle(platform, cpu, event)
+        finally:
+            self.python_s += time.perf_counter() - t
+            self.python_cpu_s += time.thread_time() - c
+            self.traps += 1
+
+
+def _fast_ptes(platform: Platform) -> int:
+    """PTE stores the machine carried out itself so far (0 without the capability)."""
+    path = getattr(platform, "pte_fast_path", None)
+    return int(getattr(path, "carried_out", lambda: 0)())
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
@@ -94,7 +131,8 @@ def measure(hypervisor: Hypervisor, modules: Mapping[str, Path], reps: int, *,
             progress: Callable[[str], None] | None = None) -> dict[str, Samples]:
     """Boot once under `hypervisor`; `reps` × (dep, module) load/unload; samples per module."""
     out = {m: Samples() for m in MEASURED}
-    with TestbedSession(hypervisor, image=image, command_timeout_s=600) as s:
+    counting = _Counting(hypervisor)
+    with TestbedSession(counting, image=image, command_timeout_s=600) as s:
         offsets: dict[str, tuple[int, int]] = {}
         at = 0
         for name in (n for pair in REAL_PAIRS for n in pair):
@@ -108,8 +146,13 @@ def measure(hypervisor: Hypervisor, modules: Mapping[str, Path], reps: int, *,
                     progress(f"{'protected' if protected else 'unprotected'} {mod} {k + 1}/{reps}")
                 d = _check(s.load_uploaded(offsets[dep][1], offsets[dep][0], no_init=True),
                            f"insmod {dep}")
+                traps, py, cpu_s = counting.traps, counting.python_s, counting.python_cpu_s
+                fast = _fast_ptes(s.platform)
                 r = _check(s.load_uploaded(offsets[mod][1], offsets[mod][0], no_init=True),
                            f"insmod {mod}")
+                traps, py = counting.traps - traps, counting.python_s - py
+                cpu_s = counting.python_cpu_s - cpu_s
+                fast = _fast_ptes(s.platform) - fast
                 if protected and (r.ret[1] == HVC_INVALID or d.ret[1] == HVC_INVALID):
                     s.unload_module(r.value)
                     s.unload_module(d.value)
@@ -122,6 +165,10 @@ def measure(hypervisor: Hypervisor, modules: Mapping[str, Path], reps: int, *,
                 smp.unload.append(u.guest_s)
                 smp.load_host.append(r.wall_s)
                 smp.unload_host.append(u.wall_s)
+                smp.load_traps.append(traps)
+                smp.load_python.append(py)
+                smp.load_python_cpu.append(cpu_s)
+                smp.load_fast_ptes.append(fast)
     return out
 
 
@@ -173,7 +220,11 @@ def run_modules(reps: int = 5, *, image: TestbedImage | None = None,
             row.update(load_ms=lp, load_ms_std=lp_sd, unload_ms=up, unload_ms_std=up_sd,
                        ratio=round(lp / lu, 3) if lu else None,
                        unload_ratio=round(up / uu, 3) if uu else None,
-                       load_host_ms=_ms(p.load_host)[0], unload_host_ms=_ms(p.unload_host)[0])
+                       load_host_ms=_ms(p.load_host)[0], unload_host_ms=_ms(p.unload_host)[0],
+                       load_traps=round(statistics.fmean(p.load_traps), 1),
+                       load_python_ms=_ms(p.load_python)[0],
+                       load_python_cpu_ms=_ms(p.load_python_cpu)[0],
+                       load_fast_ptes=round(statistics.fmean(p.load_fast_ptes), 1))
         else:
             row["error"] = errors["protected"]
         res[mod] = row

@@ -27,8 +27,7 @@ _STYLE = {"succeeded": "red", "blocked": "green", "blocked (machine halted)": "g
 @click.option("--s2", type=click.Choice(["huge", "4k"]), default="huge", show_default=True)
 @click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
-              help="testbed: also write a Markdown report to FILE.md and the verdict matrix to "
-                   "FILE.png.")
+              help="Also write a Markdown report to FILE.md and the verdict matrix to FILE.png.")
 @click.option("--console", "echo", is_flag=True, help="linux: echo the kernel console.")
 @click.option("--trust-cert", "trust_certs", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -39,9 +38,7 @@ def attack(guest: str, policies: tuple[str, ...], only: tuple[str, ...], s2: str
            report: Path | None, echo: bool, trust_certs: tuple[Path, ...], as_json: bool) -> None:
     """A compromised kernel's attacks, each judged by its effect, under each policy."""
     if guest == "linux":
-        if report is not None:
-            fail("--report is for the testbed suite", "drop --report with --guest linux")
-        _attack_linux(policies, only, list_only, echo, as_json, trust_certs)
+        _attack_linux(policies, only, list_only, echo, as_json, trust_certs, report)
         return
     if trust_certs:
         fail("--trust-cert is for the Debian kernel's modules", "use --guest linux")
@@ -75,7 +72,8 @@ def attack(guest: str, policies: tuple[str, ...], only: tuple[str, ...], s2: str
 
 
 def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: bool, echo: bool,
-                  as_json: bool, trust_certs: tuple[Path, ...] = ()) -> None:
+                  as_json: bool, trust_certs: tuple[Path, ...] = (),
+                  report: Path | None = None) -> None:
     from secvma.fixtures import FixturesUnavailable
     from secvma.linux.attacks import ATTACKS, NAMES, run_linux_suite
     from secvma.linux.session import POLICIES
@@ -111,6 +109,12 @@ def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: b
         fail(f"Debian fixtures: {exc}", "run `secvma fixtures fetch` with the archive reachable")
     except TrustError as exc:
         fail(str(exc), "--trust-cert takes a PEM or DER X.509 certificate")
+    if report is not None:
+        from secvma.attacks.report import write_report
+
+        png = write_report(res, report, "huge", {a.name: (a.goal, a.gap) for a in ATTACKS},
+                           "stock Debian kernel")
+        err_console.print(f"report written to {report}, verdict matrix to {png}")
     _report(res, "secvma attack --guest linux", as_json)
 
 

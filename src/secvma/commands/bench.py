@@ -24,22 +24,27 @@ def bench() -> None:
               help="Spin window of spin-then-sleep (the machine's default mode).")
 @click.option("--idle-ms", type=click.IntRange(0, 60_000), default=4000, show_default=True,
               help="How long the Debian guest sleeps for the idle CPU figure (0 skips it).")
+@click.option("--syscalls", type=click.IntRange(0, 10_000_000), default=20000, show_default=True,
+              help="getppid calls of the Debian /init under null and transparent (0 skips).")
 @click.option("--json", "as_json", is_flag=True)
-def micro(iterations: int, boot_runs: int, spin_us: float, idle_ms: int, as_json: bool) -> None:
-    """Trap round trips (HVC, stage-2 fault, MSR), Debian boot time (null vs plain), idle host CPU."""
+def micro(iterations: int, boot_runs: int, spin_us: float, idle_ms: int, syscalls: int,
+          as_json: bool) -> None:
+    """Trap round trips (HVC, stage-2 fault, MSR, the TTBR fast path), getppid under transparent
+    vs null, Debian boot time (null vs plain), idle host CPU."""
     from secvma import fixtures
     from secvma.bench.micro import TARGETS, run_micro
 
     kernel = None
-    if boot_runs or idle_ms:
+    if boot_runs or idle_ms or syscalls:
         fx = fixtures.available()
         if fx is None:
             fail("the Debian kernel is not fetched",
-                 "run `secvma fixtures fetch` or pass --boot-runs 0 --idle-ms 0")
+                 "run `secvma fixtures fetch` or pass --boot-runs 0 --idle-ms 0 --syscalls 0")
         kernel = fx.kernel_image
     try:
         with console.status("measuring (trap loops, boots, idle guest)...", spinner="dots"):
-            res = run_micro(iterations, boot_runs if kernel else 0, kernel, spin_us, idle_ms)
+            res = run_micro(iterations, boot_runs if kernel else 0, kernel, spin_us, idle_ms,
+                            syscalls if kernel else 0)
     except MachineError as e:
         fail(str(e), e.hint)
     if as_json:
@@ -58,6 +63,17 @@ def micro(iterations: int, boot_runs: int, spin_us: float, idle_ms: int, as_json
         t.add_row("boot_s_null / boot_s_plain", f"{res['boot_s_null']:.3f} / {res['boot_s_plain']:.3f} s",
                   "", f"ratio {res['boot_ratio']:.2f}", f"≤ {TARGETS['boot_ratio']}×",
                   "[green]yes[/]" if ok else "[red]no[/]")
+    if res.get("syscall_ratio") is not None:
+        ok = res["syscall_ratio"] <= TARGETS["syscall_ratio"]
+        per = res["syscall_traps_per_call"]["transparent"]
+        t.add_row("getppid transparent / null", f"{res['syscall_ns_transparent']} / "
+                  f"{res['syscall_ns_null']} ns", "", f"ratio {res['syscall_ratio']:.2f} "
+                  f"({per['el2']:.1f} EL2 traps/call, {per['fast']:.1f} fast)",
+                  f"≤ {TARGETS['syscall_ratio']}×", "[green]yes[/]" if ok else "[red]no[/]")
+    if res.get("ttbr_fast_path_us") is not None:
+        ok = res["ttbr_fast_path_us"] <= TARGETS["ttbr_fast_path_us"]
+        t.add_row("ttbr_fast_path_us (guest-timed)", f"{res['ttbr_fast_path_us']:.3f} µs", "", "",
+                  f"≤ {TARGETS['ttbr_fast_path_us']} µs", "[green]yes[/]" if ok else "[red]no[/]")
     if res.get("idle_hypervisor_pct") is not None:
         ok = res["idle_hypervisor_pct"] <= TARGETS["idle_hypervisor_pct"]
         bp = res["busy_poll_idle"]
@@ -113,6 +129,12 @@ def modules(reps: int, as_json: bool) -> None:
         t.add_row(name, ms(row, "load_ms"), ms(row, "unload_ms"), ms(row, "load_ms_unprotected"),
                   ms(row, "unload_ms_unprotected"), "—" if ratio is None else f"{ratio:.2f}×")
     console.print(t)
+    for name, row in res["modules"].items():
+        if row.get("load_traps") is not None:
+            console.print(f"{name}: per protected load {row['load_traps']:.0f} round trips to "
+                          f"Python, {row['load_python_ms']:.1f} ms in the hypervisor "
+                          f"({row['load_python_cpu_ms']:.1f} ms CPU), "
+                          f"{row['load_fast_ptes']:.0f} PTE stores done by the trampoline")
     console.print(f"[dim]{res['timing']}[/]")
     _fail_on_errors(res["errors"])
 
@@ -131,8 +153,7 @@ def _fail_on_errors(errors: dict[str, str]) -> None:
 @bench.command()
 @click.option("--config", "configs", multiple=True,
               type=click.Choice(["plain", "null", "transparent", "transparent-4k"]),
-              help="Configurations, in order (default: plain null; transparent's userspace is still "
-                   "far slower, so it is opt-in).")
+              help="Configurations, in order (default: plain null transparent).")
 @click.option("--bench", "benches", multiple=True,
               type=click.Choice(["kernbench", "hackbench", "netperf", "apache", "memcached"]),
               help="Benchmarks (default: all, in run-all.sh's order).")
@@ -159,7 +180,7 @@ def apps(configs: tuple[str, ...], benches: tuple[str, ...], reps: int | None, q
     from secvma.bench.harness import BENCHES, OutputFiles, append_results, output_files, params_line
     from secvma.bench.resultfile import ROUNDING_NOTE, load, norm_text, normalize
 
-    cfgs = list(configs) or ["plain", "null"]
+    cfgs = list(configs) or ["plain", "null", "transparent"]
     chosen = apps_mod.check_benches(list(benches) or list(BENCHES))
     params = apps_mod.QUICK if quick else apps_mod.DEFAULT
     if reps is not None:

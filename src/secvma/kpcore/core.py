@@ -24,12 +24,13 @@ never makes progress again.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from secvma.arch.el2 import HCR_TVM
 from secvma.hvabi import HVC_ENOSYS, HVC_INVALID
-from secvma.kpcore import dma, guard, invariants
+from secvma.kpcore import dma, guard, invariants, ptefast
 from secvma.kpcore.faults import handle_abort, inject_refusal
 from secvma.kpcore.hostmem import settle
 from secvma.kpcore.hypercalls import HCR_HOST, handle_hvc, neg
@@ -79,13 +80,20 @@ class KPCore:
         self.hvc_counts: dict[int, int] = {}
         self._traps = 0
         self._vbar_pinned: set[int] = set()  # CPUs whose guard checks the pinned VBAR_EL1
+        self._ptefast_possible = True  # until ptefast.maybe_arm says this machine cannot
+        self._lock = threading.RLock()  # handle vs a replay asked for by another thread
 
     # --- public surface -----------------------------------------------------------------
 
     @property
     def state(self) -> KState:
+        """The model, exact: PTE stores the machine did since the last trap are replayed
+        first (kpcore/ptefast.py)."""
         if self.st is None:
             raise RuntimeError("KPCore has not seen its machine yet (no event handled)")
+        if self.st.ptefast is not None:
+            with self._lock:
+                ptefast.replay(self.st, self.st.ptefast.platform)
         return self.st
 
     @property
@@ -120,8 +128,18 @@ class KPCore:
                 self.internal_errors.append(InternalError("poll", repr(exc)))
                 platform.halt(f"kpcore internal error: {exc!r}")
 
+    def sync(self, platform: Platform) -> None:
+        """Account for the PTE stores the machine carried out since the last trap (ptefast).
+
+        `handle` does this before anything else, `check_invariants` and `state` too; the
+        machine may go on running (the log is a ring), `handle` waits meanwhile."""
+        if self.st is not None and self.st.ptefast is not None:
+            with self._lock:
+                ptefast.replay(self.st, platform)
+
     def check_invariants(self, platform: Platform, *, full: bool = True) -> list[invariants.Violation]:
         """Run the §9 invariants now; violations are also appended to `invariant_violations`."""
+        self.sync(platform)
         found = invariants.check(self.attach(platform), platform, full=full)
         self.invariant_violations.extend(found)
         for v in found:
@@ -129,9 +147,15 @@ class KPCore:
         return found
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
+        with self._lock:  # a replay from another thread (`state`) never interleaves with it
+            self._handle(platform, cpu, event)
+
+    def _handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
         st = self.attach(platform)
         st.events[type(event).__name__] += 1
         try:
+            if st.ptefast is not None:  # the model first: stores the machine did meanwhile
+                ptefast.replay(st, platform)
             if st.unsettled:
                 settle(st, platform, cpu.index)
                 if isinstance(event, Stage2Abort) and \
@@ -146,6 +170,10 @@ class KPCore:
             if not isinstance(event, GuardTrip):  # a trip was judged by kpcore.guard already
                 self._check_vbar(st, cpu)
             st.s2.flush(platform, cpu)
+            if st.ptefast is None and self._ptefast_possible:
+                self._ptefast_possible = ptefast.maybe_arm(st, platform, cpu)
+            elif isinstance(event, CpuStart):
+                ptefast.enable_again(st, cpu)
         except Exception as exc:  # a model bug: record, stop the machine, never propagate
             log.exception("kpcore internal error on %r", event)
             self.internal_errors.append(InternalError(repr(event), repr(exc)))

@@ -14,7 +14,11 @@ displacement is added.
 
 Found by shape: the region of the Image where most Module.symvers names occur as strings is
 `__ksymtab_strings`; every 4-aligned word whose PC-relative target lands on a known name in
-it is a `name_offset` field, and its entry is the 12 bytes that start one word before.
+it is a `name_offset` field, and its entry is the 12 bytes that start one word before. Only
+long runs of such entries are the tables: Debian's Image has other small arrays of
+PC-relative words pointing at the same strings (one named `__cpuhp_state_add_instance` with a
+value in .rodata), and some real entries name a string outside the densest region, so a run
+is followed entry by entry wherever its names lie.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ _STRING = re.compile(rb"(?<=\0)[A-Za-z_][A-Za-z0-9_.$]*(?=\0)")
 _CHUNK = 1 << 16
 MAX_TABLE_SPAN = 4 << 20
 """The symbol tables lie within this many bytes before their strings."""
+MIN_RUN = 64
+"""Entries in a row that make a symbol table (6.1's __ksymtab/_gpl hold thousands)."""
 
 
 def image_exports(image: bytes, symvers: Mapping[str, SymversEntry]) -> dict[str, Export]:
@@ -52,19 +58,39 @@ def image_exports(image: bytes, symvers: Mapping[str, SymversEntry]) -> dict[str
     start = max(0, str_lo - MAX_TABLE_SPAN) & ~3
     count = (min(len(image), str_hi) - start) // 4 - 1
     words = struct.unpack_from(f"<{count}i", image, start)
+    def name_at(k: int) -> SymversEntry | None:
+        """The export whose name the PC-relative word `k` points at (anywhere in the Image)."""
+        target = start + 4 * k + words[k]
+        if not 0 <= target < len(image):
+            return None
+        end = image.find(b"\0", target, target + 256)
+        return names.get(image[target:end] if end > 0 else b"")
+
     found: dict[int, SymversEntry] = {}
     for k in range(1, count):
-        target = start + 4 * k + words[k]
-        if not str_lo <= target < str_hi:
+        if str_lo <= start + 4 * k + words[k] < str_hi:
+            ent = name_at(k)
+            if ent is not None:
+                found[k] = ent
+    # The tables are the long runs of 12-byte entries; a run is followed past entries whose
+    # name lies outside the densest string region (merged strings can sit elsewhere), and
+    # short runs (other arrays of PC-relative words that happen to point at names) are dropped.
+    table: dict[int, SymversEntry] = {}
+    for k in sorted(found):
+        if k in table or k - 3 in found:
             continue
-        end = image.find(b"\0", target, target + 256)
-        ent = names.get(image[target:end] if end > 0 else b"")
-        if ent is not None:
-            found[k] = ent
+        run = [k]
+        while run[-1] + 3 < count and (run[-1] + 3 in found or name_at(run[-1] + 3)):
+            run.append(run[-1] + 3)
+        if len(run) >= MIN_RUN:
+            for j in run:
+                ent = found.get(j) or name_at(j)
+                assert ent is not None
+                table[j] = ent
     out: dict[str, Export] = {}
-    for k, ent in found.items():
-        if ent.name in out or (k - 3 not in found and k + 3 not in found):
-            continue  # a stray word that happens to point at a name: not in a 12-byte array
+    for k, ent in sorted(table.items()):
+        if ent.name in out:
+            continue
         entry = start + 4 * (k - 1)
         value = KIMAGE_VADDR + entry + words[k - 1]
         out[ent.name] = Export(ent.name, value, ent.kind, "vmlinux", ent.crc)

@@ -312,6 +312,13 @@ def commit_plan(st: KState, plat: Platform, store: Store, plan: Plan) -> None:
         plat.write_u64(PhysAddr(slot), value)
     for pa, data in plan.raw:
         plat.write(PhysAddr(pa), data)
+    commit_accounting(st, plat, store.page, plan)
+
+
+def commit_accounting(st: KState, plat: Platform, page: int, plan: Plan, *,
+                      flush: bool = True) -> None:
+    """A plan's counts, released tables, dirty table and TLBI (`flush=False`: done already,
+    by the PTE fast path); the slots are written by the caller."""
     for pfn in plan.incs:
         ref_inc(st.pages, pfn)
     for pfn, _was_table in plan.decs:
@@ -319,9 +326,9 @@ def commit_plan(st: KState, plat: Platform, store: Store, plan: Plan) -> None:
             _c_unref(st, plat, pfn)
         elif ref_dec_and_test(st.pages, pfn):
             _release_tree(st, plat, pfn)  # no-op unless pfn is a kernel table page
-    st.dirty_tables.add(store.page >> 12)
-    if plan.flush and not st.policy.quirks.no_s1_tlbi:
-        st.s2.pending_flush.add(store.page)
+    st.dirty_tables.add(page >> 12)
+    if flush and plan.flush and not st.policy.quirks.no_s1_tlbi:
+        st.s2.pending_flush.add(page)
 
 
 def finish_insn(cpu: Vcpu, store: Store) -> None:

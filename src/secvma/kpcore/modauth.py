@@ -192,8 +192,10 @@ class ModuleAuthority:
 
     def __init__(self, certs: Sequence[x509.Certificate], modules: Iterable[tuple[str, bytes]],
                  kernel_exports: Mapping[str, Export],
-                 kernel_text: Sequence[tuple[int, int]] = ()) -> None:
+                 kernel_text: Sequence[tuple[int, int]] = (),
+                 module_struct: Mapping[str, int] | None = None) -> None:
         self.certs = list(certs)
+        self.module_struct = dict(module_struct or {})  # struct module field -> byte offset
         self.candidates = [load_candidate(label, data, self.certs) for label, data in modules]
         self.kernel_exports = dict(kernel_exports)
         self.kernel_text_link = list(kernel_text)  # link-time VA ranges
@@ -271,17 +273,46 @@ class ModuleAuthority:
             j = raw.find(init_pat, j + 1)
         return None
 
+    def percpu_base(self, c: Candidate, base: int, read: ReadVa) -> int | Verdict:
+        """Where the kernel put the module's per-CPU data (`struct module`'s `percpu`; 0 for a
+        module without `.data..percpu`), read beside the layouts `identify` matched.
+
+        Why the kernel's word can be taken: it only moves the data addresses the module's
+        code computes (ADRP/ADD/LDR immediates against the per-CPU area), data the kernel can
+        write anyway; it is accepted only with the `percpu_size` the file implies, and the
+        relocation itself refuses a base out of the instructions' reach."""
+        assert c.view is not None
+        if not c.view.percpu_index:
+            return 0
+        size = c.view.sections[c.view.percpu_index].size
+        off, off_size = self.module_struct.get("percpu"), self.module_struct.get("percpu_size")
+        if off is None or off_size != off + 8:
+            return Verdict(False, "mod-layout", f"{c.name}: has per-CPU data and the kernel's "
+                           "struct module layout is unknown (the Image has no BTF)", {"va": base})
+        raw = read(base + c.this_module + off, 12)
+        if raw is None or len(raw) != 12:
+            return Verdict(False, "mod-layout", f"{c.name}: struct module's per-CPU fields are "
+                           "not mapped", {"va": base})
+        ptr, got = struct.unpack("<QI", raw)
+        if got != size or ptr == 0 or ptr % 8:
+            return Verdict(False, "mod-layout", f"{c.name}: struct module's per-CPU area "
+                           f"({ptr:#x}, {got} bytes) is not one for its {size} bytes",
+                           {"va": base, "percpu": ptr})
+        return int(ptr)
+
     # --- steps 2-3: signature, relocation ----------------------------------------------------
 
     def link(self, c: Candidate, core_base: int, init_base: int,
-             loaded: Iterable[Export]) -> tuple[dict[str, bytes], ModSites, list[Export]] | Verdict:
+             loaded: Iterable[Export], percpu: int = 0,
+             ) -> tuple[dict[str, bytes], ModSites, list[Export]] | Verdict:
         """Expected text of both layouts, the patch sites and the module's own exports."""
         if c.problem:
             return Verdict(False, c.rule, f"{c.name or c.label}: {c.problem}")
         assert c.image is not None and c.layout is not None
         try:
             linked = link_module(c.image.elf, self.export_table(loaded), core_base, init_base,
-                                 LINUX_6_1, check_licence=False, check_crcs=False)
+                                 LINUX_6_1, percpu_base=percpu, check_licence=False,
+                                 check_crcs=False)
         except (ModuleError, ValueError) as exc:
             return Verdict(False, "mod-link", f"{c.name}: {exc}")
         lay = c.layout

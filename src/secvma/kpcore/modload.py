@@ -81,7 +81,7 @@ from dataclasses import dataclass
 from secvma.arch.walk import AccessType
 from secvma.hvabi import ModArch
 from secvma.kpcore.descs import PXN, Shape, out_pa
-from secvma.kpcore.fetch import s1_translate
+from secvma.kpcore.fetch import S1Pages, s1_translate
 from secvma.kpcore.hostmem import desired_kind
 from secvma.kpcore.kpt import protected_walk, set_module_exec
 from secvma.kpcore.modstate import LoadedModule
@@ -89,8 +89,9 @@ from secvma.kpcore.pages import Owner, Usage
 from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, log
 from secvma.kpcore.stage2 import PermKind
 from secvma.kpcore.state import KState
-from secvma.module import secvma_sig
+from secvma.module import native, secvma_sig
 from secvma.module.elf import (
+    RELA,
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHT_NOBITS,
@@ -99,6 +100,7 @@ from secvma.module.elf import (
     Section,
 )
 from secvma.module.errors import ModuleError
+from secvma.module.native import ops
 from secvma.module.relocations import RelocTarget, apply_relocations
 from secvma.module.symbols import Export, ExportKind, ExportTable, module_exports, module_name
 from secvma.module.symbols import resolve_symbols as _resolve
@@ -206,9 +208,13 @@ def release_page(st: KState, plat: Platform, pfn: int) -> None:
 # --- guest memory --------------------------------------------------------------------------------
 
 
-def translate(st: KState, plat: Platform, cpu: Vcpu, va: int, *, rule: str) -> int:
-    """PA of the page holding kernel VA `va`, through the kernel's live stage-1 tables."""
-    hit = s1_translate(plat, cpu, va & ~(PAGE - 1) & MASK64, AccessType.LOAD)
+def translate(st: KState, plat: Platform, cpu: Vcpu, va: int, *, rule: str,
+              pages: S1Pages | None = None) -> int:
+    """PA of the page holding kernel VA `va`, through the kernel's live stage-1 tables
+    (`pages`: a load's translator, which walks each 2 MB region's upper levels once)."""
+    page = va & ~(PAGE - 1) & MASK64
+    hit = pages.translate(page) if pages is not None else s1_translate(plat, cpu, page,
+                                                                       AccessType.LOAD)
     if hit is None:
         raise _refuse(rule, "guest VA is not mapped by the kernel", Errno.EINVAL, va=va)
     pa = hit[0] & ~(PAGE - 1)
@@ -335,6 +341,7 @@ class ModuleLoad:
 
     def __init__(self, st: KState, plat: Platform, cpu: Vcpu, args: ModArgs) -> None:
         self.st, self.plat, self.cpu, self.args = st, plat, cpu, args
+        self.s1 = S1Pages(plat, cpu)
         self.q = st.policy.quirks
         self.strict = not self.q.mod_unchecked_pointers
         self.stage = Stage.NEW
@@ -410,7 +417,7 @@ class ModuleLoad:
         for page in _pages(va, size):
             if page in self.frozen:
                 continue
-            pa = translate(st, self.plat, self.cpu, page, rule="mload-pointer")
+            pa = translate(st, self.plat, self.cpu, page, rule="mload-pointer", pages=self.s1)
             pfn = pa >> 12
             if pa in seen:
                 raise _refuse(rule, "two image pages map the same physical page", va=page,
@@ -560,14 +567,9 @@ class ModuleLoad:
         """simplify_symbol: undefined -> exports (kernel, then loaded modules); defined -> +base."""
         st, elf = self.st, self.elf
         assert elf is not None
-        table = ExportTable()
-        seen: set[str] = set()
-        sources = [kernel_exports(st, self.plat)]
-        sources += [m.exports for _i, m in sorted(st.mod.loaded.items())]
-        for exports in sources:
-            fresh = [e for e in exports if e.name not in seen]
-            seen.update(e.name for e in fresh)
-            table.add(fresh)
+        table = self._kernel_table().copy()
+        for _i, m in sorted(st.mod.loaded.items()):  # the first source of a name wins
+            table.add([e for e in m.exports if table.get(e.name) is None])
         percpu = 0
         if not self.strict:
             sec = elf.section_by_name(".data..percpu")
@@ -591,6 +593,8 @@ class ModuleLoad:
         inst = {s.index for s in installed}
         data_idx = {s.index: s for s in data}
         data_bufs: dict[int, bytearray] = {}
+        fast = native.available()
+        symarr = None
         for rs in elf.rela_sections():
             dst = elf.sections[rs.info]
             if not dst.flags & SHF_ALLOC:
@@ -606,10 +610,18 @@ class ModuleLoad:
             else:
                 raise _refuse(rule, f"{rs.name}: target {dst.name} was not placed",
                               Errno.EINVAL, section=rs.index)
+            target = RelocTarget(dst.name, buf, dst.addr, None)
             try:
-                apply_relocations(RelocTarget(dst.name, buf, dst.addr, None),
-                                  elf.relocations(rs.index), values, erratum_843419=False,
-                                  module_plts=False)
+                got = None
+                if fast and rs.size % RELA.size == 0:  # the C engine, as the kernel-side linker
+                    if symarr is None:
+                        symarr = ops.symbol_array(values)
+                    got = ops.apply_relas(target, elf.data, rs.offset, rs.size // RELA.size,
+                                          values, symarr, plt_sort=False,
+                                          erratum_843419=False, module_plts=False)
+                if got is None:
+                    apply_relocations(target, elf.relocations(rs.index), values,
+                                      erratum_843419=False, module_plts=False)
             except ModuleError as exc:
                 raise _refuse(rule, str(exc), Errno.EINVAL) from None
         for idx, buf in data_bufs.items():
@@ -630,7 +642,7 @@ class ModuleLoad:
     def _read_data(self, sec: Section) -> bytearray:
         out = bytearray()
         for page in _pages(sec.addr, sec.size):
-            pa = translate(self.st, self.plat, self.cpu, page, rule="mload-reloc")
+            pa = translate(self.st, self.plat, self.cpu, page, rule="mload-reloc", pages=self.s1)
             self._data_page_ok(pa, page)
             lo = max(sec.addr, page) - page
             hi = min(sec.addr + sec.size, page + PAGE) - page
@@ -639,7 +651,7 @@ class ModuleLoad:
 
     def _plan_data_write(self, sec: Section, new: bytes) -> None:
         for page in _pages(sec.addr, sec.size):
-            pa = translate(self.st, self.plat, self.cpu, page, rule="mload-reloc")
+            pa = translate(self.st, self.plat, self.cpu, page, rule="mload-reloc", pages=self.s1)
             self._data_page_ok(pa, page)
             lo = max(sec.addr, page) - page
             hi = min(sec.addr + sec.size, page + PAGE) - page
@@ -673,7 +685,8 @@ class ModuleLoad:
                                  (self.ro, (boot.mod_ro_pool, boot.mod_ro_pool_end),
                                   Usage.EL1_MOD_RO)):
             for page in sorted(run.images):
-                pa = translate(st, self.plat, self.cpu, page, rule="mload-pointer")
+                pa = translate(st, self.plat, self.cpu, page, rule="mload-pointer",
+                               pages=self.s1)
                 pfn = pa >> 12
                 if pa in used:
                     raise _refuse(rule, "two module pages map the same physical page",
@@ -704,6 +717,13 @@ class ModuleLoad:
                 raise _refuse("mload-mark-ex", "the kernel entry for verified text is not an "
                               "L3 PTE mapping the verified page", va=page, level=hit[2])
 
+    def _kernel_table(self) -> ExportTable:
+        """The kernel's exports as a table (they never change: built once, for every load)."""
+        kernel = self.st.mod.kernel_table
+        if kernel is None:
+            kernel = self.st.mod.kernel_table = ExportTable(kernel_exports(self.st, self.plat))
+        return kernel
+
     def _module_exports(self, addrs: dict[int, int]) -> None:
         st, elf = self.st, self.elf
         assert elf is not None
@@ -712,10 +732,10 @@ class ModuleLoad:
         except ModuleError as exc:
             raise _refuse("mload-exports", str(exc), Errno.EINVAL) from None
         if st.policy.hardened:
-            known = {e.name for e in kernel_exports(st, self.plat)}
-            for m in st.mod.loaded.values():
-                known.update(e.name for e in m.exports)
-            clash = sorted({e.name for e in exports} & known)
+            kernel = self._kernel_table()
+            known = {e.name for m in st.mod.loaded.values() for e in m.exports}
+            clash = sorted({e.name for e in exports
+                            if e.name in known or kernel.get(e.name) is not None})
             if clash:
                 raise _refuse("mload-exports", f"module {self.name!r} exports {clash[0]}, "
                               "which is already exported", Errno.EBUSY)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from secvma.kpcore.modkeys import ModuleKeys
-from secvma.module.symbols import Export
+from secvma.module.symbols import Export, ExportTable
 
 MOD_SLOTS = 66
 """EL2_MOD_INFO_SIZE = EL2_MAX_VMID + 1 (spec §10): ids 0..65."""
@@ -51,6 +51,7 @@ class ModState:
     keys: ModuleKeys | None = None
     loaded: dict[int, LoadedModule] = field(default_factory=dict)
     kernel_exports: list[Export] | None = None
+    kernel_table: ExportTable | None = None  # kernel_exports as a table, copied per load
     in_progress: bool = False
     loads: int = 0
     refused: int = 0

@@ -101,6 +101,24 @@ class Usage(enum.IntEnum):
         return self.value - 1
 
 
+# stored byte -> member (None: not a member, then the enum call raises as before): an enum
+# call per lookup was a visible part of each HVC 30 page commit (issue 14)
+_OWNER: tuple[Owner | None, ...] = tuple(
+    Owner(v) if v in Owner._value2member_map_ else None for v in range(256))
+_USAGE: tuple[Usage | None, ...] = tuple(
+    Usage(v) if v in Usage._value2member_map_ else None for v in range(256))
+
+
+def _owner(v: int) -> Owner:
+    o = _OWNER[v]
+    return Owner(v) if o is None else o
+
+
+def _usage(v: int) -> Usage:
+    u = _USAGE[v]
+    return Usage(v) if u is None else u
+
+
 KPT_BY_LEVEL = (Usage.EL1_PGD, Usage.EL1_PUD, Usage.EL1_PMD, Usage.EL1_PTE)
 SECTION_CLASSES = frozenset({Usage.EL1_KCODE, Usage.EL1_DATA, Usage.EL1_INIT, Usage.EL1_RODATA})
 READ_ONLY_CLASSES = frozenset({Usage.EL1_PGD, Usage.EL1_PUD, Usage.EL1_PMD, Usage.EL1_PTE,
@@ -147,11 +165,11 @@ class PageTable:
 
     def owner_of(self, pfn: int) -> Owner:
         i = self.index(pfn)
-        return Owner.INVALID if i is None else Owner(self.owner[i])
+        return Owner.INVALID if i is None else _owner(self.owner[i])
 
     def usage_of(self, pfn: int) -> Usage:
         i = self.index(pfn)
-        return Usage.NONE if i is None else Usage(self.usage[i])
+        return Usage.NONE if i is None else _usage(self.usage[i])
 
     def subcount_of(self, pfn: int) -> int:
         i = self.index(pfn)
@@ -196,9 +214,9 @@ class PageTable:
         self.usage[i] = usage
         self.dirty.add(pfn)
         if self.listeners and old != usage:
-            o = Owner(self.owner[i])
+            o = _owner(self.owner[i])
             for fn in self.listeners:
-                fn(pfn, o, Usage(old), o, Usage(usage))
+                fn(pfn, o, _usage(old), o, _usage(usage))
 
     def _set_owner(self, pfn: int, owner: Owner) -> None:
         i = self._idx(pfn)
@@ -206,9 +224,9 @@ class PageTable:
         self.owner[i] = owner
         self.dirty.add(pfn)
         if self.listeners and old != owner:
-            u = Usage(self.usage[i])
+            u = _usage(self.usage[i])
             for fn in self.listeners:
-                fn(pfn, Owner(old), u, Owner(owner), u)
+                fn(pfn, _owner(old), u, _owner(owner), u)
 
 
 # --- reference counts (pKVM hyp_page_ref_inc / dec_and_test) ------------------------------

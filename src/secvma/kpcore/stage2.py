@@ -82,13 +82,21 @@ _KIND_BY_BITS: dict[tuple[int, int, int], PermKind] = {
     (int(k.value[0]), k.value[1], k.value[2]): k for k in PermKind}
 
 
+def _leaf_bits(level: int, kind: PermKind) -> int:
+    memattr, s2ap, xn = kind.value
+    sh = Shareability.NON if kind is PermKind.DEVICE else Shareability.INNER
+    return (DESC_VALID | (DESC_TABLE if level == 3 else 0) | (memattr << MEMATTR_SHIFT)
+            | (s2ap << AP_SHIFT) | (sh << SH_SHIFT) | AF | (xn << S2_XN_SHIFT))
+
+
+_LEAF_BITS = {(level, kind): _leaf_bits(level, kind) for level in (1, 2, 3) for kind in PermKind}
+_OA_MASKS = {level: oa_mask(level) for level in (1, 2, 3)}
+
+
 def leaf_desc(oa: int, level: int, kind: PermKind) -> int:
     """A stage-2 block (level 1/2) or page (level 3) descriptor for `kind`, AF set."""
-    memattr, s2ap, xn = kind.value
-    assert oa & ~oa_mask(level) == 0, f"{oa:#x} misaligned for level {level}"
-    sh = Shareability.NON if kind is PermKind.DEVICE else Shareability.INNER
-    return (oa | DESC_VALID | (DESC_TABLE if level == 3 else 0) | (memattr << MEMATTR_SHIFT)
-            | (s2ap << AP_SHIFT) | (sh << SH_SHIFT) | AF | (xn << S2_XN_SHIFT))
+    assert oa & ~_OA_MASKS[level] == 0, f"{oa:#x} misaligned for level {level}"
+    return oa | _LEAF_BITS[level, kind]
 
 
 def kind_of(desc: int) -> PermKind | None:
@@ -120,6 +128,7 @@ class Stage2:
         self.pool_end = pool_end
         self.free: list[int] = list(range(pool_end - 4096, pool_base - 1, -4096))
         self.tables: dict[int, tuple[int, int]] = {}  # table pa -> (level, base ipa)
+        self._l3: dict[int, int] = {}  # base ipa of a 2 MB region -> its level-3 table pa
         self.leaves: dict[int, tuple[int, int]] = {}  # base ipa -> (level, desc)
         self.pending_flush: set[int] = set()
         self.dirty_leaves: set[int] = set()
@@ -142,6 +151,8 @@ class Stage2:
         pa = self.free.pop()
         self.mem.write(PhysAddr(pa), bytes(4096))
         self.tables[pa] = (level, base)
+        if level == 3:
+            self._l3[base] = pa
         return pa
 
     def vttbr(self) -> int:
@@ -212,7 +223,12 @@ class Stage2:
 
     def set_leaf(self, base: int, level: int, kind: PermKind) -> None:
         """Replace the permission of the existing leaf at (`base`, `level`) in place."""
-        lvl, slot, raw = self.walk(base)
+        table = self._l3.get(base & ~0x1F_FFFF) if level == 3 else None
+        if table is not None:  # tables are only ever linked, never unlinked (reset aside)
+            lvl, slot = 3, table + ((base >> 12) & 511) * 8
+            raw = self.mem.read_u64(PhysAddr(slot))
+        else:
+            lvl, slot, raw = self.walk(base)
         assert lvl == level and raw & 1, f"set_leaf {base:#x}: no L{level} leaf"
         old = kind_of(raw)
         desc = leaf_desc(base, level, kind)
@@ -267,6 +283,7 @@ class Stage2:
             if pa != self.root:
                 del self.tables[pa]
                 self.free.append(pa)
+        self._l3.clear()
         self.mem.write(PhysAddr(self.root), bytes(4096))
         self.dirty_leaves.update(self.leaves)
         self.leaves.clear()

@@ -20,6 +20,7 @@ from secvma.platform import Platform, SysReg
 
 if TYPE_CHECKING:
     from secvma.kpcore.dma import DmaState
+    from secvma.kpcore.ptefast import PteFastState
 
 S2_POOL_OFFSET = 0x20_0000
 """The stage-2 table pool starts 2 MiB into the hypervisor region (machine/layout.py)."""
@@ -80,6 +81,8 @@ class KState:
     """User roots whose HVC 33 is between its claim and its retried completion (by CPU n)."""
     mod: ModState = field(default_factory=ModState)
     dma: DmaState | None = None
+    ptefast: PteFastState | None = None
+    """The armed PTE fast path (kpcore/ptefast.py), None while stores all trap."""
 
     @classmethod
     def create(cls, platform: Platform, policy: Policy) -> KState:

@@ -277,6 +277,9 @@ class TransparentKPCore:
         return {"table_pages": tables, "kernel_code_pages": kcode,
                 "text_patches_accepted": self.patches.accepted,
                 "text_patches_refused": self.patches.refused,
+                "text_patches_boot": {k: v for k, v in sorted(self.patches.boot.items())
+                                      if k != "refused"},
+                "text_patches_runtime": dict(sorted(self.patches.runtime.items())),
                 "user_roots_live": len(self.roots.valid),
                 "user_roots_released": self.roots.released,
                 "modules_authenticated": sum(1 for r in self.mod_records
@@ -1180,10 +1183,19 @@ class TransparentKPCore:
         """One text page asked to become executable: its module authenticated (or not) as a
         whole; returns with the page MOD_TXT (PXN may go) or not (PXN is forced)."""
         va = self._slot_va(plat, slot)
-        if va is None or self.modules is None:  # PXN forced, as on any page not text
-            self.stats["mod_exec_unattributed" if va is None else "mod_exec_no_authority"] += 1
+        if va is None:  # PXN forced, as on any page not text
+            self.stats["mod_exec_unattributed"] += 1
             return
         found = self._mod_at(va, pfn)
+        if self.modules is None:  # nothing can be authenticated: refused, not silently PXN
+            if found is None:
+                self.stats["mod_exec_no_authority"] += 1
+                self._mod_unknown(st, plat, cpu, va, Verdict(
+                    False, "mod-unknown", "this run has no module authority (no trusted "
+                    "certificates or candidate modules were given)", {"va": va}))
+            else:
+                self.stats["mod_exec_kept_pxn"] += 1
+            return
         if found is None:
             self._mod_begin(st, plat, cpu, va)  # raises _Retry once pages are protected
             return
@@ -1225,7 +1237,9 @@ class TransparentKPCore:
         cand, init_base = got
         rec = ModRecord(cand.name, cand.label, va, init_base, "pending")
         self.mod_records.append(rec)
-        linked = mods.link(cand, va, init_base, self._module_exports())
+        percpu = mods.percpu_base(cand, va, self._va_reader(plat, cpu))
+        linked = percpu if isinstance(percpu, Verdict) else \
+            mods.link(cand, va, init_base, self._module_exports(), percpu)
         rec.seconds += time.perf_counter() - t0
         if isinstance(linked, Verdict):
             size = cand.layout.core.text_size if cand.layout is not None else PAGE

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from secvma.attacks.scenarios import Verdict
-from secvma.attacks.suite import Outcome
+from secvma.attacks.suite import Outcome, summarize
 from secvma.linux.guestbuild import LinuxGuest, build_linux_guest
 from secvma.linux.session import (
     POLICIES,
@@ -69,6 +69,9 @@ class LinuxAttack:
     """Why `transparent` does not stop it yet (an open item of issue 10): then the attack is
     expected to *succeed* under transparent and is reported as a known gap, like secvma2024's
     §11 gaps on the testbed. Empty: it must be blocked."""
+    evidence: str = ""
+    """The refusal rule a block must leave under a policy (the guard's restores): without it,
+    "no effect" is not credited to the hypervisor (the attack may simply have misfired)."""
 
     @property
     def dma(self) -> bool:
@@ -118,7 +121,12 @@ ATTACKS: tuple[LinuxAttack, ...] = (
                 "SCTLR/TCR/MAIR pinned"),
     LinuxAttack("VBAR_WRITE", "move the exception vectors",
                 "write VBAR_EL1 + 0x800, wait five guard intervals (IRQs masked at EL1), read back",
-                "VBAR_EL1 restored by the interrupt guard within one interval (no FEAT_FGT)"),
+                "VBAR_EL1 restored by the interrupt guard within one interval (no FEAT_FGT)",
+                evidence="vbar"),
+    LinuxAttack("MDSCR_KDE", "enable kernel debug exceptions (MDSCR_EL1.KDE)",
+                "set KDE, wait five guard intervals (IRQs masked at EL1), read back",
+                "MDSCR_EL1.KDE cleared by the interrupt guard within one interval",
+                evidence="mdscr-kde"),
     LinuxAttack("TEXT_POKE", "patch text at no patch site through the text-poke alias",
                 "aarch64_insn_patch_text_nosync(mac_pton+16, NOP)",
                 "text patches only at sites the Image declares"),
@@ -146,13 +154,15 @@ LinuxOutcome = Outcome  # one outcome record for the testbed and the Linux suite
 
 
 def judge(console: str, name: str, exit_kind: str, internal: list[str], *,
-          host_effect: bool | None = None, dma_faults: int | None = None) -> tuple[Verdict, str]:
+          host_effect: bool | None = None, dma_faults: int | None = None,
+          evidence: tuple[str, list[str]] | None = None) -> tuple[Verdict, str]:
     """The verdict of one attack run from the helper's lines and how the run ended.
 
     `host_effect`: the effect as the host saw it in memory (hypervisor memory, which the
     kernel cannot read back), overriding the module's. `dma_faults` (DMA attacks under a
     policy with the SMMU): faults drained from the SMMU's event queue; a DMA attack without
-    its effect counts as blocked only with at least one.
+    its effect counts as blocked only with at least one. `evidence` (rule, refusal rules
+    recorded): likewise, no effect counts as blocked only if that rule was recorded.
     """
     if internal:
         return Verdict.INTERNAL_ERROR, f"hypervisor internal error: {internal[0]}"
@@ -173,6 +183,8 @@ def judge(console: str, name: str, exit_kind: str, internal: list[str], *,
         return Verdict.SUCCEEDED, text
     if dma_faults == 0:
         return Verdict.ERROR, f"no effect, but no DMA fault was recorded either: {text}"
+    if evidence is not None and evidence[0] not in evidence[1]:
+        return Verdict.ERROR, f"no effect, but no {evidence[0]!r} refusal was recorded: {text}"
     if alive is not None and alive.group(1) == "1" and exit_kind == "poweroff":
         how = "the attacking task was killed" if status.startswith("signal:") else \
             "the attempt failed"
@@ -206,7 +218,9 @@ def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None 
     broken = internal_errors_of(hv) + [f"invariant broken: {v}" for v in invariant_violations_of(hv)]
     verdict, detail = judge(res.console, attack.name, res.exit, broken,
                             host_effect=bool(seen) if attack.name == "DMA_HYP" else None,
-                            dma_faults=faults if attack.dma and policy != "none" else None)
+                            dma_faults=faults if attack.dma and policy != "none" else None,
+                            evidence=(attack.evidence, [str(r["rule"]) for r in raw_refusals])
+                            if attack.evidence and policy != "none" else None)
     expected = attack.expected(policy)
     refusals = [f"{r['rule']}: {r['reason']}" for r in raw_refusals]
     return LinuxOutcome(attack.name, policy, verdict, detail, sorted(v.value for v in expected),
@@ -224,12 +238,5 @@ def run_linux_suite(policies: tuple[str, ...] = POLICIES, only: tuple[str, ...] 
                 if not only or a.name in only for p in policies]
     return {"ok": bool(outcomes) and all(o.matches for o in outcomes),
             "guest": "linux",
-            "summary": {p: {"blocked": sum(o.verdict in (Verdict.BLOCKED, Verdict.HALTED)
-                                           for o in outcomes if o.policy == p),
-                            "succeeded": sum(o.verdict is Verdict.SUCCEEDED
-                                             for o in outcomes if o.policy == p),
-                            "internal_errors": sum(o.verdict is Verdict.INTERNAL_ERROR
-                                                   for o in outcomes if o.policy == p),
-                            "unexpected": sum(not o.matches for o in outcomes if o.policy == p)}
-                        for p in policies},
+            "summary": summarize(outcomes, policies),
             "outcomes": [o.as_json() for o in outcomes]}

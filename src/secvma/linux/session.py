@@ -30,8 +30,10 @@ from secvma.platform import Hypervisor
 POLICIES = ("none", "transparent")
 WORKLOADS = ("forkexec", "mmap", "pipe", "threads", "fileio", "modules")
 PROTECTION_KEYS = ("table_pages", "kernel_code_pages", "text_patches_accepted",
-                   "text_patches_refused", "user_roots_live", "user_roots_released",
+                   "text_patches_refused", "text_patches_boot", "text_patches_runtime",
+                   "user_roots_live", "user_roots_released",
                    "modules_authenticated", "modules_refused")
+_DICT_KEYS = ("table_pages", "text_patches_boot", "text_patches_runtime")
 BASE_APPEND = "console=ttyAMA0 panic=-1"
 DONE = b"SECVMA-DONE"
 
@@ -71,7 +73,7 @@ def protection_of(hv: Hypervisor) -> dict[str, object]:
     """The policy's protection summary; all zero for `none` (nothing is protected)."""
     t = transparent_of(hv)
     if t is None:
-        return {k: ({} if k == "table_pages" else 0) for k in PROTECTION_KEYS}
+        return {k: ({} if k in _DICT_KEYS else 0) for k in PROTECTION_KEYS}
     return t.protection_summary()
 
 

@@ -10,12 +10,13 @@ file. Exports are cached per Image (reading them takes ~0.5 s).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cryptography import x509
 
 from secvma import fixtures
+from secvma.kpcore import kbtf
 from secvma.kpcore.kexports import image_exports
 from secvma.kpcore.modauth import ModuleAuthority
 from secvma.machine.initramfs import VIRTIO_BLK_MODULES, XFS_MODULES, debian_module_files
@@ -24,6 +25,7 @@ from secvma.module.errors import ModuleError
 from secvma.module.symbols import Export, parse_symvers
 
 _EXPORTS: dict[str, dict[str, Export]] = {}
+_STRUCTS: dict[str, dict[str, int]] = {}
 DEBIAN_CANDIDATES = (*XFS_MODULES[:1], *VIRTIO_BLK_MODULES)
 """Debian modules beyond the fixture manifest's four that our guests load."""
 
@@ -50,12 +52,29 @@ def kernel_exports(image: bytes, fx: fixtures.FixtureSet) -> dict[str, Export]:
     return got
 
 
+def module_struct(image: bytes) -> dict[str, int]:
+    """Byte offsets of `struct module`'s fields from the Image's BTF ({} without BTF: modules
+    with per-CPU data are then refused `mod-layout`)."""
+    key = hashlib.sha256(image).hexdigest()
+    got = _STRUCTS.get(key)
+    if got is None:
+        try:
+            got = kbtf.parse(image).offsets("module")
+        except kbtf.BtfError:
+            got = {}
+        _STRUCTS[key] = got
+    return got
+
+
 def module_authority(image: bytes, *, trust_certs: Sequence[Path] = (),
                      modules: Sequence[Path] = (), fx: fixtures.FixtureSet | None = None,
-                     default_trust: bool = True) -> ModuleAuthority:
+                     default_trust: bool = True,
+                     module_bytes: Mapping[str, bytes] | None = None) -> ModuleAuthority:
     """Certificates: the fixture's (unless `default_trust` is off) + `trust_certs`;
     candidates: the fixture's modules, what they need to load (crc32c_generic for xfs) and
-    the virtio-blk modules, + `modules`."""
+    the virtio-blk modules, + `modules`, + `module_bytes` (label -> file contents: e.g. the
+    boot modules an initramfs carries). A candidate only selects; it is trusted only if its
+    signature verifies."""
     fx = fx or fixtures.fetch()
     certs = load_certs([*(fx.signing_certs if default_trust else []), *trust_certs])
     tree = debian_module_files(DEBIAN_CANDIDATES)
@@ -65,7 +84,9 @@ def module_authority(image: bytes, *, trust_certs: Sequence[Path] = (),
             files[str(p)] = Path(p).read_bytes()
         except OSError as exc:
             raise TrustError(f"cannot read module {p}: {exc}") from exc
-    return ModuleAuthority(certs, files.items(), kernel_exports(image, fx))
+    files.update(module_bytes or {})
+    return ModuleAuthority(certs, files.items(), kernel_exports(image, fx),
+                           module_struct=module_struct(image))
 
 
-__all__ = ["TrustError", "kernel_exports", "load_certs", "module_authority"]
+__all__ = ["TrustError", "kernel_exports", "load_certs", "module_authority", "module_struct"]

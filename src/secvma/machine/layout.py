@@ -10,6 +10,7 @@ Guest physical memory (QEMU `virt`, highmem=off: all devices and RAM below 4 GiB
       +0x08_0000  trampoline (QEMU loads the raw -kernel file here and enters it at EL2)
       +0x10_0000  mailbox page of CPU n at +n*0x1000 (also that CPU's EL2 stack)
       +0x18_0000  root fast-path tables (see ROOTTAB_BASE), 2 x ROOT_TABLE_SIZE
+      +0x18_8000  PTE fast path: table and target bitmaps, per-CPU logs (see PTE_TABLE_MAP)
       +0x20_0000  page pool for the hypervisor's stage-2 tables, up to HYP_BASE + HYP_SIZE
     KERNEL_BASE  = RAM_BASE + HYP_SIZE   the EL1 kernel / payload (2 MiB aligned)
     RAM_BASE + 128 MiB             QEMU puts the initrd here, then the DTB
@@ -88,6 +89,8 @@ CMD_SIZE = 32
 MAX_CMDS = 64
 MB_FASTTAB = 0xA00  # fast-path table (see FAST_*), up to MB_FASTTAB_END
 MB_FASTTAB_END = 0xD60
+MB_PTE_EN = 0xD60  # PTE fast path on for this CPU (non-zero); see PTE_TABLE_MAP
+MB_FAST_PTES = 0xD68  # of MB_FAST: kernel PTE stores carried out by the PTE fast path
 MB_NEXT_TTBR0 = 0xD70  # TTBR0_EL1 value being loaded (0: none): by the root fast path, or
 # queued by Python (OP_MSR) and not yet done; see ROOTTAB
 MB_FAST_ROOTS = 0xD78  # of MB_FAST: TTBR writes answered by the root fast path
@@ -157,6 +160,37 @@ ROOT_WAYS = 4  # the trampoline compares exactly four slots (two LDPs)
 ROOT_TABLE_SIZE = ROOT_BUCKETS * ROOT_WAYS * 8
 ROOT_BADDR = 0x0000_FFFF_FFFF_FFFE
 
+# ---- PTE fast path: harmless kernel PTE stores carried out at EL2, replayed by Python ----------
+# Two bitmaps over RAM, bit n = page RAM_BASE + n * 4 KB, written by Python only: PTE_TABLE_MAP
+# marks the level-3 kernel table pages (hardened, host EL1_PTE), PTE_TARGET_MAP the ordinary
+# host pages (host NONE: a leaf mapping one gets PXN, nothing else). On a CPU whose MB_PTE_EN is
+# set, a stage-2 write-permission abort from EL1 with a syndrome (ISV, 64-bit, no S1PTW, no
+# cache maintenance) at an 8-byte slot of a marked table page is carried out at EL2 when it is
+#   map:   old slot 0, new bits[1:0] = 0b11, output page marked in PTE_TARGET_MAP: new | PXN
+#          is stored (PXN: what Python forces on a leaf of a NONE page);
+#   unmap: old bits[1:0] = 0b11 with its output page marked in PTE_TARGET_MAP, new 0: 0 is
+#          stored, then TLBI IPAS2E1IS (table page) + TLBI VMALLE1IS (what Python queues);
+# and appended to the CPU's log, a ring {head u64 (EL2 writes), tail u64 (Python writes), then
+# PTE_LOG_MAX x (slot PA, old, stored) u64}, entry k at k % PTE_LOG_MAX: EL2 writes the entry,
+# DMB, then head + 1; Python reads head, the entries from tail, then sets tail = head, so it
+# can drain while the CPU runs. Anything else, or a full ring, goes to Python, which replays
+# every log through its own rules before it decides anything (kpcore/ptefast.py). Counted in
+# MB_FAST and MB_FAST_PTES.
+PTE_TABLE_MAP = HYP_BASE + 0x18_8000
+PTE_MAP_SIZE = MAX_RAM >> 15  # one bit per 4 KB page: 96 KB
+PTE_TARGET_MAP = PTE_TABLE_MAP + PTE_MAP_SIZE
+PTE_LOG_BASE = PTE_TARGET_MAP + PTE_MAP_SIZE  # CPU n's log at + n * PTE_LOG_STRIDE
+PTE_LOG_STRIDE = 0x4000  # 681 entries: an xfs load stores ~1 850 PTEs between 13 traps
+PTE_LOG_SHIFT = 2  # PTE_LOG_STRIDE = MBOX_STRIDE << PTE_LOG_SHIFT
+PTE_LOG_ENTRY = 24
+PTE_LOG_MAX = (PTE_LOG_STRIDE - 16) // PTE_LOG_ENTRY
+PTE_OA_MASK = 0x0000_FFFF_FFFF_F000  # output address bits 47:12 of a page descriptor
+PTE_PXN_BIT = 53
+# ESR_EL2 of the aborts the PTE fast path takes: ISV, SAS = 64 bit, SF, WnR, and S1PTW, CM, EA,
+# FnV clear, DFSC a permission fault (0b0011xx)
+PTE_ESR_MASK = (1 << 24) | (3 << 22) | (1 << 15) | (0xF << 7) | (1 << 6) | (0xF << 2)
+PTE_ESR_WANT = (1 << 24) | (3 << 22) | (1 << 15) | (1 << 6) | (0x3 << 2)
+
 # ---- interrupt guard: EL2 takes control at a bounded interval, whatever EL1 does ----------
 # OP_GUARD sets HCR_EL2.IMO|FMO (kept in every later HCR write through MB_HCR_OR), enables the
 # GICv3 virtual CPU interface (ICH_HCR_EL2.En) and the EL2 physical timer (CNTHP, PPI
@@ -195,6 +229,18 @@ def mailbox_pa(cpu: int) -> int:
     if not 0 <= cpu < MAX_CPUS:
         raise ValueError(f"cpu index {cpu} outside 0..{MAX_CPUS - 1}")
     return MBOX_BASE + cpu * MBOX_STRIDE
+
+
+assert PTE_LOG_BASE + MAX_CPUS * PTE_LOG_STRIDE <= S2_POOL_BASE, "PTE fast path overlaps the pool"
+assert PTE_LOG_STRIDE == MBOX_STRIDE << PTE_LOG_SHIFT, "the trampoline scales a mailbox offset"
+assert ROOTTAB_BASE + 2 * ROOT_TABLE_SIZE <= PTE_TABLE_MAP, "root tables overlap the PTE maps"
+
+
+def pte_log_pa(cpu: int) -> int:
+    """Physical address of CPU `cpu`'s PTE fast-path log."""
+    if not 0 <= cpu < MAX_CPUS:
+        raise ValueError(f"cpu index {cpu} outside 0..{MAX_CPUS - 1}")
+    return PTE_LOG_BASE + cpu * PTE_LOG_STRIDE
 
 
 def asm_include() -> str:

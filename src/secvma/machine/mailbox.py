@@ -14,10 +14,17 @@ trampoline zeroes the command list before it posts a request).
 latency (see `secvma bench micro`). With `spin_us` the loop spins that long after the last
 trap, then sleeps between polls, each sleep longer than the last up to `IDLE_SLEEP_MAX_S`,
 so an idle guest costs the host almost nothing and a busy one keeps the spinning latency.
+While it spins it yields the core after each round of polls (`sched_yield`): on a loaded
+host the spinning server and the spinning vCPU thread otherwise take turns at each other's
+expense, and the vCPU thread waited in the run queue for most of a module load (one xfs load
+with every PTE store trapping, load average ~6 on 2 cores: gaps between an answer and the
+next trap summed to 1.6-3.2 s of 2.7-4.1 s, matching the vCPU thread's run-queue wait in
+/proc schedstat; with the yield 0.7-0.9 s of 1.75-1.8 s).
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
@@ -67,6 +74,7 @@ HOUSEKEEP_S = 0.002  # console, QEMU liveness, deadline and watchdog checks at m
 HOOK_S = 0.0002  # the hypervisor's `poll` and the caller's poll hook at most this often
 DEFAULT_SPIN_US = 1000.0  # spin this long after a trap before sleeping (runner.boot's default)
 IDLE_SLEEP_MIN_S = 0.00005  # first sleep once the spin window has passed without a trap
+YIELD_WHILE_SPINNING = True  # spin-then-sleep yields the core between poll rounds (see above)
 IDLE_SLEEP_MAX_S = 0.001  # longest sleep: bounds the extra latency of a trap after idling
 
 # (op0, op1, CRn, CRm, op2) of the registers the trampoline can write
@@ -166,6 +174,7 @@ class RunResult:
     cntfrq: int = 0
     guard: GuardStats | None = None
     fast_root_traps: int = 0  # of fast_traps: TTBR writes answered by the root fast path
+    fast_pte_traps: int = 0  # of fast_traps: kernel PTE stores done by the PTE fast path
 
     def roundtrip_stats(self) -> dict[str, float]:
         """Median, p99 and count of the trap round trips measured by the trampoline (µs)."""
@@ -359,6 +368,73 @@ class MailboxCpu:
 ROOT_TABLE_INDEX = {SysReg.TTBR0_EL1: 0, SysReg.TTBR1_EL1: 1}
 
 
+class PteFast:
+    """`platform.PteFastPath` on the trampoline (layout "PTE fast path")."""
+
+    def __init__(self, server: MailboxServer) -> None:
+        self.server = server
+        self.mm = server.mm
+        self.tables = layout.PTE_TABLE_MAP - layout.RAM_BASE
+        self.ordinary = layout.PTE_TARGET_MAP - layout.RAM_BASE
+        self.base_pfn = layout.RAM_BASE >> 12
+        self.npages = min(server.qemu.ram_size, layout.MAX_RAM) >> 12
+        self.replayed = 0  # log entries handed to the hypervisor
+        self.kept: list[tuple[int, int, int, int]] = []  # drained when guest RAM went away
+        for c in server.cpus:  # a log left over from a previous run of the same RAM file
+            off = layout.pte_log_pa(c.index) - layout.RAM_BASE
+            self.mm[off:off + 16] = bytes(16)
+
+    def load(self, tables: bytes, ordinary: bytes) -> None:
+        n = layout.PTE_MAP_SIZE
+        if len(tables) > n or len(ordinary) > n:
+            raise ValueError(f"a PTE fast-path bitmap holds at most {n} bytes")
+        self.mm[self.tables:self.tables + n] = tables.ljust(n, b"\0")
+        self.mm[self.ordinary:self.ordinary + n] = ordinary.ljust(n, b"\0")
+
+    def mark(self, pfn: int, table: bool, ordinary: bool) -> None:
+        i = pfn - self.base_pfn
+        if not 0 <= i < self.npages:
+            return
+        byte, bit = i >> 3, 1 << (i & 7)
+        for base, on in ((self.tables, table), (self.ordinary, ordinary)):
+            v = self.mm[base + byte]
+            self.mm[base + byte] = (v | bit) if on else (v & ~bit)
+
+    def enable(self, cpu: object, on: bool) -> None:
+        c = self.server._cpu(cpu)
+        self.server.q[(c.off + layout.MB_PTE_EN) >> 3] = int(on)
+
+    def keep(self) -> None:
+        """Drain the logs into memory before guest RAM is unmapped (`drain` returns them)."""
+        if not self.server.released:
+            self.kept = self.drain()
+
+    def carried_out(self) -> int:
+        """PTE stores the trampoline has carried out since the CPUs started (MB_FAST_PTES)."""
+        if self.server.released:
+            return 0
+        return sum(int(self.server.q[(c.off + layout.MB_FAST_PTES) >> 3]) for c in self.server.cpus)
+
+    def drain(self) -> list[tuple[int, int, int, int]]:
+        out, self.kept = self.kept, []
+        if self.server.released:  # the machine is gone: what it logged last was kept
+            return out
+        q = self.server.q
+        for c in self.server.cpus:
+            base = (layout.pte_log_pa(c.index) - layout.RAM_BASE) >> 3
+            head, tail = int(q[base]), int(q[base + 1])  # head first: its entries are written
+            if head == tail:
+                continue
+            if not 0 < head - tail <= layout.PTE_LOG_MAX:
+                raise ProtocolError(f"cpu{c.index}: PTE fast-path log head {head}, tail {tail}")
+            for k in range(tail, head):
+                e = base + 2 + 3 * (k % layout.PTE_LOG_MAX)
+                out.append((c.index, int(q[e]), int(q[e + 1]), int(q[e + 2])))
+            q[base + 1] = head
+        self.replayed += len(out)
+        return out
+
+
 class RootTable:
     """One shared root fast-path table in the hypervisor region (layout "root fast path").
 
@@ -419,6 +495,8 @@ class MailboxServer:
         self.starve_s = STARVE_S
         self._qtest: QtestClient | None = None
         self.idle_sleeps = 0  # sleeps of the serve loop (spin-then-sleep only)
+        self.released = False  # guest RAM unmapped (the run is over)
+        self.pte_fast_path = PteFast(self)
 
     # ---- Platform ----------------------------------------------------------------------
     @property
@@ -639,6 +717,7 @@ class MailboxServer:
         u32 = self.u32
         single = states[0] if len(states) == 1 else None
         spin_s = None if self.spin_us is None else self.spin_us / 1e6
+        yield_spin = spin_s is not None and YIELD_WHILE_SPINNING
         idle_hook = getattr(self.hyp, "poll", None)
         perf_counter = time.perf_counter
         last_trap = next_hook = next_house = perf_counter()
@@ -703,6 +782,8 @@ class MailboxServer:
                 polls = 1
                 time.sleep(sleep_s)
                 sleep_s = min(sleep_s * 2, IDLE_SLEEP_MAX_S)
+            elif yield_spin:  # spinning: let a runnable QEMU thread have this core
+                os.sched_yield()
         return self._finish(console, exit_kind, reason)
 
     def _starved(self, now: float) -> str | None:
@@ -733,6 +814,7 @@ class MailboxServer:
         ntr = sum(int(self.q[(c.off + layout.MB_NTR) >> 3]) for c in self.cpus)
         guard = self.guard_stats(cntfrq)
         fast_roots = sum(int(self.q[(c.off + layout.MB_FAST_ROOTS) >> 3]) for c in self.cpus)
+        fast_ptes = sum(int(self.q[(c.off + layout.MB_FAST_PTES) >> 3]) for c in self.cpus)
         if exit_kind != "poweroff":  # read every counter above: release() unmaps guest RAM
             self.release()
             qemu.stop()
@@ -748,7 +830,7 @@ class MailboxServer:
         return RunResult(exit_kind, reason, wall, console.text,
                          qemu.proc.returncode if qemu.proc else None, dict(self.traps), fast, ntr, rt,
                          {k.decode(errors="replace"): v for k, v in console.first_seen.items()},
-                         cntfrq, guard, fast_roots)
+                         cntfrq, guard, fast_roots, fast_ptes)
 
     def guard_stats(self, cntfrq: int) -> GuardStats | None:
         """The interrupt guard's counters, or None when no CPU armed it."""
@@ -772,5 +854,7 @@ class MailboxServer:
         if self._qtest is not None:
             self._qtest.close()
             self._qtest = None
+        self.pte_fast_path.keep()
+        self.released = True
         self.q.release()
         self.u32.release()

@@ -101,6 +101,12 @@ class ExportTable:
     def get(self, name: str) -> Export | None:
         return self._by_name.get(name)
 
+    def copy(self) -> ExportTable:
+        """An independent table with the same exports."""
+        out = ExportTable()
+        out._by_name = dict(self._by_name)
+        return out
+
     def names(self) -> list[str]:
         return list(self._by_name)
 
