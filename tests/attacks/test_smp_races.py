@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from secvma.attacks.scenarios import ATTACKS, OPEN_RACES, Verdict
-from secvma.attacks.suite import POLICIES, run_attack
+from secvma.attacks.scenarios import ATTACKS, Verdict
+from secvma.attacks.suite import POLICIES, Outcome, run_attack
 from secvma.hvabi import Op
 from secvma.testbed import smp
 from secvma.testbed.build import build_testbed
@@ -20,11 +20,29 @@ from secvma.testbed.policies import make_hypervisor
 pytestmark = pytest.mark.qemu
 
 RACES = ("race-table-store", "race-ttbr0-free", "race-module-image", "race-s2-stale",
-         "race-table-claim")
+         "race-table-claim", "race-module-text")
 
 @pytest.fixture(scope="module")
 def image():  # type: ignore[no-untyped-def]
     return build_testbed()
+
+
+TRIES = 3
+"""A loaded host may deschedule CPU 1's thread for the whole window: a run in which the race
+did not happen (no effect under none; under hardened, no effect and nothing refused because
+CPU 1 never reached the protected pages) is inconclusive and run again, at most TRIES times."""
+
+
+def _race(attack: object, policy: str, s2: str, image: object) -> Outcome:
+    out = run_attack(attack, policy, s2, image)  # type: ignore[arg-type]
+    for _ in range(TRIES - 1):
+        idle = out.verdict is not Verdict.SUCCEEDED if policy == "none" else \
+            policy == "hardened" and out.verdict is Verdict.BLOCKED and not out.refusals \
+            and not attack.fixed_up  # type: ignore[attr-defined]
+        if not idle:
+            break
+        out = run_attack(attack, policy, s2, image)  # type: ignore[arg-type]
+    return out
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -32,7 +50,7 @@ def image():  # type: ignore[no-untyped-def]
 def test_race_verdict_is_the_expected_one(name: str, policy: str, image: object) -> None:
     attack = next(a for a in ATTACKS if a.name == name)
     assert attack.ncpus == 2
-    out = run_attack(attack, policy, "huge", image)  # type: ignore[arg-type]
+    out = _race(attack, policy, "huge", image)
     assert out.verdict is not Verdict.INTERNAL_ERROR, out.detail
     assert out.matches, (out.verdict, out.detail, out.refusals)
     if policy == "none":
@@ -47,7 +65,7 @@ def test_race_verdict_is_the_expected_one(name: str, policy: str, image: object)
 ])
 def test_race_verdict_in_4k_mode(name: str, policy: str, image: object) -> None:
     attack = next(a for a in ATTACKS if a.name == name)
-    out = run_attack(attack, policy, "4k", image)  # type: ignore[arg-type]
+    out = _race(attack, policy, "4k", image)
     assert out.verdict is not Verdict.INTERNAL_ERROR, out.detail
     assert out.matches, (out.verdict, out.detail, out.refusals)
 
@@ -91,14 +109,17 @@ def test_legal_smp_workloads_have_no_refusals(s2: str, image: object) -> None:
     assert hv.internal_errors == []  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_open_race_module_text(policy: str, image: object, request: pytest.FixtureRequest) -> None:
-    """race-module-text: SUCCEEDED under hardened in 9 of 10 runs (huge and 4k, ~3.5e6 CPU1
-    iterations during HVC 30, INV-MOD broken); the window is hit or not depending on the host's
-    scheduling, so the xfail is not strict. To fix: HVC 30 installs in a second trip."""
-    if policy == "hardened":
-        request.applymarker(pytest.mark.xfail(strict=False, reason="HVC 30 installs verified "
-                                              "text before the TLB invalidation (issue 13)"))
-    out = run_attack(OPEN_RACES[0], policy, "huge", image)  # type: ignore[arg-type]
-    assert out.verdict is not Verdict.INTERNAL_ERROR, out.detail
-    assert out.matches, (out.verdict, out.detail, out.refusals)
+def test_module_text_race_quirk(image: object) -> None:
+    """race-module-text: HVC 30 used to write the verified text and clear PXN in the trap that
+    made the pages read-only, before the trampoline's TLB invalidation: CPU1's stale-TLB
+    stores landed in the installed text in 9 of 10 runs under hardened (INV-MOD broken). Now
+    the text is staged read-only in a first trip and installed when the CPU re-executes
+    HVC 30; the refusals show CPU1's stores reached the protected pages."""
+    attack = next(a for a in ATTACKS if a.name == "race-module-text")
+    out = _race(attack, "hardened", "huge", image)
+    assert out.verdict is Verdict.BLOCKED and out.matches, (out.verdict, out.detail)
+    assert ".text equals the signed module" in out.detail
+    # CPU1's stores were caught: undone in the staged pages (mload-stale-store) or trapped on
+    # the staged (AUTH) or the installed module's pages
+    assert any(r.startswith(("mload-stale-store", "module-store", "s2-write-protected"))
+               for r in out.refusals), out.refusals

@@ -368,7 +368,8 @@ def test_stages_run_in_order(keys: ModuleKeys) -> None:
     """ModuleLoad: a stage before its predecessor raises WrongStage."""
     m, hv, _k = setup("hardened", keys)
     load = ModuleLoad(hv.state, m.plat, m.cpu, ModArgs(0, 0, 0, 0, 1))
-    calls: list[Callable[[], object]] = [load.verify, load.relocate, load.map_text]
+    calls: list[Callable[[], object]] = [load.verify, load.relocate, load.stage_text,
+                                         load.map_text]
     for call in calls:
         with pytest.raises(WrongStage):
             call()
@@ -464,3 +465,63 @@ def test_module_builds_fail_on_breakage_and_skip_only_without_the_tools(
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(pytest.skip.Exception, match="not installed"):
         build_modules(tmp_path, ("mod_hello",))
+
+
+def test_hvc30_installs_in_a_second_trip_quirk(any_policy: str, keys: ModuleKeys,
+                                              mods: dict[str, bytes]) -> None:
+    """Issue 13, race-module-text: the trampoline invalidates the TLBs only after a trap is
+    answered, so HVC 30 stages the verified text read-only (AUTH, not executable) and rewinds
+    ELR; a store another CPU made through a stale TLB entry in between is undone by the second
+    trip (`mload-stale-store` on record) before anything becomes executable."""
+    m, hv, k = setup(any_policy, keys)
+    trips: list[tuple[Usage, bytes]] = []
+
+    def stale_store(_cpu: object) -> None:  # between the trips: CPU1's stale TLB entry
+        km_text = hv.state.mod.staged
+        assert km_text is not None and hv.state.mod.in_progress
+        load = km_text[1]
+        pa = next(iter(load.text.pages.values()))  # type: ignore[attr-defined]
+        trips.append((hv.state.pages.usage_of(pa >> 12), m.plat.read(PhysAddr(pa), 4)))
+        m.plat.write(PhysAddr(pa), b"\x1f\x20\x03\xd5")  # a NOP over the verified code
+
+    m.hvc_hook = stale_store
+    km = k.load(mods["mod_hello"])
+    assert km.modid == 0 and len(trips) == 1
+    assert trips[0][0] is Usage.EL1_AUTH  # staged: read-only, not executable yet
+    assert m.plat.read(PhysAddr(km.text.pa), 4) == trips[0][1]  # the verified bytes again
+    assert [r.rule for r in hv.refusals] == ["mload-stale-store"]
+    assert hv.state.mod.staged is None and not hv.state.mod.in_progress
+    assert hv.state.pages.usage_of(km.text.pa >> 12) is Usage.EL1_MOD_TXT
+    clean(hv, m)
+
+
+def test_hvc30_from_another_cpu_while_staged_is_busy(keys: ModuleKeys,
+                                                     mods: dict[str, bytes]) -> None:
+    """Between the trips only the staging CPU may go on; a changed call starts over."""
+    m, hv, k = setup("hardened", keys)
+    other = type(m.cpu)(index=1)
+    other.sysregs = dict(m.cpu.sysregs)  # booted like CPU 0 (VBAR in kernel text)
+    seen: list[int] = []
+
+    def meanwhile(_cpu: object) -> None:
+        if not seen:
+            seen.append(m.hvc(30, 0, 0, 0, 0, 1, cpu=other))
+            assert hv.refusals[-1].rule == "mload-busy"
+
+    m.hvc_hook = meanwhile
+    km = k.load(mods["mod_hello"])
+    assert km.modid == 0 and seen == [HVC_INVALID]
+    assert [r.rule for r in hv.refusals] == ["mload-busy"]
+    clean(hv, m)
+
+    def changed(cpu: object) -> None:  # the kernel edits x5 between the trips
+        if not seen[1:]:
+            seen.append(1)
+            cpu.regs[5] = 2  # type: ignore[attr-defined]
+
+    m.hvc_hook = changed
+    before = hv.state.mod.refused
+    km2 = k.load(mods["mod_counter"])
+    assert km2.modid == HVC_INVALID  # started over with n=2: the checklist no longer fits
+    assert hv.state.mod.refused == before + 2 and hv.state.mod.staged is None
+    clean(hv, m)

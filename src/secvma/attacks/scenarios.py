@@ -1078,14 +1078,9 @@ ATTACKS: list[Attack] = [
     Attack("race-table-claim", "store an executable PTE through a stale TLB entry while CPU0 "
            "links the page as a new table", race_table_claim, RACE_STALE, fixed_up=_PXN,
            ncpus=2),
-]
-
-OPEN_RACES: list[Attack] = [
     Attack("race-module-text", "rewrite the module's text run from CPU1 while HVC 30 installs "
            "it", race_module_text, {"none": SUCCEEDS, "secvma2024": PANICS, "hardened": REFUSED},
            ncpus=2),
 ]
-"""Races `hardened` does not block yet (kept out of ATTACKS so the suite stays a regression
-check): HVC 30 writes the verified text and clears PXN in the same trap that makes the pages
-read-only, before any CPU's TLB is invalidated (issue 13; fix: install in a second trip, as
-HVC 33 does)."""
+
+

@@ -86,7 +86,7 @@ from secvma.kpcore.hostmem import desired_kind
 from secvma.kpcore.kpt import protected_walk, set_module_exec
 from secvma.kpcore.modstate import LoadedModule
 from secvma.kpcore.pages import Owner, Usage
-from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, log
+from secvma.kpcore.refusal import Errno, HypPanic, HypRefusal, Outcome, Refusal, log
 from secvma.kpcore.stage2 import PermKind
 from secvma.kpcore.state import KState
 from secvma.module import native, secvma_sig
@@ -127,8 +127,9 @@ class Stage(enum.Enum):
     FROZEN = 1
     VERIFIED = 2
     RELOCATED = 3
-    DONE = 4
-    ABORTED = 5
+    STAGED = 4
+    DONE = 5
+    ABORTED = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -741,18 +742,36 @@ class ModuleLoad:
                               "which is already exported", Errno.EBUSY)
         self.exports = exports
 
-    # ---- map_text (commit) ---------------------------------------------------------------------
+    # ---- stage_text, map_text (commit) ---------------------------------------------------------
+
+    def stage_text(self) -> None:
+        """First trip of the install: the text and ro runs' pages become AUTH (read-only, not
+        executable) with the verified bytes in them. The trampoline's broadcast TLB
+        invalidation runs only after this trap is answered, so until then another CPU may
+        still store to them through a stale stage-2 entry (issue 13, race-module-text): the
+        CPU re-executes HVC 30 and `map_text`, in that second trap, writes the bytes again and
+        only then makes them executable."""
+        self._advance(Stage.RELOCATED, Stage.STAGED)
+        st = self.st
+        pfns = [pa >> 12 for pa in [*self.text.pages.values(), *self.ro.pages.values()]]
+        st.s2.check_available(_tables_needed(st, pfns), rule="mload-placement")
+        for run in (self.text, self.ro):
+            for page, pa in run.pages.items():
+                self._write(pa, bytes(run.images[page]))
+                self._set_class(pa >> 12, Usage.EL1_AUTH)
 
     def map_text(self) -> int:
         """Install the verified runs, write data relocations, enable execution; returns the id."""
-        self._advance(Stage.RELOCATED, Stage.DONE)
+        self._advance(Stage.STAGED, Stage.DONE)
         st, plat = self.st, self.plat
-        pfns = [pa >> 12 for pa in [*self.text.pages.values(), *self.ro.pages.values()]]
-        st.s2.check_available(_tables_needed(st, pfns), rule="mload-placement")
         digests: dict[int, bytes] = {}
+        stale: list[int] = []
         for run, usage in ((self.text, Usage.EL1_MOD_TXT), (self.ro, Usage.EL1_MOD_RO)):
             for page, pa in run.pages.items():
-                self._write(pa, bytes(run.images[page]))
+                want = bytes(run.images[page])
+                if plat.read(PhysAddr(pa), len(want)) != want:
+                    stale.append(page)
+                    plat.write(PhysAddr(pa), want)  # a stale-TLB store changed it: undone
                 self._set_class(pa >> 12, usage)
                 if usage is Usage.EL1_MOD_TXT:
                     digests[page] = hashlib.sha256(run.images[page]).digest()
@@ -772,6 +791,14 @@ class ModuleLoad:
             {v: p for v, p in self.text.pages.items() if v in self.init_pages},
             dict(self.ro.pages), self.exports, self.imports_from, digests)
         st.mod.loads += 1
+        if stale:  # the load goes on with the verified bytes; the attempt is on record
+            ref = Refusal("mload-stale-store", Errno.EPERM, f"module {self.name}: stores "
+                          "through a stale TLB entry changed staged module pages; the "
+                          "verified bytes were written again", Outcome.REFUSED, self.cpu.index,
+                          self.cpu.elr, {"va": stale[0], "pages": len(stale)})
+            if len(st.refusals) < 10_000:
+                st.refusals.append(ref)
+            log.info("refused: %s", ref)
         log.info("module %s loaded as id %d: %d text, %d ro pages, %d exports", self.name,
                  self.modid, len(self.text.pages), len(self.ro.pages), len(self.exports))
         return self.modid
@@ -818,20 +845,56 @@ def _guarded(st: KState, fn: Callable[[], int], on_error: Callable[[], None]) ->
         raise
 
 
-def hvc_mload(st: KState, plat: Platform, cpu: Vcpu, x: tuple[int, ...]) -> int:
-    """HVC 30 (hdr_va, percpu_va, mod_arch_va, checklist_va, n) -> module id.
+def hvc_mload(st: KState, plat: Platform, cpu: Vcpu, x: tuple[int, ...]) -> int | None:
+    """HVC 30 (hdr_va, percpu_va, mod_arch_va, checklist_va, n) -> module id, in two trips.
 
-    C: kint/HostModule.c:el2_load_module (whole call under the host_kpt lock).
+    C: kint/HostModule.c:el2_load_module (whole call under the host_kpt lock; C invalidates
+    the TLBs inside the handler). Here the broadcast TLBI runs in the trampoline after the
+    answer, so the first trip freezes, verifies, relocates and stages the text read-only,
+    then rewinds ELR (None: x0 untouched); the CPU invalidates its TLBs and re-executes
+    HVC 30, and the second trip (same CPU, same arguments) installs and enables execution.
+
+        pending?     caller, args            action
+        none         any CPU                 load -> staged, ELR rewound        (trip 1)
+        this CPU     same args               map_text -> module id              (trip 2)
+        this CPU     other args              staged load rolled back, new load  (trip 1)
+        other CPU    any                     refused EBUSY, nothing changes
     """
     if not st.installed or st.boot is None:
         raise _refuse("mload-args", "HVC 6 has not run yet", Errno.EINVAL)
-    load = ModuleLoad(st, plat, cpu, ModArgs(x[1], x[2], x[3], x[4], x[5]))
+    args = ModArgs(x[1], x[2], x[3], x[4], x[5])
+    pending = st.mod.staged
+    if pending is not None:
+        owner, staged = pending
+        assert isinstance(staged, ModuleLoad)
+        if owner != cpu.index:
+            raise _refuse("mload-busy", "another CPU's module load is being installed",
+                          Errno.EBUSY, cpu=owner)
+        st.mod.staged = None
+        if staged.args == args:
+            staged.cpu = cpu
+
+            def finish() -> int:
+                return staged.map_text()
+
+            def abort_staged() -> None:
+                staged.rollback()
+                st.mod.refused += 1
+
+            try:
+                return _guarded(st, finish, abort_staged)
+            finally:
+                st.mod.in_progress = False
+        staged.rollback()  # the kernel changed the call between the trips: start over
+        st.mod.refused += 1
+    load = ModuleLoad(st, plat, cpu, args)
 
     def run() -> int:
         load.freeze()
         load.verify()
         load.relocate()
-        return load.map_text()
+        load.stage_text()
+        return 0
 
     def abort() -> None:
         load.rollback()
@@ -839,9 +902,13 @@ def hvc_mload(st: KState, plat: Platform, cpu: Vcpu, x: tuple[int, ...]) -> int:
 
     st.mod.in_progress = True
     try:
-        return _guarded(st, run, abort)
-    finally:
+        _guarded(st, run, abort)
+    except BaseException:
         st.mod.in_progress = False
+        raise
+    st.mod.staged = (cpu.index, load)  # in_progress stays set: AUTH pages are expected
+    cpu.set_elr(cpu.elr - 4)  # HVC's ELR is the next instruction: run it again
+    return None
 
 
 def _revoke_exec(st: KState, plat: Platform, pages: dict[int, int]) -> None:
@@ -922,7 +989,7 @@ def hvc_mfree(st: KState, plat: Platform, cpu: Vcpu, modid: int) -> int:
     return 0
 
 
-def handle_module_hvc(st: KState, plat: Platform, cpu: Vcpu, x: tuple[int, ...]) -> int:
+def handle_module_hvc(st: KState, plat: Platform, cpu: Vcpu, x: tuple[int, ...]) -> int | None:
     """Dispatch HVC 30/31/32 (x0 = number); refusals are raised (the core answers
     HVC_INVALID)."""
     nr = x[0]

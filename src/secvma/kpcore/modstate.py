@@ -53,6 +53,8 @@ class ModState:
     kernel_exports: list[Export] | None = None
     kernel_table: ExportTable | None = None  # kernel_exports as a table, copied per load
     in_progress: bool = False
+    staged: tuple[int, object] | None = None
+    """(CPU, its ModuleLoad) between HVC 30's two trips (`modload.hvc_mload`)."""
     loads: int = 0
     refused: int = 0
     orphan_ro: set[int] = field(default_factory=set)
