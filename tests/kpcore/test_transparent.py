@@ -9,11 +9,11 @@ from hypothesis import strategies as hst
 
 from secvma.arch.el2 import VTCR_4G
 from secvma.arch.esr import DataAbort
-from secvma.arch.walk import AccessType, Fault, translate_stage2
+from secvma.arch.walk import AccessType, CpuFeatures, Fault, translate_stage2
 from secvma.kpcore.descs import PXNTABLE
 from secvma.kpcore.faults import ESR_UNKNOWN
 from secvma.kpcore.pages import Usage
-from secvma.kpcore.stage2 import PermKind
+from secvma.kpcore.stage2 import PermKind, kind_of
 from secvma.kpcore.textsites import (
     PatchSites,
     branch_target,
@@ -265,6 +265,41 @@ def test_vdso_found_in_image_and_user_executable_at_stage2_quirk() -> None:
     _store(hv, plat, cpu, PTE + 24, vdso_pa | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)  # EL1-X
     assert plat.read_u64(PhysAddr(PTE + 24)) & PXN and not hv.refusals
     assert not check(hv, plat, full=True)
+
+
+def test_vdso_is_el0_only_code_at_stage2_with_feat_xnx() -> None:
+    """With FEAT_XNX (ID_AA64MMFR1_EL1.XNX in CpuStart) the vDSO is UCODE at stage 2: EL0 may
+    fetch it, EL1 may not (XN = 01), read-only; before, it was KCODE (EL1-executable too).
+    The invariants no longer accept any EL1-executable vDSO leaf."""
+    hv = TransparentKPCore(protect_tables=True, image=_image(), sites=_sites())
+    hv.sites.vdso = [(0x2000, 0x3000)]
+    plat, cpu = FakePlatform(), FakeVcpu()
+    plat.vcpus.append(cpu)
+    _kernel(plat)
+    vdso_pa = TEXT_PA + 0x2000
+    plat.write_u64(PhysAddr(PTE + 16), vdso_pa | ATTR_NORMAL | PTE_PAGE | UXN | PXN | AP_RO)
+    hv.handle(plat, cpu, CpuStart(0x4020_0000, 0, 0x1000_0000))  # XNX = 1
+    assert hv.state.feat_xnx
+    cpu.sysregs[SysReg.TCR_EL1] = TCR
+    cpu.sysregs[SysReg.SCTLR_EL1] = SCTLR_ON
+    for base in (RESERVED, INIT_PG, SWAPPER):
+        assert _trap(hv, plat, cpu, TTBR1_ENC, SysReg.TTBR1_EL1, base)
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    st = hv.state
+    _fill(hv, plat, cpu, vdso_pa)
+    hit = st.s2.leaf(vdso_pa)
+    assert hit is not None and kind_of(hit[2]) is PermKind.UCODE
+    xnx = CpuFeatures(feat_xnx=True)
+    el0 = translate_stage2(plat.read_u64, vdso_pa, AccessType.FETCH, 0, vtcr=VTCR_4G,
+                           vttbr=st.s2.vttbr(), cpu=xnx)
+    el1 = translate_stage2(plat.read_u64, vdso_pa, AccessType.FETCH, 1, vtcr=VTCR_4G,
+                           vttbr=st.s2.vttbr(), cpu=xnx)
+    assert not isinstance(el0, Fault) and isinstance(el1, Fault)
+    assert not _s2_writable(hv, plat, vdso_pa) and not hv.refusals
+    assert not check(hv, plat, full=True)
+    st.s2.set_leaf(hit[0], hit[1], PermKind.KCODE)  # as before the change: EL1-executable
+    assert [v.inv for v in check(hv, plat, full=True)] == ["T-S2-WX"]
 
 
 def test_vdso_images_found_by_elf_shape() -> None:
