@@ -84,3 +84,18 @@ def test_transparent_lets_pauth_bits_through_and_refuses_wxn() -> None:
     assert not _trap(hv, plat, cpu, SCTLR_ENC, SysReg.SCTLR_EL1, SCTLR_ON | _bit(19))
     assert [r.rule for r in hv.refusals] == ["pinned-sysreg"]
     assert hv.refusals[0].values["bits"] == 1 << 19
+
+
+def test_null_hypervisor_leaves_pauth_at_el1() -> None:
+    """HCR_EL2.API|APK: on -cpu max Debian writes APIAKeyLo_EL1 at boot; without them the write
+    trapped to EL2 and the NullHypervisor halted (`--policy none --cpu max` never booted)."""
+    from fakes import FakePlatform, FakeVcpu
+
+    from secvma.arch.el2 import HCR_API, HCR_APK
+    from secvma.machine.null import NullHypervisor
+    from secvma.platform import CpuStart
+
+    hv, plat, cpu = NullHypervisor(), FakePlatform(), FakeVcpu()
+    plat.vcpus.append(cpu)
+    hv.handle(plat, cpu, CpuStart(0x4020_0000, 0))
+    assert cpu.stage2 is not None and cpu.stage2[2] & HCR_API and cpu.stage2[2] & HCR_APK

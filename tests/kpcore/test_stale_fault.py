@@ -1,8 +1,10 @@
-"""A stage-2 permission fault on a leaf that (read as an ARMv8.0 CPU reads it) already permits
-the access is taken for a stale TLB entry: invalidate and retry. On a CPU that reads XN[1:0]
-with FEAT_XNX (cortex-a76) a KERNEL-kind leaf (XN = 01) is not EL1-executable, so the retry
-faulted again forever: the testbed hung after HVC 6 at its first fetch from init text. A fault
-that survives the invalidation is now refused (logged), never retried without end."""
+"""A stage-2 permission fault on a leaf that (read with the CPU's own XN semantics) already
+permits the access is taken for a stale TLB entry: invalidate and retry, a bounded number of
+times. Before FEAT_XNX was read from ID_AA64MMFR1_EL1 the leaf was read as an ARMv8.0 CPU reads
+it, so on a CPU with FEAT_XNX (cortex-a76, max) a KERNEL-kind leaf (XN = 01) looked
+EL1-executable and the retry faulted again forever: the testbed hung after HVC 6 at its first
+fetch from init text. Now such a fetch is refused at once (s2-permission), and a fault that
+survives the invalidation anyway is refused (s2-stale), never retried without end."""
 
 from __future__ import annotations
 
