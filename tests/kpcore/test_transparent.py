@@ -750,3 +750,19 @@ def test_changed_words_are_exactly_the_words_that_differ(seed: int,
         live[i] ^= x
     want = [k for k in range(0, 4096, 4) if live[k:k + 4] != orig[k:k + 4]]
     assert list(_changed_words(bytes(live), orig)) == want
+
+
+def test_walker_hardware_update_of_a_protected_table_is_refused_not_retried() -> None:
+    """TCR_EL1.HA/HD (set by Debian on -cpu max): a stage-1 walk that must set AF in a
+    write-protected PTE table faults at stage 2 with S1PTW and WnR. It used to be taken for a
+    stale TLB entry (a walk only needs read) and retried without end; now it is refused."""
+    hv, plat, cpu = armed()
+    assert not _s2_writable(hv, plat, PTE)
+    esr = DataAbort(lower_el=True, il=True, isv=False, sas=0, sse=False, srt=0, sf=False,
+                    ar=False, vncr=False, fnv=False, ea=False, cm=False, s1ptw=True, wnr=True,
+                    dfsc=0x0F).encode()
+    cpu.elr = 0xFFFF_8000_0801_0000
+    hv.handle(plat, cpu, Stage2Abort(esr, 0xFFFF_0000_0000_0000, PhysAddr(PTE + 8), False, True,
+                                     False, True))
+    assert [r.rule for r in hv.refusals] == ["s1-hw-update"] and cpu.injected
+    assert hv.stats["s2_stale"] == 0 and not hv.internal_errors

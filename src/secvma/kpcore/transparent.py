@@ -923,6 +923,12 @@ class TransparentKPCore:
         # a stage-1 walk (S1PTW) only reads its table, whatever access it was made for
         need = Perm.R if ev.s1ptw else Perm.X if ev.is_fetch else Perm.W if ev.is_write \
             else Perm.R
+        if ev.s1ptw and ev.is_write and Perm.W not in perms:
+            # TCR_EL1.HA/HD (let through on -cpu max): the walker itself sets AF or clears a
+            # DBM descriptor's AP[2] in a write-protected table. Read as a plain walk this
+            # looked stale and was retried forever; Linux never needs it for kernel tables.
+            raise HypRefusal(Errno.EPERM, "s1-hw-update", "hardware Access-flag/dirty update "
+                             "of a write-protected table by the stage-1 walk", ipa=ipa)
         if need in perms:  # a stale TLB entry (the leaf was relaxed since)
             st.s2.pending_flush.add(ipa & ~0xFFF)
             self.stats["s2_stale"] += 1
