@@ -37,6 +37,13 @@ def test_sctlr_security_bits_stay_pinned(bit: int, name: str) -> None:
     assert pins.changed_pinned(SysReg.SCTLR_EL1, value, PIN_SCTLR) == 1 << bit, name
 
 
+def test_secondary_cpu_pinned_with_itfsb_accepts_the_read_back_value() -> None:
+    """Debian -smp 2 on max: CPU 1 was locked on the INIT_SCTLR_EL1_MMU_ON it wrote (ITFSB,
+    bit 37, set: RES0 without MTE), then wrote back the hardware's value: refused before."""
+    pinned, value = 0x0200_0020_34F4_D91D, 0x0200_0000_FCF4_F91D
+    assert pins.pinned_ok(SysReg.SCTLR_EL1, value, pinned)
+
+
 def test_set_only_and_clear_only_bits_never_go_back() -> None:
     """BT1 may be set, then not cleared; SPAN may be cleared, then not set again."""
     reg = SysReg.SCTLR_EL1

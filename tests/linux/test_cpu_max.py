@@ -20,6 +20,7 @@ from secvma.kpcore.transparent import TransparentKPCore
 from secvma.linux.attacks import judge
 from secvma.linux.guestbuild import LinuxGuest, build_linux_guest
 from secvma.linux.session import (
+    WORKLOADS,
     boot_linux,
     internal_errors_of,
     make_linux_hypervisor,
@@ -49,6 +50,16 @@ def test_transparent_on_max_runs_workloads_with_nothing_refused(debian: fx.Fixtu
     assert r.kpcore_stats.get("pin_let_through.SCTLR_EL1", 0) > 0  # PAuth keys per task
     assert "Oops" not in r.console and "Internal error" not in r.console
     assert r.ok
+
+
+def test_transparent_on_max_smp2_all_workloads(debian: fx.FixtureSet) -> None:
+    """-smp 2: the secondary CPU is locked on the SCTLR value it wrote (ITFSB set, RES0 without
+    MTE) and later writes back the hardware's: refused (pinned-sysreg on cpu1) before ITFSB and
+    the other MTE controls were let through."""
+    r = run_linux_workloads("transparent", "huge", 2, WORKLOADS, check_invariants=True,
+                            cpu="max")
+    assert all(w.ok for w in r.workloads.values()), r.workloads
+    assert r.refusals == [] and r.invariant_violations == [] and r.ok
 
 
 def _exec_data(guest: LinuxGuest, cpu: str) -> tuple[Verdict, str, list[dict[str, object]]]:

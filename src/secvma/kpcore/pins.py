@@ -21,6 +21,8 @@ that changes a pinned bit is refused (`pinned-sysreg`, value and pinned value lo
                SPAN 23 (clear only)        cleared when FEAT_PAN is enabled: PAN set on every
                                            exception entry (stricter); never set again
                EPAN 57 (set only)          PAN for execute-only EL0 memory too
+               ITFSB 37, TCF 41:40,        MTE controls of the kernel's own tag checks; RES0
+               ATA0 42, ATA 43, TCSO* 58-59 without MTE (a secondary pins its written ITFSB=1)
                TCF0 39:38                  MTE tag-check mode for EL0 only (per task)
                DSSBS 44                    PSTATE.SSBS on exception entry (Spectre-v4
                                            mitigation choice, set when the feature is enabled)
@@ -34,9 +36,8 @@ that changes a pinned bit is refused (`pinned-sysreg`, value and pinned value lo
     MAIR_EL1   none                        every attribute index decides a memory type
 
 Everything else stays pinned, in particular SCTLR.M (stage 1 on), WXN, EE/E0E (descriptor
-endianness of the walk), SPAN/EPAN, the cache enables, BT0/BT1 (the kernel's BTI, set once at
-boot), and TCR's T0SZ/T1SZ, granules, IPS, TBI1, EPD0/EPD1 (how and whether the
-kernel's tables are walked). docs/el1-registers.md lists the same table.
+endianness of the walk), the cache enables, and TCR's T0SZ/T1SZ, granules, IPS, TBI1,
+EPD0/EPD1 (how and whether the kernel's tables are walked). docs/el1-registers.md lists the same table.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ LET_THROUGH: dict[SysReg, tuple[LetThrough, ...]] = {
                    "SCXTNUM, cache cleans) trap to EL1: the kernel's policy for its own "
                    "processes; an EL0 store such as DC ZVA still obeys both stages"),
         LetThrough("TCF0", _bits(39, 38), "MTE tag-check fault mode at EL0 (per task)"),
+        LetThrough("ITFSB|TCF|ATA0|ATA|TCSO0|TCSO", _bits(37, 40, 41, 42, 43, 58, 59),
+                   "MTE controls (tag checks of the kernel's own accesses, no translation "
+                   "role); RES0 without MTE, so a secondary CPU's written INIT_SCTLR_EL1_MMU_ON "
+                   "(ITFSB set) differs from the value the kernel reads back and writes later"),
         LetThrough("DSSBS", _bits(44), "PSTATE.SSBS on exception entry (speculative store "
                    "bypass mitigation choice)"),
     ),
