@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from secvma.attacks.scenarios import ATTACKS, Verdict
-from secvma.attacks.suite import run_attack
 from secvma.testbed.build import TestbedImage
 from secvma.testbed.policies import make_hypervisor
 from secvma.testbed.run import run_workloads
@@ -25,12 +23,11 @@ def test_hardened_on_max_runs_every_workload(testbed: TestbedImage) -> None:
     assert rep.cpu == "max" and rep.feat_xnx and rep.ok
 
 
-def test_a_stage1_gap_of_secvma2024_is_closed_by_stage2_on_max(testbed: TestbedImage) -> None:
-    """`narrow-store-pxn-bypass` (gap 1: a 4-byte PTE store drops PXN) succeeds under
-    secvma2024 on cortex-a57, where ordinary memory is executable at stage 2. On max the data
-    page is KERNEL kind (XN = 01): the EL1 fetch is a stage-2 instruction abort, refused."""
-    attack = next(a for a in ATTACKS if a.name == "narrow-store-pxn-bypass")
-    o = run_attack(attack, "secvma2024", "huge", testbed, cpu="max")
-    assert o.feat_xnx
-    assert o.verdict is not Verdict.SUCCEEDED, o.detail
-    assert any("s2-permission" in r and "fetch" in r for r in o.refusals), o.refusals
+def test_secvma2024_cannot_boot_the_testbed_on_max(testbed: TestbedImage) -> None:
+    """A finding, kept as C has it: SECvma maps init text RW and EL1-execute-never at stage 2
+    (spec §2.2), but the testbed still runs init text after HVC 6; a FEAT_XNX CPU refuses that
+    fetch (s2-permission), so under secvma2024 the testbed stops at boot on max."""
+    rep = run_workloads(make_hypervisor("secvma2024", "huge"), ["faults"], policy="secvma2024",
+                        s2="huge", image=testbed, cpu="max")
+    assert not rep.workloads["faults"].ok
+    assert any("s2-permission" in r and "EL1_INIT" in r for r in rep.refusals), rep.refusals
