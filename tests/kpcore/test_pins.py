@@ -31,7 +31,8 @@ def test_sctlr_feature_bits_are_let_through(value: int, why: str) -> None:
 
 
 @pytest.mark.parametrize(("bit", "name"), [(0, "M"), (19, "WXN"), (25, "EE"), (24, "E0E"),
-                                           (2, "C"), (12, "I"), (1, "A")])
+                                           (2, "C"), (12, "I"), (1, "A"), (9, "UMA"),
+                                           (14, "DZE"), (26, "UCI")])
 def test_sctlr_security_bits_stay_pinned(bit: int, name: str) -> None:
     value = PIN_SCTLR ^ (1 << bit)
     assert pins.changed_pinned(SysReg.SCTLR_EL1, value, PIN_SCTLR) == 1 << bit, name

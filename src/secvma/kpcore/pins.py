@@ -14,10 +14,9 @@ that changes a pinned bit is refused (`pinned-sysreg`, value and pinned value lo
                                            PR_PAC_SET_ENABLED_KEYS); no effect on translation
                BT0 35, BT1 36 (set only)   BTI enforcement, enabled late by the cpufeature code:
                                            may be set (stricter), never cleared
-               UMA 9, EnRCTX 10, DZE 14,   whether EL0 instructions trap to EL1 (the kernel's
-               UCT 15, nTWI 16, nTWE 18,   policy for its own processes; Linux clears UCT to
-               TSCXT 20, UCI 26, MSCEn 33, emulate CTR_EL0); an EL0 store (DC ZVA) still obeys
-               EnAS* 54-56, EnTP2 60       stage 1 and stage 2
+               UCT 15                      whether EL0 reads of CTR_EL0 trap to EL1 (Linux
+                                           clears it to emulate CTR_EL0); UMA, DZE, UCI, nTWI/
+                                           nTWE... stay pinned (Debian never changes them)
                SPAN 23 (clear only)        cleared when FEAT_PAN is enabled: PAN set on every
                                            exception entry (stricter); never set again
                EPAN 57 (set only)          PAN for execute-only EL0 memory too
@@ -81,11 +80,10 @@ LET_THROUGH: dict[SysReg, tuple[LetThrough, ...]] = {
                    clear_only=True),
         LetThrough("EPAN", _bits(57), "PAN also for execute-only EL0 memory: may be set, "
                    "never cleared", set_only=True),
-        LetThrough("UMA|EnRCTX|DZE|UCT|nTWI|nTWE|TSCXT|UCI|MSCEn|EnAS*|EnTP2",
-                   _bits(9, 10, 14, 15, 16, 18, 20, 26, 33, 54, 55, 56, 60),
-                   "whether EL0 instructions (DAIF, RCTX, DC ZVA, CTR_EL0 reads, WFI/WFE, "
-                   "SCXTNUM, cache cleans) trap to EL1: the kernel's policy for its own "
-                   "processes; an EL0 store such as DC ZVA still obeys both stages"),
+        LetThrough("UCT", _bits(15), "whether EL0 reads of CTR_EL0 trap to EL1 (Linux clears it "
+                   "to emulate CTR_EL0 when a CPU feature needs it); the kernel's policy for its "
+                   "own processes. The other EL0 trap controls (UMA, DZE, UCI, nTWI/nTWE...) "
+                   "stay pinned: Debian never changes them (the SCTLR_WRITE attack flips UMA)"),
         LetThrough("TCF0", _bits(39, 38), "MTE tag-check fault mode at EL0 (per task)"),
         LetThrough("ITFSB|TCF|ATA0|ATA|TCSO0|TCSO", _bits(37, 40, 41, 42, 43, 58, 59),
                    "MTE controls (tag checks of the kernel's own accesses, no translation "
