@@ -397,6 +397,26 @@ def test_new_table_claimed_before_link_and_released_at_unlink() -> None:
     assert _s2_writable(hv, plat, new_pte) and hv.stats["tables_released"] == 1
 
 
+def test_new_table_discards_a_store_through_a_stale_tlb_quirk() -> None:
+    """SMP (issue 13, race-table-claim on the stock kernel): the claim zeroes the page and
+    makes it read-only, but the broadcast TLBI runs when the trap returns; a store another CPU
+    makes through its stale writable entry meanwhile used to survive into the linked table."""
+    hv, plat, cpu = armed()
+    new_pte = 0x4320_0000
+    _store(hv, plat, cpu, PMD + 8 * 65, new_pte | 3)  # claimed, store retried
+    raw = DATA_PA | ATTR_NORMAL | PTE_PAGE | UXN  # executable at EL1: never validated
+    plat.write_u64(PhysAddr(new_pte + 8 * 5), raw)  # CPU 1's store through its stale entry
+    other = FakeVcpu(index=1)
+    before = plat.read_u64(PhysAddr(new_pte + 8 * 6))
+    _store(hv, plat, other, new_pte + 8 * 6, raw)  # CPU 1 traps on it before CPU 0 retries
+    assert plat.read_u64(PhysAddr(new_pte + 8 * 6)) == before  # retried, not emulated
+    assert hv.stats["unsettled_retry"] == 1
+    _store(hv, plat, cpu, PMD + 8 * 65, new_pte | 3)  # CPU 0's retry, its TLBI done
+    assert plat.read_u64(PhysAddr(PMD + 8 * 65)) == new_pte | 3
+    assert plat.read(PhysAddr(new_pte), 0x1000) == bytes(0x1000)  # the stale store is gone
+    assert not hv.refusals and not hv.internal_errors
+
+
 def test_boot_text_patches_validated_at_arming() -> None:
     hv, plat, cpu = booted(protect=True)
     plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)

@@ -64,7 +64,14 @@ from secvma.kpcore import dma, dmaidentity, guard, kpt, pins
 from secvma.kpcore.descs import Shape, out_pa, shape
 from secvma.kpcore.faults import inject_refusal
 from secvma.kpcore.fetch import s1_translate
-from secvma.kpcore.hostmem import commit_claim, desired_kind, map_page_host, set_class
+from secvma.kpcore.hostmem import (
+    commit_claim,
+    desired_kind,
+    map_page_host,
+    mark_unsettled,
+    set_class,
+    settle,
+)
 from secvma.kpcore.modauth import ModRecord, ModuleAuthority, TextRegion, Verdict
 from secvma.kpcore.pages import KPT_BY_LEVEL, Owner, Usage, ref_dec_and_test, ref_inc
 from secvma.kpcore.policy import policy_named
@@ -337,6 +344,12 @@ class TransparentKPCore:
             self.first_trap_at = time.perf_counter()
         self.stats["trap." + type(event).__name__] += 1
         try:
+            if st.unsettled:  # a claimed table page: see hostmem.settle (issue 13 races)
+                settle(st, platform, cpu.index)
+                if isinstance(event, Stage2Abort) and \
+                        st.unsettled.get(event.ipa >> 12, cpu.index) != cpu.index:
+                    self.stats["unsettled_retry"] += 1  # retried once the claimer's TLBI ran
+                    return
             self._dispatch(st, platform, cpu, event)
             if self.cpus.get(cpu.index, TCpu()).locked:
                 self.vbars.watch(st.refusals, platform, cpu, self._vbar_in_text(platform, cpu),
@@ -1000,6 +1013,7 @@ class TransparentKPCore:
                 raise HypRefusal(Errno.EBUSY, "table-claim", "a new table page must be empty "
                                  "when it is first linked", pfn=pfn)
             commit_claim(st, plat, pfn, want)  # RO at stage 2; retried with PC unchanged
+            mark_unsettled(st, pfn, cpu.index)  # zeroed again once this CPU's TLBI has run
             self.stats["tables_claimed"] += 1
             return
         for slot, raw in invalid.items():
