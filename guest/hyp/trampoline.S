@@ -53,6 +53,8 @@ _start:
     str     x1, [sp, #MB_GICR]
     mrs     x1, id_aa64mmfr0_el1        // FGT (bits 59:56) for Python to report
     str     x1, [sp, #MB_FEAT]
+    mrs     x1, id_aa64mmfr1_el1        // XNX (bits 31:28) for Python's stage 2
+    str     x1, [sp, #MB_FEAT1]
     mrs     x1, id_aa64pfr0_el1
     ubfx    x1, x1, #24, #4             // GIC system-register interface present?
     cbz     x1, 1f

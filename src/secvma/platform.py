@@ -61,10 +61,18 @@ class CpuStart:
     """A vCPU entered the trampoline (boot CPU at reset, secondaries after PSCI CPU_ON).
 
     `entry` is where the vCPU will start at EL1 unless the hypervisor changes ELR.
+    `mmfr1` is ID_AA64MMFR1_EL1 as the CPU reports it at EL2 (0 where unknown: a fake, or an
+    ARMv8.0 reading); `feat_xnx` reads FEAT_XNX from it, never from the CPU's name.
     """
 
     entry: int
     context: int
+    mmfr1: int = 0
+
+    @property
+    def feat_xnx(self) -> bool:
+        """FEAT_XNX: stage-2 XN[1:0] distinguishes EL0 from EL1 (ID_AA64MMFR1_EL1.XNX, 31:28)."""
+        return (self.mmfr1 >> 28) & 0xF >= 1
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ from secvma.arch.insn import (
     StoreKind,
     UnsupportedInstruction,
     UnsupportedReason,
+    apply_rmw,
     decode_store,
 )
 
@@ -267,11 +268,8 @@ def _no_reg(n: int) -> int:
      ("nop", UnsupportedReason.NOT_A_STORE),
      ("msr ttbr1_el1, x0", UnsupportedReason.NOT_A_STORE),
      ("dc civac, x0", UnsupportedReason.NOT_A_STORE),
-     ("swp x0, x1, [x2]", UnsupportedReason.ATOMIC),
-     ("stadd x0, [x1]", UnsupportedReason.ATOMIC),
-     ("ldsetal w0, w1, [x2]", UnsupportedReason.ATOMIC),
-     ("cas x0, x1, [x2]", UnsupportedReason.COMPARE_AND_SWAP),
-     ("casal w0, w1, [x2]", UnsupportedReason.COMPARE_AND_SWAP),
+     ("ldsmax x0, x1, [x2]", UnsupportedReason.ATOMIC),
+     ("ldumin w0, w1, [x2]", UnsupportedReason.ATOMIC),
      ("casp x0, x1, x2, x3, [x4]", UnsupportedReason.COMPARE_AND_SWAP),
      ("st1 {v0.16b}, [x0]", UnsupportedReason.SIMD_STRUCTURE),
      ("st2 {v0.4s, v1.4s}, [x0], #32", UnsupportedReason.SIMD_STRUCTURE),
@@ -286,6 +284,31 @@ def test_non_stores_raise_typed_error(asm: Asm, line: str, reason: UnsupportedRe
         decode_store(word, _no_reg, read_vreg=_no_reg)
     assert info.value.reason is reason
     assert info.value.insn == word
+
+
+@pytest.mark.parametrize(
+    ("line", "mnemonic", "rmw", "size", "result", "old", "new"),
+    [("swp x3, x4, [x5]", "swp", "swp", 8, 4, 0x1111, 0xAAAA_0000_0000_0003),
+     ("swpal w3, w4, [x5]", "swpal", "swp", 4, 4, 0x1111, 0x0000_0003),
+     ("ldclr x3, x4, [x5]", "ldclr", "clr", 8, 4, 0xFFFF, 0xFFFC),
+     ("stset x3, [x5]", "ldset", "set", 8, 31, 0xF0, 0xAAAA_0000_0000_00F3),
+     ("ldeorl x3, x4, [x5]", "ldeorl", "eor", 8, 4, 0x6, 0xAAAA_0000_0000_0005),
+     ("ldadda x3, x4, [x5]", "ldadda", "add", 8, 4, (1 << 64) - 1, 0xAAAA_0000_0000_0002),
+     ("cas x3, x4, [x5]", "cas", "cas", 8, 3, 0xAAAA_0000_0000_0003, 0x4444),
+     ("casal x3, x4, [x5]", "casal", "cas", 8, 3, 0x1, 0x1)])
+def test_lse_atomics_decode_as_read_modify_write(asm: Asm, line: str, mnemonic: str, rmw: str,
+                                                 size: int, result: int, old: int,
+                                                 new: int) -> None:
+    """FEAT_LSE SWP / LD<op> / ST<op> / CAS (what Debian's kernel uses on -cpu max to clear a
+    kernel PTE: `ptep_get_and_clear` is a SWP) decode to one access at [Xn] with the operation,
+    the register that gets the old value, and `apply_rmw` computes memory's new value."""
+    regs = {3: 0xAAAA_0000_0000_0003, 4: 0x4444, 5: 0x8000_1000}
+    (word,) = asm([line])
+    op = decode_store(word, lambda n: regs[n])
+    assert op.kind is StoreKind.ATOMIC and op.mnemonic == mnemonic and op.rmw == rmw
+    assert op.result_reg == result
+    assert [(a.address, a.size) for a in op.accesses] == [(0x8000_1000, size)]
+    assert apply_rmw(op, old) == new
 
 
 def test_simd_without_callback_is_unsupported(asm: Asm) -> None:

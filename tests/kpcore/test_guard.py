@@ -103,6 +103,26 @@ def test_learner_admits_two_tables_in_text_and_refuses_a_third() -> None:
     assert refusals[-1].rule == "vbar" and cpu.sysregs[SysReg.VBAR_EL1] == 0xFFFF_8000_0801_0800
 
 
+def test_learner_refuses_a_second_table_next_to_the_first() -> None:
+    """Without KPTI (-cpu max) the kernel uses one table; VBAR + 0x800 (aligned, in text) is
+    the VBAR_WRITE attack, not KPTI's alias (in the fixmap): before, it was learned."""
+    plat, cpu = FakePlatform(), FakeVcpu()
+    refusals: list = []
+    learner = guard.VbarLearner()
+
+    def in_text(va: int) -> bool:
+        return va >= 0xFFFF_0000_0000_0000
+
+    cpu.sysregs[SysReg.VBAR_EL1] = 0xFFFF_8000_0801_0800
+    learner.watch(refusals, plat, cpu, in_text, policy="transparent")
+    cpu.sysregs[SysReg.VBAR_EL1] = 0xFFFF_8000_0801_1000
+    trip = cpu.guard_check()
+    assert trip is not None
+    learner.on_trip(refusals, plat, cpu, trip, in_text, policy="transparent")
+    assert learner.tables == [0xFFFF_8000_0801_0800]
+    assert refusals[-1].rule == "vbar" and cpu.sysregs[SysReg.VBAR_EL1] == 0xFFFF_8000_0801_0800
+
+
 def test_learner_follows_a_booting_cpu_until_it_holds_a_table() -> None:
     """A secondary locks before its kernel sets VBAR: pinned to "what it holds", never refused."""
     plat, cpu = FakePlatform(), FakeVcpu(index=1)

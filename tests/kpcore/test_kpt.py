@@ -292,6 +292,25 @@ def test_init_pages_classified_and_unmapped(any_policy: str) -> None:
     assert r.done and not hv.refusals
 
 
+def test_hardened_init_text_runs_at_el1_until_freed() -> None:
+    """hardened: init text is KCODE at stage 2 (read-only, EL1-executable even with FEAT_XNX)
+    while the kernel maps it; before, it was KERNEL (XN = 01), which a FEAT_XNX CPU does not
+    let EL1 run (the testbed stopped at start_kernel on -cpu max). Unmapping its last PTE
+    (free_initmem) makes it ordinary memory: KERNEL, writable, not EL1-executable."""
+    m, hv = booted("hardened", "4k")
+    assert m.load(kva(INIT))
+    hit = hv.state.s2.leaf(INIT)
+    assert hit is not None and kind_of(hit[2]) is PermKind.KCODE
+    assert not hv.check_invariants(m.plat, full=True)
+    r = m.store(lva(slot_of(m, kva(INIT), 3)), 0)
+    assert r.done and not hv.refusals
+    assert _usage(hv, INIT) is Usage.NONE
+    hit = hv.state.s2.leaf(INIT)
+    assert hit is None or kind_of(hit[2]) is PermKind.KERNEL
+    assert m.store(lva(INIT), 0x1234)  # the page allocator may now write it
+    assert not hv.refusals and not hv.check_invariants(m.plat, full=True)
+
+
 def _mod_page(hv, pa: int) -> None:  # type: ignore[no-untyped-def]
     from secvma.kpcore.hostmem import set_class
 

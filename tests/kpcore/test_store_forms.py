@@ -19,9 +19,11 @@ from fakes import (
     page_desc,
 )
 
+from secvma.arch.esr import DataAbort
 from secvma.kpcore import KPCore
 from secvma.kpcore.invariants import check
-from secvma.platform import PhysAddr
+from secvma.platform import PhysAddr, Stage2Abort
+from secvma.sim.machine import INSN_SLOT, kva
 
 TARGET = 0x4500_0000  # an ordinary page the attacker wants executable
 
@@ -34,13 +36,20 @@ def _live_pte_table(policy: str) -> tuple[FakeMachine, KPCore, int]:
 
 @pytest.mark.parametrize("form", RMW_FORMS + SIMD_FORMS)
 def test_hardened_refuses_unemulable_forms(form: str) -> None:
+    """SIMD stores are not decoded (kpt-decode); FEAT_LSE atomics are decoded and their value
+    (here the model's Xs = 0xDEAD, no descriptor) is refused by the table rules."""
     m, hv, table = _live_pte_table("hardened")
     slot = table + 8 * 40
     before = m.plat.read(PhysAddr(table), 4096)
     width = 16 if form in SIMD_FORMS else 8
     r = m.store(lva(slot), page_desc(TARGET), width, form, value2=0)
+    if form == "cas":  # CAS X4 (0xDEAD), X2, [X1]: the slot holds 0, no match, nothing stored
+        assert r.done and not hv.refusals and m.cpu.regs[4] == 0, r
+        assert m.plat.read(PhysAddr(table), 4096) == before
+        return
     assert not r.done and r.injected is not None, r
-    assert [x.rule for x in hv.refusals] == ["kpt-decode"], hv.refusals
+    want = "kpt-decode" if form in SIMD_FORMS else "kpt-L3"
+    assert [x.rule for x in hv.refusals] == [want], hv.refusals
     assert m.plat.read(PhysAddr(table), 4096) == before
     assert not hv.internal_errors and not check(hv.state, m.plat, full=True)
 
@@ -75,3 +84,42 @@ def test_hardened_refuses_unaligned_and_page_crossing_stores(off: int) -> None:
     assert not r.done and r.injected is not None, r
     assert hv.refusals and hv.refusals[-1].rule in ("kpt-store", "kpt-decode")
     assert m.plat.read(PhysAddr(table), 8192) == before
+
+
+def _lse_fault(m: FakeMachine, insn: int, slot: int) -> None:
+    m.plat.write(PhysAddr(INSN_SLOT), insn.to_bytes(4, "little"))
+    m.cpu.elr = kva(INSN_SLOT)
+    esr = DataAbort(lower_el=True, il=True, isv=False, sas=0, sse=False, srt=0, sf=False,
+                    ar=False, vncr=False, fnv=False, ea=False, cm=False, s1ptw=False, wnr=True,
+                    dfsc=0x0F).encode()
+    m.event(Stage2Abort(esr, lva(slot), PhysAddr(slot), False, True, False, False))
+
+
+def test_hardened_emulates_lse_swp_clearing_a_live_pte() -> None:
+    """Debian on -cpu max clears kernel PTEs with SWP (`ptep_get_and_clear`, LSE atomics):
+    before the fix the decoder refused every FEAT_LSE form (kpt-decode), the vunmap path got a
+    data abort and the kernel oopsed. Now SWP is emulated: slot cleared, Xt = the old entry."""
+    m, hv, table = _live_pte_table("hardened")
+    slot = next(table + 8 * i for i in range(512)
+                if m.plat.read_u64(PhysAddr(table + 8 * i)) & 1)
+    old = m.plat.read_u64(PhysAddr(slot))
+    m.cpu.regs[1], m.cpu.regs[2], m.cpu.regs[6] = lva(slot), 0, 0x1234
+    _lse_fault(m, 0xF8228026, slot)  # SWP X2, X6, [X1]
+    assert not hv.refusals and not m.cpu.injected, hv.refusals
+    assert m.plat.read_u64(PhysAddr(slot)) == 0 and m.cpu.regs[6] == old
+    assert m.cpu.elr == kva(INSN_SLOT) + 4
+    assert not hv.internal_errors and not check(hv.state, m.plat, full=True)
+
+
+def test_hardened_validates_an_lse_cas_like_a_store() -> None:
+    """CAS into a table page: the value stored when memory matches is validated by the same
+    rules (a leaf to an ordinary page gets PXN forced); Xs receives the old entry."""
+    m, hv, table = _live_pte_table("hardened")
+    slot = table + 8 * 40
+    assert m.plat.read_u64(PhysAddr(slot)) == 0
+    m.cpu.regs[1], m.cpu.regs[2], m.cpu.regs[6] = lva(slot), 0, page_desc(TARGET) & ~PXN
+    _lse_fault(m, 0xC8A27C26, slot)  # CAS X2, X6, [X1]: 0 == [X1] -> store X6
+    assert not hv.refusals, hv.refusals
+    assert m.plat.read_u64(PhysAddr(slot)) == (page_desc(TARGET) | PXN)
+    assert m.cpu.regs[2] == 0
+    assert not hv.internal_errors and not check(hv.state, m.plat, full=True)

@@ -9,11 +9,11 @@ from hypothesis import strategies as hst
 
 from secvma.arch.el2 import VTCR_4G
 from secvma.arch.esr import DataAbort
-from secvma.arch.walk import AccessType, Fault, translate_stage2
+from secvma.arch.walk import AccessType, CpuFeatures, Fault, translate_stage2
 from secvma.kpcore.descs import PXNTABLE
 from secvma.kpcore.faults import ESR_UNKNOWN
 from secvma.kpcore.pages import Usage
-from secvma.kpcore.stage2 import PermKind
+from secvma.kpcore.stage2 import PermKind, kind_of
 from secvma.kpcore.textsites import (
     PatchSites,
     branch_target,
@@ -265,6 +265,41 @@ def test_vdso_found_in_image_and_user_executable_at_stage2_quirk() -> None:
     _store(hv, plat, cpu, PTE + 24, vdso_pa | ATTR_NORMAL | PTE_PAGE | UXN | AP_RO)  # EL1-X
     assert plat.read_u64(PhysAddr(PTE + 24)) & PXN and not hv.refusals
     assert not check(hv, plat, full=True)
+
+
+def test_vdso_is_el0_only_code_at_stage2_with_feat_xnx() -> None:
+    """With FEAT_XNX (ID_AA64MMFR1_EL1.XNX in CpuStart) the vDSO is UCODE at stage 2: EL0 may
+    fetch it, EL1 may not (XN = 01), read-only; before, it was KCODE (EL1-executable too).
+    The invariants no longer accept any EL1-executable vDSO leaf."""
+    hv = TransparentKPCore(protect_tables=True, image=_image(), sites=_sites())
+    hv.sites.vdso = [(0x2000, 0x3000)]
+    plat, cpu = FakePlatform(), FakeVcpu()
+    plat.vcpus.append(cpu)
+    _kernel(plat)
+    vdso_pa = TEXT_PA + 0x2000
+    plat.write_u64(PhysAddr(PTE + 16), vdso_pa | ATTR_NORMAL | PTE_PAGE | UXN | PXN | AP_RO)
+    hv.handle(plat, cpu, CpuStart(0x4020_0000, 0, 0x1000_0000))  # XNX = 1
+    assert hv.state.feat_xnx
+    cpu.sysregs[SysReg.TCR_EL1] = TCR
+    cpu.sysregs[SysReg.SCTLR_EL1] = SCTLR_ON
+    for base in (RESERVED, INIT_PG, SWAPPER):
+        assert _trap(hv, plat, cpu, TTBR1_ENC, SysReg.TTBR1_EL1, base)
+    plat.write_u64(PhysAddr(USER_ROOT), USER_PUD | 3 | PXNTABLE)
+    assert _load_ttbr0(hv, plat, cpu, USER_ROOT)
+    st = hv.state
+    _fill(hv, plat, cpu, vdso_pa)
+    hit = st.s2.leaf(vdso_pa)
+    assert hit is not None and kind_of(hit[2]) is PermKind.UCODE
+    xnx = CpuFeatures(feat_xnx=True)
+    el0 = translate_stage2(plat.read_u64, vdso_pa, AccessType.FETCH, 0, vtcr=VTCR_4G,
+                           vttbr=st.s2.vttbr(), cpu=xnx)
+    el1 = translate_stage2(plat.read_u64, vdso_pa, AccessType.FETCH, 1, vtcr=VTCR_4G,
+                           vttbr=st.s2.vttbr(), cpu=xnx)
+    assert not isinstance(el0, Fault) and isinstance(el1, Fault)
+    assert not _s2_writable(hv, plat, vdso_pa) and not hv.refusals
+    assert not check(hv, plat, full=True)
+    st.s2.set_leaf(hit[0], hit[1], PermKind.KCODE)  # as before the change: EL1-executable
+    assert [v.inv for v in check(hv, plat, full=True)] == ["T-S2-WX"]
 
 
 def test_vdso_images_found_by_elf_shape() -> None:
@@ -735,3 +770,19 @@ def test_changed_words_are_exactly_the_words_that_differ(seed: int,
         live[i] ^= x
     want = [k for k in range(0, 4096, 4) if live[k:k + 4] != orig[k:k + 4]]
     assert list(_changed_words(bytes(live), orig)) == want
+
+
+def test_walker_hardware_update_of_a_protected_table_is_refused_not_retried() -> None:
+    """TCR_EL1.HA/HD (set by Debian on -cpu max): a stage-1 walk that must set AF in a
+    write-protected PTE table faults at stage 2 with S1PTW and WnR. It used to be taken for a
+    stale TLB entry (a walk only needs read) and retried without end; now it is refused."""
+    hv, plat, cpu = armed()
+    assert not _s2_writable(hv, plat, PTE)
+    esr = DataAbort(lower_el=True, il=True, isv=False, sas=0, sse=False, srt=0, sf=False,
+                    ar=False, vncr=False, fnv=False, ea=False, cm=False, s1ptw=True, wnr=True,
+                    dfsc=0x0F).encode()
+    cpu.elr = 0xFFFF_8000_0801_0000
+    hv.handle(plat, cpu, Stage2Abort(esr, 0xFFFF_0000_0000_0000, PhysAddr(PTE + 8), False, True,
+                                     False, True))
+    assert [r.rule for r in hv.refusals] == ["s1-hw-update"] and cpu.injected
+    assert hv.stats["s2_stale"] == 0 and not hv.internal_errors

@@ -15,10 +15,14 @@ Arm ARM (DDI 0487) C4.1.66 "Loads and Stores" encoding classes, and the instruct
     xx111V00 ..0..... ....10.. ........  ldst_unpriv    STTR*
     xx111V00 ..0..... ....11.. ........  ldst_immpre    STR* pre-index
     xx111V00 ..1..... ....10.. ........  ldst_regoff    STR* (register, extend/shift)
-    xx111V00 ..1..... ....00.. ........  memop          SWP/LD<op>/ST<op>: unsupported
+    xx111000 ..1..... ....00.. ........  memop          SWP, LDADD/LDCLR/LDEOR/LDSET (+ST<op>
+                                                       aliases; FEAT_LSE): read-modify-write,
+                                                       `rmw` names the operation; other
+                                                       <op>s (min/max) and SIMD: unsupported
     xx101V0m mL...... ........ ........  ldstpair       STP/STNP (32/64-bit, S/D/Q)
     xx001000 o2 L o1 ... o0 ...           ldstexcl       STXR/STLXR[B/H], STXP/STLXP, STLR[B/H],
-                                                       STLLR[B/H]; CAS/CASP: unsupported
+                                                       STLLR[B/H]; CAS (FEAT_LSE, `rmw` "cas");
+                                                       CASP: unsupported
     xx011001 opc 0 ... 00 ...            ldapstl_unscaled  STLUR[B/H] (FEAT_LRCPC2)
     1101 0101 0000 1011 0111 0100 001 Rt  DC ZVA      (SYS #3, C7, C4, #1)
 
@@ -64,6 +68,7 @@ class StoreKind(enum.Enum):
     EXCLUSIVE_PAIR = "exclusive-pair"  # STXP/STLXP
     RELEASE = "release"  # STLR/STLLR/STLUR (+B/H)
     ZERO_BLOCK = "zero-block"  # DC ZVA
+    ATOMIC = "atomic"  # SWP, LD<op>/ST<op>, CAS (FEAT_LSE): read-modify-write, see `rmw`
 
 
 class AddrMode(enum.Enum):
@@ -139,6 +144,15 @@ class StoreOp:
     sources: tuple[int, ...] = ()
     simd: bool = False
     release: bool = False
+    rmw: str | None = None
+    """ATOMIC only: how memory's new value follows from its old one and the access's `value`
+    (the operand Xs): "swp" value, "add" old + value, "clr" old & ~value, "eor" old ^ value,
+    "set" old | value, "cas" `swap` if old == value else old. `apply_rmw` computes it."""
+    result_reg: int | None = None
+    """ATOMIC only: the register that receives the old memory value (zero-extended; 31 = ZR,
+    discarded)."""
+    swap: int = 0
+    """CAS only: the value stored when memory equals the comparand."""
 
     @property
     def address(self) -> VirtAddr:
@@ -324,9 +338,10 @@ def _decode_exclusive(insn: int, regs: _Regs) -> StoreOp:
     size_bits = _bits(insn, 31, 30)
     o2, load, o1, o0 = (bool(insn & (1 << b)) for b in (23, 22, 21, 15))
     s, t2, n, t = _bits(insn, 20, 16), _bits(insn, 14, 10), _bits(insn, 9, 5), _bits(insn, 4, 0)
-    if o1 and (o2 or size_bits < 2):
-        reason = UnsupportedReason.COMPARE_AND_SWAP
-        raise UnsupportedInstruction(insn, reason, "CASP" if not o2 else "CAS")
+    if o1 and o2:
+        return _decode_cas(insn, regs)
+    if o1 and size_bits < 2:
+        raise UnsupportedInstruction(insn, UnsupportedReason.COMPARE_AND_SWAP, "CASP")
     if load:
         raise UnsupportedInstruction(insn, UnsupportedReason.NOT_A_STORE, "load exclusive/acquire")
     base = regs.base(n)
@@ -348,6 +363,62 @@ def _decode_exclusive(insn: int, regs: _Regs) -> StoreOp:
     acc = Access(VirtAddr(base), size, regs.gpr(t, size))
     return StoreOp(StoreKind.EXCLUSIVE, lx + "r" + suffix, AddrMode.BASE, (acc,), status_reg=s,
                    sources=(t,), release=o0)
+
+
+_LSE_OPS = {0b000: "add", 0b001: "clr", 0b010: "eor", 0b011: "set"}
+
+
+def _decode_atomic(insn: int, regs: _Regs) -> StoreOp:
+    """C6.2 SWP{A}{L}, LD<op>{A}{L} for ADD/CLR/EOR/SET (ST<op>: Rt = ZR), any size."""
+    if insn & (1 << 26):
+        raise UnsupportedInstruction(insn, UnsupportedReason.ATOMIC, "SIMD&FP")
+    o3, opc = bool(insn & (1 << 15)), _bits(insn, 14, 12)
+    if o3 and opc == 0b000:
+        rmw, name = "swp", "swp"
+    elif not o3 and opc in _LSE_OPS:
+        rmw, name = _LSE_OPS[opc], "ld" + _LSE_OPS[opc]
+    else:
+        raise UnsupportedInstruction(insn, UnsupportedReason.ATOMIC, "min/max or unallocated")
+    size_bits = _bits(insn, 31, 30)
+    size, s, n, t = 1 << size_bits, _bits(insn, 20, 16), _bits(insn, 9, 5), _bits(insn, 4, 0)
+    acquire, release = bool(insn & (1 << 23)), bool(insn & (1 << 22))
+    mnemonic = name + ("a" if acquire else "") + ("l" if release else "") + _GPR_SUFFIX[size_bits]
+    acc = Access(VirtAddr(regs.base(n)), size, regs.gpr(s, size))
+    return StoreOp(StoreKind.ATOMIC, mnemonic, AddrMode.BASE, (acc,), sources=(s,),
+                   release=release, rmw=rmw, result_reg=t)
+
+
+def _decode_cas(insn: int, regs: _Regs) -> StoreOp:
+    """C6.2 CAS{A}{L}{B,H}: compare Xs with memory, store Xt if equal; Xs := old."""
+    size_bits = _bits(insn, 31, 30)
+    if _bits(insn, 14, 10) != 0b11111:
+        raise UnsupportedInstruction(insn, UnsupportedReason.UNALLOCATED, "CAS Rt2")
+    size, s, n, t = 1 << size_bits, _bits(insn, 20, 16), _bits(insn, 9, 5), _bits(insn, 4, 0)
+    acquire, release = bool(insn & (1 << 22)), bool(insn & (1 << 15))
+    mnemonic = "cas" + ("a" if acquire else "") + ("l" if release else "") + _GPR_SUFFIX[size_bits]
+    acc = Access(VirtAddr(regs.base(n)), size, regs.gpr(s, size))
+    return StoreOp(StoreKind.ATOMIC, mnemonic, AddrMode.BASE, (acc,), sources=(s, t),
+                   release=release, rmw="cas", result_reg=s, swap=regs.gpr(t, size))
+
+
+def apply_rmw(op: StoreOp, old: int) -> int:
+    """Memory's new value after the ATOMIC `op` found `old` there (same width)."""
+    acc = op.accesses[0]
+    mask = (1 << (8 * acc.size)) - 1
+    v = acc.value
+    if op.rmw == "swp":
+        return v & mask
+    if op.rmw == "add":
+        return (old + v) & mask
+    if op.rmw == "clr":
+        return old & ~v & mask
+    if op.rmw == "eor":
+        return (old ^ v) & mask
+    if op.rmw == "set":
+        return (old | v) & mask
+    if op.rmw == "cas":
+        return op.swap & mask if old & mask == v & mask else old & mask
+    raise ValueError(f"not an atomic store: {op.mnemonic}")
 
 
 def _decode_stlur(insn: int, regs: _Regs) -> StoreOp:
@@ -403,7 +474,7 @@ def decode_store(
     if insn & 0x3B20_0C00 == 0x3820_0000:
         if insn & 0x0400_F000 == 0x0000_C000:  # o3=1, opc=100: LDAPR (FEAT_LRCPC)
             raise UnsupportedInstruction(insn, UnsupportedReason.NOT_A_STORE, "LDAPR")
-        raise UnsupportedInstruction(insn, UnsupportedReason.ATOMIC)
+        return _decode_atomic(insn, regs)
     if insn & 0x3A00_0000 == 0x2800_0000:
         return _decode_pair(insn, regs)
     if insn & 0x3F00_0000 == 0x0800_0000:

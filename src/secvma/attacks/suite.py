@@ -16,6 +16,7 @@ from secvma.platform import Hypervisor
 from secvma.testbed.build import TestbedImage, build_testbed
 from secvma.testbed.commands import MachineStopped, TestbedSession
 from secvma.testbed.policies import make_hypervisor
+from secvma.testbed.run import feat_xnx_of
 
 POLICIES = ("none", "secvma2024", "hardened")
 
@@ -30,11 +31,14 @@ class Outcome:
     matches: bool
     refusals: list[str]
     seconds: float
+    cpu: str = "cortex-a57"
+    feat_xnx: bool = False  # the CPU had FEAT_XNX and the policy's stage 2 relied on it
 
     def as_json(self) -> dict[str, Any]:
         return {"attack": self.attack, "policy": self.policy, "verdict": self.verdict.value,
                 "detail": self.detail, "expected": self.expected, "matches": self.matches,
-                "refusals": self.refusals, "seconds": round(self.seconds, 3)}
+                "refusals": self.refusals, "seconds": round(self.seconds, 3),
+                "cpu": self.cpu, "feat_xnx": self.feat_xnx}
 
 
 def _listed(hv: Hypervisor, attr: str) -> list[object]:
@@ -75,13 +79,14 @@ def _invariants(hv: Hypervisor, s: TestbedSession) -> list[str]:
 
 
 def run_attack(attack: Attack, policy: str, s2: str = "huge",
-               image: TestbedImage | None = None) -> Outcome:
+               image: TestbedImage | None = None, cpu: str = "cortex-a57") -> Outcome:
     """Boot a fresh testbed under `policy`, run one scenario, and judge it."""
     hv = make_hypervisor(policy, s2)
     t0 = time.perf_counter()
     violations: list[str] = []
     try:
-        with TestbedSession(hv, image=image, command_timeout_s=30, ncpus=attack.ncpus) as s:
+        with TestbedSession(hv, image=image, command_timeout_s=30, ncpus=attack.ncpus,
+                            cpu=cpu) as s:
             ev = attack.run(s)
             if policy == "hardened":  # secvma2024's gaps break invariants by design
                 try:
@@ -100,16 +105,17 @@ def run_attack(attack: Attack, policy: str, s2: str = "huge",
                 for r in _listed(hv, "refusals")]
     expected = attack.expect.get(policy, frozenset())
     return Outcome(attack.name, policy, ev.verdict, ev.detail, sorted(v.value for v in expected),
-                   matches, refusals[:5], time.perf_counter() - t0)
+                   matches, refusals[:5], time.perf_counter() - t0, cpu, feat_xnx_of(hv))
 
 
 def run_suite(policies: tuple[str, ...] = POLICIES, only: tuple[str, ...] = (),
-              s2: str = "huge") -> dict[str, Any]:
+              s2: str = "huge", cpu: str = "cortex-a57") -> dict[str, Any]:
     """Every scenario under every policy; `ok` when each verdict is the expected one."""
     image = build_testbed()
-    outcomes = [run_attack(a, p, s2, image) for a in ATTACKS if not only or a.name in only
+    outcomes = [run_attack(a, p, s2, image, cpu) for a in ATTACKS if not only or a.name in only
                 for p in policies]
-    return {"ok": all(o.matches for o in outcomes), "summary": summarize(outcomes, policies),
+    return {"ok": all(o.matches for o in outcomes), "cpu": cpu,
+            "feat_xnx": any(o.feat_xnx for o in outcomes), "summary": summarize(outcomes, policies),
             "outcomes": [o.as_json() for o in outcomes]}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from secvma.machine.qemu import CPUS, DEFAULT_CPU
 from secvma.ui import console, emit_json, err_console, fail
 
 _STYLE = {"succeeded": "red", "blocked": "green", "blocked (machine halted)": "green", "n/a": "dim",
@@ -34,11 +35,15 @@ _STYLE = {"succeeded": "red", "blocked": "green", "blocked (machine halted)": "g
               help="linux, transparent: also trust modules signed for this certificate (PEM or "
                    "DER; repeatable). Debian's module-signing certificate is always trusted.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--cpu", type=click.Choice(CPUS), default=DEFAULT_CPU, show_default=True,
+              help="QEMU CPU model (max: FEAT_XNX, so stage 2 itself refuses EL1 fetches from "
+                   "anything but kernel and authenticated module text).")
 def attack(guest: str, policies: tuple[str, ...], only: tuple[str, ...], s2: str, list_only: bool,
-           report: Path | None, echo: bool, trust_certs: tuple[Path, ...], as_json: bool) -> None:
+           report: Path | None, echo: bool, trust_certs: tuple[Path, ...], as_json: bool,
+           cpu: str = DEFAULT_CPU) -> None:
     """A compromised kernel's attacks, each judged by its effect, under each policy."""
     if guest == "linux":
-        _attack_linux(policies, only, list_only, echo, as_json, trust_certs, report)
+        _attack_linux(policies, only, list_only, echo, as_json, trust_certs, report, cpu)
         return
     if trust_certs:
         fail("--trust-cert is for the Debian kernel's modules", "use --guest linux")
@@ -62,18 +67,18 @@ def attack(guest: str, policies: tuple[str, ...], only: tuple[str, ...], s2: str
         console.print(t)
         return
     with console.status("attacking (one fresh boot per scenario and policy)...", spinner="dots"):
-        res = run_suite(policies or POLICIES, only, s2)
+        res = run_suite(policies or POLICIES, only, s2, cpu)
     if report is not None:
         from secvma.attacks.report import write_report
 
         png = write_report(res, report, s2)
         err_console.print(f"report written to {report}, verdict matrix to {png}")
-    _report(res, f"secvma attack (stage 2: {s2})", as_json)
+    _report(res, f"secvma attack (stage 2: {s2}, cpu {cpu})", as_json)
 
 
 def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: bool, echo: bool,
                   as_json: bool, trust_certs: tuple[Path, ...] = (),
-                  report: Path | None = None) -> None:
+                  report: Path | None = None, cpu: str = DEFAULT_CPU) -> None:
     from secvma.fixtures import FixturesUnavailable
     from secvma.linux.attacks import ATTACKS, NAMES, run_linux_suite
     from secvma.linux.session import POLICIES
@@ -102,7 +107,7 @@ def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: b
         with console.status("attacking Debian (one fresh boot per attack and policy)...",
                             spinner="dots"):
             res = run_linux_suite(policies or POLICIES, only, echo=echo and not as_json,
-                                  trust_certs=trust_certs)
+                                  trust_certs=trust_certs, cpu=cpu)
     except MachineError as exc:
         fail(exc.message, exc.hint or "rerun with --console to see the kernel's output")
     except FixturesUnavailable as exc:
@@ -115,7 +120,7 @@ def _attack_linux(policies: tuple[str, ...], only: tuple[str, ...], list_only: b
         png = write_report(res, report, "huge", {a.name: (a.goal, a.gap) for a in ATTACKS},
                            "stock Debian kernel")
         err_console.print(f"report written to {report}, verdict matrix to {png}")
-    _report(res, "secvma attack --guest linux", as_json)
+    _report(res, f"secvma attack --guest linux (cpu {cpu})", as_json)
 
 
 def _report(res: dict[str, Any], title: str, as_json: bool) -> None:

@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from secvma.machine.errors import MachineError
+from secvma.machine.qemu import CPUS, DEFAULT_CPU
 from secvma.ui import console, emit_json, fail
 
 if TYPE_CHECKING:
@@ -93,10 +94,13 @@ def build(as_json: bool) -> None:
               help="linux, transparent: also trust modules signed for this certificate (PEM or "
                    "DER; repeatable). Debian's module-signing certificate is always trusted.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--cpu", type=click.Choice(CPUS), default=DEFAULT_CPU, show_default=True,
+              help="QEMU CPU model (max: FEAT_XNX, PAuth, BTI, LSE...; read from the ID "
+                   "registers, never from this name).")
 def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, append: str,
              plain: bool, quiet: bool, timeout: float, policy: str, protect_tables: bool,
              s2_mode: str, check_invariants: bool, smmu: bool, trust_certs: tuple[Path, ...],
-             as_json: bool) -> None:
+             as_json: bool, cpu: str = DEFAULT_CPU) -> None:
     """Boot a kernel at EL1 under the NullHypervisor or the transparent KPCore policy.
 
     Exit status 0 when the guest powers off, 1 when the machine is halted instead or the
@@ -132,7 +136,7 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
         res = boot(MachineConfig(kernel=kernel, initrd=initrd, ncpus=smp, ram_mb=ram_mb,
                                  append=append, plain=plain, timeout_s=timeout,
                                  smmu=smmu and not plain, dma_disk_mb=4 if smmu else 0,
-                                 echo_console=not quiet and not as_json),
+                                 echo_console=not quiet and not as_json, cpu=cpu),
                    hv, watch=(INIT_BANNER,))
     except MachineError as e:
         fail(str(e), e.hint)
@@ -141,7 +145,9 @@ def boot_cmd(kernel: Path | None, initrd: Path | None, smp: int, ram_mb: int, ap
     summary = {"exit": res.exit, "reason": res.reason, "wall_s": round(res.wall_s, 3),
                "userspace_s": res.first_seen.get(INIT_BANNER.decode()), "traps": res.traps,
                "fast_traps": res.fast_traps, "roundtrip_us": res.roundtrip_stats(),
-               "policy": policy}
+               "policy": policy, "cpu": cpu,
+               "feat_xnx": bool(transparent is not None and transparent.st is not None
+                                and transparent.st.feat_xnx)}
     if transparent is not None:
         summary["transparent"] = transparent.summary()
     broken = transparent is not None and bool(transparent.internal_errors

@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from secvma.machine.errors import MachineError
+from secvma.machine.qemu import CPUS, DEFAULT_CPU
 from secvma.testbed.build import build_testbed
 from secvma.testbed.policies import (
     DEFAULT_POLICY,
@@ -61,10 +62,14 @@ TESTBED_MAX_CPUS = 4  # NR_CPUS of guest/testbed/include/kernel.h
 @click.option("--check-invariants", is_flag=True,
               help="Check every invariant of docs/kpcore-spec.md §9 after every trap "
                    "(slow; not for --policy none).")
+@click.option("--cpu", type=click.Choice(CPUS), default=DEFAULT_CPU, show_default=True,
+              help="QEMU CPU model. max brings FEAT_XNX (stage 2 then keeps EL1 from running "
+                   "anything but kernel and authenticated module text), PAuth, BTI, LSE...; the "
+                   "hypervisor reads the features from the ID registers.")
 def run_cmd(guest: str, policy: str | None, s2: str, smp: int, workloads: tuple[str, ...],
             timeout: float | None, echo: bool, as_json: bool, module_key: str | None,
             module_sigs: str | None, check_invariants: bool,
-            trust_certs: tuple[Path, ...]) -> None:
+            trust_certs: tuple[Path, ...], cpu: str = DEFAULT_CPU) -> None:
     """Boot a kernel under a policy, run workloads, print a summary.
 
     Per workload: ok and wall time (measured from the host); traps by class; hypervisor
@@ -77,7 +82,7 @@ def run_cmd(guest: str, policy: str | None, s2: str, smp: int, workloads: tuple[
             fail("--module-keys/--module-sigs are for the testbed kernel",
                  "the Debian kernel's modules carry their own Linux signatures")
         _run_linux(policy or "transparent", s2, smp, workloads, timeout or 900.0, echo, as_json,
-                   trust_certs, check_invariants)
+                   trust_certs, check_invariants, cpu)
         return
     if smp > TESTBED_MAX_CPUS:
         fail(f"the testbed kernel starts at most {TESTBED_MAX_CPUS} CPUs", "use --smp 1..4")
@@ -108,7 +113,7 @@ def run_cmd(guest: str, policy: str | None, s2: str, smp: int, workloads: tuple[
     try:
         image = build_testbed()
         report = run_workloads(hv, workloads, policy=policy, s2=s2, image=image,
-                               timeout_s=timeout, echo_console=echo, ncpus=smp)
+                               timeout_s=timeout, echo_console=echo, ncpus=smp, cpu=cpu)
     except MachineError as exc:
         fail(exc.message, exc.hint or "rerun with --console to see the kernel's output")
     if as_json:
@@ -126,7 +131,7 @@ def run_cmd(guest: str, policy: str | None, s2: str, smp: int, workloads: tuple[
 
 def _run_linux(policy: str, s2: str, smp: int, workloads: tuple[str, ...], timeout: float,
                echo: bool, as_json: bool, trust_certs: tuple[Path, ...],
-               check_invariants: bool) -> None:
+               check_invariants: bool, cpu: str = DEFAULT_CPU) -> None:
     from secvma.fixtures import FixturesUnavailable
     from secvma.linux.session import run_linux_workloads
     from secvma.linux.trust import TrustError
@@ -142,7 +147,7 @@ def _run_linux(policy: str, s2: str, smp: int, workloads: tuple[str, ...], timeo
     try:
         report = run_linux_workloads(policy, s2, smp, workloads, check_invariants=check_invariants,
                                      timeout_s=timeout, echo=echo and not as_json,
-                                     trust_certs=trust_certs)
+                                     trust_certs=trust_certs, cpu=cpu)
     except MachineError as exc:
         fail(exc.message, exc.hint or "rerun with --console to see the kernel's output")
     except FixturesUnavailable as exc:
@@ -160,7 +165,8 @@ def _run_linux(policy: str, s2: str, smp: int, workloads: tuple[str, ...], timeo
 def _print_linux(r: LinuxRunReport) -> None:
     boot = f"{r.boot_s:.3f} s" if r.boot_s is not None else "never reached userspace"
     console.print(f"[bold]Debian[/] policy [cyan]{r.policy}[/], stage 2 [cyan]{r.s2}[/], "
-                  f"{r.smp} CPU(s): userspace at {boot}, total {r.wall_s:.3f} s, exit {r.exit}"
+                  f"{r.smp} CPU(s) [cyan]{r.cpu}[/] (FEAT_XNX {'used' if r.feat_xnx else 'no'}): "
+                  f"userspace at {boot}, total {r.wall_s:.3f} s, exit {r.exit}"
                   + (f" ({r.reason})" if r.reason else ""))
     t = Table(title="workloads (each checked for its result)")
     for col in ("workload", "ok", "time", "result"):
@@ -186,7 +192,8 @@ def _print_linux(r: LinuxRunReport) -> None:
 
 def _print(r: RunReport) -> None:
     boot = f"{r.boot_s:.3f} s" if r.boot_s is not None else "never ready"
-    console.print(f"[bold]testbed[/] policy [cyan]{r.policy}[/], stage 2 [cyan]{r.s2}[/]: "
+    console.print(f"[bold]testbed[/] policy [cyan]{r.policy}[/], stage 2 [cyan]{r.s2}[/], "
+                  f"cpu [cyan]{r.cpu}[/] (FEAT_XNX {'used' if r.feat_xnx else 'no'}): "
                   f"boot {boot}, total {r.wall_s:.3f} s, exit {r.exit}"
                   + (f" ({r.reason})" if r.reason else ""))
     t = Table(title="workloads")

@@ -187,6 +187,7 @@ class KPCore:
 
     def _dispatch(self, st: KState, plat: Platform, cpu: Vcpu, ev: Event) -> None:
         if isinstance(ev, CpuStart):
+            st.feat_xnx = ev.feat_xnx
             c = st.cpu(cpu.index)
             hcr = HCR_HOST
             if st.installed and self.policy.hardened:

@@ -44,9 +44,9 @@ def _fsc(esr: int) -> int:
 
 STALE_RETRIES = 3
 """Invalidate-and-retry rounds for one permission fault (same CPU, PC, page, syndrome) whose
-leaf already permits the access; one more is refused. The leaf is read as an ARMv8.0 CPU reads
-stage-2 XN; a CPU with FEAT_XNX (cortex-a76) denies EL1 fetches from a KERNEL-kind leaf
-(XN = 01), so without the bound the CPU faulted again forever (a silent livelock)."""
+leaf already permits the access; one more is refused. The leaf is read with the CPU's own
+stage-2 XN semantics (`KState.feat_xnx`, from ID_AA64MMFR1_EL1); the bound stays as a backstop
+(before the feature was read, a CPU with FEAT_XNX faulted again forever on a KERNEL-kind leaf)."""
 
 
 def _allowed_now(st: KState, ev: Stage2Abort) -> bool:
@@ -56,7 +56,7 @@ def _allowed_now(st: KState, ev: Stage2Abort) -> bool:
         return False
     from secvma.arch.walk import Perm
 
-    perms = s2_perms(hit[2], 0 if ev.from_el0 else 1, feat_xnx=False)
+    perms = s2_perms(hit[2], 0 if ev.from_el0 else 1, feat_xnx=st.feat_xnx)
     need = Perm.X if ev.is_fetch else Perm.W if ev.is_write else Perm.R
     return need in perms
 

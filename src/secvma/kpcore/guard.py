@@ -69,10 +69,14 @@ class VbarLearner:
     Linux with KPTI switches VBAR_EL1 between its vector table and the trampoline's alias on
     every return to EL0, so a single pinned value would trip constantly. The first `limit`
     distinct values that are 2 KB aligned and translate (stage 1, EL1 fetch) into kernel text
-    are accepted; anything else is forged.
+    are accepted; anything else is forged. A second table must lie at least `min_gap` from the
+    first: KPTI's alias is in the fixmap, far from the image's vectors. Without KPTI (`-cpu max`:
+    E0PD makes it unnecessary) the kernel uses one table, and the attack's VBAR + 0x800 (still
+    2 KB aligned kernel text) used to be learned as the second (VBAR_WRITE succeeded on max).
     """
 
     limit: int = 2
+    min_gap: int = 1 << 30
     tables: list[int] = field(default_factory=list)
     pinned_on: set[int] = field(default_factory=set)
     seen_on: set[int] = field(default_factory=set)  # CPUs that held a learned table
@@ -84,6 +88,8 @@ class VbarLearner:
         """
         if value in self.tables:
             return True
+        if self.tables and abs(value - self.tables[0]) < self.min_gap:
+            return False
         if value % VBAR_ALIGN == 0 and len(self.tables) < self.limit and in_text(value):
             self.tables.append(value)
             self.pinned_on.clear()  # every CPU's pin needs the new value

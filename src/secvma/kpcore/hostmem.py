@@ -76,12 +76,20 @@ def desired_kind(st: KState, pfn: int, *, fallback: bool = False) -> PermKind | 
     if usage.is_table:
         return PermKind.RO
     if usage is Usage.EL1_RODATA:
-        return PermKind.KCODE if in_vdso_of(st, pa_of(pfn)) else PermKind.RO
+        if not in_vdso_of(st, pa_of(pfn)):
+            return PermKind.RO
+        # EL0 runs the vDSO; with FEAT_XNX hardened keeps EL1 from running it (C: KCODE)
+        return PermKind.UCODE if st.policy.hardened else PermKind.KCODE
     if usage is Usage.EL1_DATA:
         return PermKind.RW
     if usage in (Usage.EL1_AUTH, Usage.EL1_MOD_RO):
         return PermKind.KERNEL if q.s2_fallback_rw else PermKind.RO
-    return PermKind.KERNEL  # NONE, INIT
+    if usage is Usage.EL1_INIT and st.policy.hardened:
+        # init text still runs after install (the testbed's start_kernel): read-only and
+        # EL1-executable until the kernel unmaps it (free_initmem), then ordinary memory
+        # (`retire_init`). C maps it KERNEL (RW, EL1-XN), which a FEAT_XNX CPU cannot run.
+        return PermKind.KCODE
+    return PermKind.KERNEL  # NONE, INIT (secvma2024)
 
 
 # --- block choice -----------------------------------------------------------------------------
@@ -108,7 +116,8 @@ def _vdso_ranges(st: KState) -> tuple[tuple[int, int], ...]:
 
 
 def in_vdso_of(st: KState, pa: int) -> bool:
-    """User space executes the vDSO: RODATA, but executable at stage 2 (no FEAT_XNX here)."""
+    """User space executes the vDSO: RODATA, but EL0-executable at stage 2 (UCODE; KCODE,
+    executable at EL1 too, under secvma2024 as in C)."""
     boot = st.boot
     return (boot is not None and in_vdso(boot, pa)) or any(lo <= pa < hi for lo, hi in st.vdso)
 
@@ -295,6 +304,13 @@ def commit_release_page(st: KState, plat: Platform, pfn: int) -> Usage:
     return old
 
 
+def retire_init(st: KState, pfn: int) -> None:
+    """hardened: the last kernel mapping of an init-text page went away (free_initmem): it is
+    ordinary memory again (stage 2: KERNEL, RW and EL1-non-executable with FEAT_XNX)."""
+    if st.policy.hardened and st.pages.usage_of(pfn) is Usage.EL1_INIT:
+        set_class(st, pfn, Usage.NONE)
+
+
 def set_class(st: KState, pfn: int, usage: Usage) -> None:
     """Module/boot helper: change a host page's class and its stage-2 permission (hardened)."""
     i = st.pages.index(pfn)
@@ -312,6 +328,7 @@ __all__ = [
     "desired_kind",
     "map_page_host",
     "mark_unsettled",
+    "retire_init",
     "set_class",
     "settle",
 ]

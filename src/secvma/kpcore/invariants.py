@@ -87,9 +87,12 @@ def _leaf(st: KState, base: int, level: int, desc: int, out: list[Violation]) ->
             out.append(Violation("INV-S2-WX", f"leaf {base:#x} is W and EL1-X"))
         u = pages.usage
         ok = u.count(Usage.EL1_KCODE, i, j) + u.count(Usage.EL1_MOD_TXT, i, j)
+        # hardened: init text still mapped by the kernel is read-only and EL1-executable
+        exec_ok = EL1_EXEC_CLASSES | ({Usage.EL1_INIT} if st.policy.hardened else set())
         if ok != j - i:
-            bad = [p for p in range(i, j) if Usage(u[p]) not in EL1_EXEC_CLASSES
-                   and not in_vdso_of(st, (pages.base_pfn + p) << 12)]
+            bad = [p for p in range(i, j) if Usage(u[p]) not in exec_ok
+                   and not (not st.policy.hardened  # hardened: the vDSO is UCODE (EL0 only)
+                            and in_vdso_of(st, (pages.base_pfn + p) << 12))]
             if bad:
                 out.append(Violation("INV-S2-WX", f"leaf {base:#x} makes "
                                      f"{Usage(u[bad[0]]).name} page EL1-executable"))

@@ -42,11 +42,18 @@ from secvma.arch.insn import (
     UnsupportedInstruction,
     UnsupportedReason,
     Writeback,
+    apply_rmw,
     decode_store,
 )
 from secvma.kpcore.descs import PXN, PXNTABLE, Shape, leaf_pages, out_pa, shape
 from secvma.kpcore.fetch import fetch_insn
-from secvma.kpcore.hostmem import check_claim, commit_claim, commit_release_page, mark_unsettled
+from secvma.kpcore.hostmem import (
+    check_claim,
+    commit_claim,
+    commit_release_page,
+    mark_unsettled,
+    retire_init,
+)
 from secvma.kpcore.pages import (
     EL1_EXEC_CLASSES,
     KPT_BY_LEVEL,
@@ -80,6 +87,8 @@ class Store:
     form: str
     writeback: Writeback | None = None
     status_reg: int | None = None
+    result: tuple[int, int] | None = None
+    """An atomic (FEAT_LSE SWP/LD<op>/CAS): (register, old memory value) to set on success."""
 
 
 @dataclass
@@ -144,7 +153,16 @@ def decode_hardened(st: KState, plat: Platform, cpu: Vcpu, ev: Stage2Abort,
     if not hit:
         raise _refuse("kpt-decode", "decoded store does not cover the faulting address",
                       Errno.EINVAL, insn=insn, far=ev.far)
-    return Store(page, tuple(writes), op.mnemonic, op.writeback, op.status_reg)
+    result = None
+    if op.rmw is not None:  # FEAT_LSE atomic: the value follows from memory's (CPU stopped)
+        w = writes[0]
+        if w.off % w.size:
+            raise _refuse("kpt-store", "misaligned atomic to a table page", Errno.EINVAL,
+                          off=w.off, size=w.size)
+        old = int.from_bytes(plat.read(PhysAddr(page + w.off), w.size), "little")
+        writes = [Write(w.off, w.size, apply_rmw(op, old))]
+        result = (op.result_reg if op.result_reg is not None else 31, old)
+    return Store(page, tuple(writes), op.mnemonic, op.writeback, op.status_reg, result)
 
 
 def merge_slots(plat: Platform, store: Store) -> dict[int, tuple[int, int]]:
@@ -326,6 +344,7 @@ def commit_accounting(st: KState, plat: Platform, page: int, plan: Plan, *,
             _c_unref(st, plat, pfn)
         elif ref_dec_and_test(st.pages, pfn):
             _release_tree(st, plat, pfn)  # no-op unless pfn is a kernel table page
+            retire_init(st, pfn)  # init text no longer mapped: ordinary memory (hardened)
     st.dirty_tables.add(page >> 12)
     if flush and plan.flush and not st.policy.quirks.no_s1_tlbi:
         st.s2.pending_flush.add(page)
@@ -337,6 +356,8 @@ def finish_insn(cpu: Vcpu, store: Store) -> None:
         cpu.set_x(store.writeback.reg, store.writeback.value)
     if store.status_reg is not None:
         cpu.set_x(store.status_reg, 0)
+    if store.result is not None:
+        cpu.set_x(*store.result)  # XZR (31): ignored
     cpu.skip()
 
 

@@ -14,9 +14,11 @@ Owner x usage x host stage-2 permission (illegal cells name the invariant that f
     HOST       NONE                       RW, EL1-XN                     -
     HOST       EL1_PGD..EL1_PTE, EL0_PGD  RO, XN                         W (INV-KPT-RO)
     HOST       EL1_KCODE, MOD_txt         RO, X                          W (INV-CODE-RO)
-    HOST       EL1_RODATA, AUTH           RO, XN (vDSO pages: RO, X)     W (INV-CODE-RO)
+    HOST       EL1_RODATA, AUTH           RO, XN (vDSO pages: RO, X;     W (INV-CODE-RO)
+                                          hardened: RO, EL0-X only)
     HOST       EL1_DATA, MOD_ro           RW, XN                         X at EL1 (INV-S2-WX)
-    HOST       EL1_INIT                   RW, EL1-XN                     X at EL1 (INV-S2-WX)
+    HOST       EL1_INIT                   RW, EL1-XN (hardened: RO, X    X at EL1 (INV-S2-WX;
+                                          until unmapped, then NONE)     hardened: W)
     INVALID    (not RAM)                  device RW, XN                  -
 
 Transitions (check_* may raise HypRefusal; commit_* only writes, asserts it cannot fail)::

@@ -22,6 +22,8 @@ Permission kinds (spec §2.3; XN[1:0] = bits 54:53, with FEAT_XNX semantics)::
     RW       RW    10   WB       read-write, never exec      PAGE_S2P / SECT_S2P
     KERNEL   RW    01   WB       RW, EL0 exec, EL1 XN        PAGE_S2_KERNEL / SECT_S2_KERNEL
     KCODE    R     00   WB       read-only, exec at EL0/EL1  PAGE_S2_KCODE / SECT_S2_KCODE
+    UCODE    R     01   WB       read-only, EL0 exec only    (secvma: the vDSO under hardened
+                                                              and transparent; C maps it KCODE)
     OPEN     RW    00   WB       everything (before HVC 6)   (NullHypervisor's map)
 """
 
@@ -66,6 +68,7 @@ class PermKind(enum.Enum):
     RW = (S2MemAttr.NORMAL_WB, 0b11, 0b10)
     KERNEL = (S2MemAttr.NORMAL_WB, 0b11, 0b01)
     KCODE = (S2MemAttr.NORMAL_WB, 0b01, 0b00)
+    UCODE = (S2MemAttr.NORMAL_WB, 0b01, 0b01)  # user code in kernel memory: the vDSO
     OPEN = (S2MemAttr.NORMAL_WB, 0b11, 0b00)  # before install only: RW and executable
 
     @property

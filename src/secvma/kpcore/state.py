@@ -83,6 +83,10 @@ class KState:
     dma: DmaState | None = None
     ptefast: PteFastState | None = None
     """The armed PTE fast path (kpcore/ptefast.py), None while stores all trap."""
+    feat_xnx: bool = False
+    """The CPUs read stage-2 XN[1:0] with FEAT_XNX (learned from ID_AA64MMFR1_EL1 at CpuStart):
+    then XN = 01 (KERNEL, UCODE kinds) is not executable at EL1, and a fetch fault on such a
+    leaf is a real permission fault, not a stale TLB entry."""
 
     @classmethod
     def create(cls, platform: Platform, policy: Policy) -> KState:

@@ -78,13 +78,21 @@ def encode_b(pc: int, target: int, *, link: bool = False) -> int | None:
     return (0x9400_0000 if link else 0x1400_0000) | (delta & 0x3FF_FFFF)
 
 
-def retarget(insn: int, src: int, dst: int) -> int:
+def retarget(insn: int, src: int, dst: int, block: tuple[int, int] | None = None) -> int:
     """The replacement word `insn` (at `src`) as it reads when copied to `dst`.
 
-    Mirrors what the kernel's alternative patcher does to PC-relative words: immediate
-    branches keep their absolute target, ADRP keeps its absolute page. Targets inside the
-    replacement block itself are not special-cased (the kernel does not either in 6.1 for B).
+    Mirrors what the kernel's alternative patcher does to PC-relative words (6.1
+    `get_alt_insn`): immediate branches keep their absolute target, ADRP keeps its absolute
+    page; a branch whose target lies inside the replacement block `block` = [start, end]
+    (end included, `branch_insn_requires_update`) is copied unchanged. Before that rule was
+    modelled, the PAuth entry code's `tbz x0, #31, 1f` (alternative_if
+    ARM64_HAS_ADDRESS_AUTH, patched on -cpu max) was refused as an undeclared patch.
     """
+    if block is not None and _branch_imm_target(insn, src) is not None:
+        tgt = _branch_imm_target(insn, src)
+        assert tgt is not None
+        if block[0] <= tgt <= block[1]:
+            return insn
     if insn & 0x7C00_0000 == 0x1400_0000:  # B, BL
         new = encode_b(dst, src + 4 * _sext(insn & 0x3FF_FFFF, 26), link=bool(insn >> 31))
         return insn if new is None else new
@@ -102,6 +110,17 @@ def retarget(insn: int, src: int, dst: int) -> int:
         d = (page - (dst & ~0xFFF)) >> 12
         return (insn & 0x9F00_001F) | ((d & 3) << 29) | (((d >> 2) & 0x7FFFF) << 5)
     return insn
+
+
+def _branch_imm_target(insn: int, pc: int) -> int | None:
+    """Target of an immediate branch (B/BL, B.cond, CBZ/CBNZ, TBZ/TBNZ) at `pc`, else None."""
+    if insn & 0x7C00_0000 == 0x1400_0000:
+        return pc + 4 * _sext(insn & 0x3FF_FFFF, 26)
+    if insn & 0xFF00_0010 == 0x5400_0000 or insn & 0x7E00_0000 == 0x3400_0000:
+        return pc + 4 * _sext((insn >> 5) & 0x7FFFF, 19)
+    if insn & 0x7E00_0000 == 0x3600_0000:
+        return pc + 4 * _sext((insn >> 5) & 0x3FFF, 14)
+    return None
 
 
 def _word(img: bytes, off: int) -> int | None:
@@ -224,7 +243,7 @@ def _alt(img: bytes, sites: PatchSites, lo: int, hi: int) -> tuple[dict[int, set
             if k < alen:
                 w = _word(img, repl + k)
                 if w is not None:
-                    words.add(retarget(w, repl + k, orig + k))
+                    words.add(retarget(w, repl + k, orig + k, (repl, repl + alen)))
             else:
                 words.add(NOP)  # a shorter replacement is padded with NOPs
     return allowed, cb

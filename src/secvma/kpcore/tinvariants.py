@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 from secvma.kpcore import invariants
 from secvma.kpcore.descs import PXN, PXNTABLE, Shape, out_pa, shape
-from secvma.kpcore.hostmem import in_vdso_of
 from secvma.kpcore.invariants import Violation
 from secvma.kpcore.pages import KPT_BY_LEVEL, Usage
 from secvma.kpcore.stage2 import kind_of
@@ -84,9 +83,8 @@ def _check_leaf(hv: TransparentKPCore, base: int, level: int, desc: int,
         if kind.exec_el1:
             out.append(Violation("T-S2-WX", f"leaf {base:#x} is writable and EL1-executable"))
     elif kind.exec_el1 and u.count(Usage.EL1_KCODE, i, i + n) \
-            + u.count(Usage.EL1_MOD_TXT, i, i + n) != n \
-            and not all(u[k] in (Usage.EL1_KCODE, Usage.EL1_MOD_TXT)
-                        or in_vdso_of(st, (st.pages.base_pfn + k) << 12) for k in range(i, i + n)):
+            + u.count(Usage.EL1_MOD_TXT, i, i + n) != n:
+        # the vDSO is UCODE (EL0-executable only): no exception for it any more
         out.append(Violation("T-S2-WX", f"EL1-executable leaf {base:#x} maps pages that are "
                                         "not kernel text"))
 

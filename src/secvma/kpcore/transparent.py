@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from secvma.arch.descriptors import AP_RO, OA_MASK, PXN, PXNTABLE, level_size
 from secvma.arch.el2 import HCR_API, HCR_APK, HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM
 from secvma.arch.walk import AccessType, Perm, s2_perms
-from secvma.kpcore import dma, dmaidentity, guard, kpt
+from secvma.kpcore import dma, dmaidentity, guard, kpt, pins
 from secvma.kpcore.descs import Shape, out_pa, shape
 from secvma.kpcore.faults import inject_refusal
 from secvma.kpcore.fetch import s1_translate
@@ -214,6 +214,9 @@ class TransparentKPCore:
                  modules: ModuleAuthority | None = None) -> None:
         self.protect_tables = protect_tables
         self.root_fast_path = root_fast_path  # False: every TTBR write traps (measurements)
+        self.stage1_pxn = True
+        """False (tests only): a table store keeps the PXN/PXNTable bits the kernel wrote, a
+        simulated hole in the stage-1 rules, to show what stage 2 alone stops (FEAT_XNX)."""
         self.policy = policy_named("hardened", s2=s2)
         self.image = image
         self.sites = sites if sites is not None else _sites_of(image)
@@ -369,6 +372,7 @@ class TransparentKPCore:
 
     def _dispatch(self, st: KState, plat: Platform, cpu: Vcpu, ev: Event) -> None:
         if isinstance(ev, CpuStart):
+            st.feat_xnx = ev.feat_xnx
             self.cpus[cpu.index] = TCpu()  # PSCI CPU_ON: a fresh boot, registers free again
             cpu.set_stage2(st.s2.vttbr(), VTCR_4G, HCR_TRANSPARENT)
             fast = getattr(cpu, "set_fast_path", None)
@@ -440,10 +444,14 @@ class TransparentKPCore:
         elif reg in PINNED_REGS:
             if c.locked:
                 pinned = c.pinned.get(reg, value)
-                if value != pinned:
+                changed = pins.changed_pinned(reg, value, pinned)
+                if changed:
                     raise HypRefusal(Errno.EPERM, "pinned-sysreg",
                                      f"{reg.name} is pinned once the CPU runs on swapper",
-                                     value=value, pinned=pinned)
+                                     value=value, pinned=pinned, bits=changed)
+                if value != pinned:
+                    self.stats["pin_let_through." + reg.name] += 1
+                    c.pinned[reg] = pins.next_pin(reg, value, pinned)
             elif reg is SysReg.SCTLR_EL1:
                 c.mmu_on = bool(value & SCTLR_M)
         elif reg not in ALLOWED_REGS:
@@ -924,10 +932,16 @@ class TransparentKPCore:
                 return
             self.outside.abort(plat, cpu, ev)
             return
-        perms = s2_perms(hit[2], 0 if ev.from_el0 else 1, feat_xnx=True)
+        perms = s2_perms(hit[2], 0 if ev.from_el0 else 1, feat_xnx=st.feat_xnx)
         # a stage-1 walk (S1PTW) only reads its table, whatever access it was made for
         need = Perm.R if ev.s1ptw else Perm.X if ev.is_fetch else Perm.W if ev.is_write \
             else Perm.R
+        if ev.s1ptw and ev.is_write and Perm.W not in perms:
+            # TCR_EL1.HA/HD (let through on -cpu max): the walker itself sets AF or clears a
+            # DBM descriptor's AP[2] in a write-protected table. Read as a plain walk this
+            # looked stale and was retried forever; Linux never needs it for kernel tables.
+            raise HypRefusal(Errno.EPERM, "s1-hw-update", "hardware Access-flag/dirty update "
+                             "of a write-protected table by the stage-1 walk", ipa=ipa)
         if need in perms:  # a stale TLB entry (the leaf was relaxed since)
             st.s2.pending_flush.add(ipa & ~0xFFF)
             self.stats["s2_stale"] += 1
@@ -1005,6 +1019,10 @@ class TransparentKPCore:
         for slot, raw in invalid.items():
             if plan.slots.get(slot) == 0:
                 plan.slots[slot] = raw  # the MMU ignores it; the kernel reads it back
+        if not self.stage1_pxn:  # test knob: a stage-1 gap, so stage 2 must stop the fetch
+            for slot, (_old, new) in slots.items():
+                if slot in plan.slots:
+                    plan.slots[slot] &= ~((PXN | PXNTABLE) & ~new)
         links = self._link_changes(level, slots, plan)
         freed = self._init_text_changes(level, slots, plan) if self.init_text else []
         gone = self._module_text_changes(st, plat, level, slots, plan) \

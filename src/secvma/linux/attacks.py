@@ -36,6 +36,7 @@ from secvma.linux.guestbuild import LinuxGuest, build_linux_guest
 from secvma.linux.session import (
     POLICIES,
     boot_linux,
+    feat_xnx_of,
     internal_errors_of,
     invariant_violations_of,
     make_linux_hypervisor,
@@ -43,6 +44,7 @@ from secvma.linux.session import (
 )
 from secvma.machine.layout import HYP_BASE, HYP_SIZE
 from secvma.machine.mailbox import MailboxServer
+from secvma.machine.qemu import DEFAULT_CPU
 from secvma.platform import PhysAddr
 
 BLOCKED = frozenset({Verdict.BLOCKED})
@@ -194,7 +196,7 @@ def judge(console: str, name: str, exit_kind: str, internal: list[str], *,
 
 def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None = None,
                      *, timeout_s: float = 300.0, echo: bool = False,
-                     trust_certs: Sequence[Path] = ()) -> LinuxOutcome:
+                     trust_certs: Sequence[Path] = (), cpu: str = DEFAULT_CPU) -> LinuxOutcome:
     """Boot a fresh Debian kernel under `policy`, run one attack, judge it by its effect."""
     guest = guest or build_linux_guest()
     # DMA attacks under a policy: INV-DMA (and transparent's other invariants) after every trap
@@ -212,7 +214,7 @@ def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None 
         cmdline += f" SECVMA_HYP_PA={DMA_HYP_PA:x}"
     res = boot_linux(hv, cmdline, timeout_s=timeout_s, echo=echo, guest=guest,
                      smmu=attack.dma, disk_mb=DMA_DISK_MB if attack.dma else 0,
-                     poll_hook=watch_hyp if attack.name == "DMA_HYP" else None)
+                     poll_hook=watch_hyp if attack.name == "DMA_HYP" else None, cpu=cpu)
     raw_refusals = refusals_of(hv)
     faults = sum(r["rule"] == "dma-fault" for r in raw_refusals)
     broken = internal_errors_of(hv) + [f"invariant broken: {v}" for v in invariant_violations_of(hv)]
@@ -224,19 +226,21 @@ def run_linux_attack(attack: LinuxAttack, policy: str, guest: LinuxGuest | None 
     expected = attack.expected(policy)
     refusals = [f"{r['rule']}: {r['reason']}" for r in raw_refusals]
     return LinuxOutcome(attack.name, policy, verdict, detail, sorted(v.value for v in expected),
-                        verdict in expected, refusals[:5], time.perf_counter() - t0)
+                        verdict in expected, refusals[:5], time.perf_counter() - t0, cpu,
+                        feat_xnx_of(hv))
 
 
 def run_linux_suite(policies: tuple[str, ...] = POLICIES, only: tuple[str, ...] = (),
-                    *, echo: bool = False, trust_certs: Sequence[Path] = ()) -> dict[str, Any]:
+                    *, echo: bool = False, trust_certs: Sequence[Path] = (),
+                    cpu: str = DEFAULT_CPU) -> dict[str, Any]:
     """Every (or each `only`) attack under every policy; same JSON shape as the testbed suite."""
     unknown = [n for n in only if n not in NAMES]
     if unknown:
         raise ValueError(f"unknown attack(s) {unknown}; one of {NAMES}")
     guest = build_linux_guest()
-    outcomes = [run_linux_attack(a, p, guest, echo=echo, trust_certs=trust_certs) for a in ATTACKS
-                if not only or a.name in only for p in policies]
+    outcomes = [run_linux_attack(a, p, guest, echo=echo, trust_certs=trust_certs, cpu=cpu)
+                for a in ATTACKS if not only or a.name in only for p in policies]
     return {"ok": bool(outcomes) and all(o.matches for o in outcomes),
-            "guest": "linux",
+            "guest": "linux", "cpu": cpu, "feat_xnx": any(o.feat_xnx for o in outcomes),
             "summary": summarize(outcomes, policies),
             "outcomes": [o.as_json() for o in outcomes]}

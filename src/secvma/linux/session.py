@@ -23,7 +23,7 @@ from secvma.machine.errors import GuestTimeout
 from secvma.machine.initramfs import INIT_BANNER
 from secvma.machine.mailbox import MailboxServer, RunResult
 from secvma.machine.null import NullHypervisor
-from secvma.machine.qemu import MachineConfig
+from secvma.machine.qemu import DEFAULT_CPU, MachineConfig
 from secvma.machine.runner import boot
 from secvma.platform import Hypervisor
 
@@ -96,7 +96,8 @@ def boot_linux(hv: Hypervisor, cmdline: str, *, smp: int = 1, timeout_s: float =
                echo: bool = False, guest: LinuxGuest | None = None,
                until: Callable[[Any], bool] | None = None, smmu: bool = False,
                disk_mb: int = 0,
-               poll_hook: Callable[[MailboxServer], None] | None = None) -> RunResult:
+               poll_hook: Callable[[MailboxServer], None] | None = None,
+               cpu: str = DEFAULT_CPU) -> RunResult:
     """Boot the fixture kernel with the helper initramfs; returns how the run ended.
 
     `smmu`: the board's SMMUv3 (the hypervisor's; under `none` it stays off: devices bypass
@@ -108,7 +109,7 @@ def boot_linux(hv: Hypervisor, cmdline: str, *, smp: int = 1, timeout_s: float =
     guest = guest or build_linux_guest(fx)
     cfg = MachineConfig(kernel=fx.kernel_image, initrd=guest.initramfs, ncpus=smp,
                         append=f"{BASE_APPEND} {cmdline}", timeout_s=timeout_s,
-                        echo_console=echo, smmu=smmu, dma_disk_mb=disk_mb)
+                        echo_console=echo, smmu=smmu, dma_disk_mb=disk_mb, cpu=cpu)
     try:
         return boot(cfg, hv, watch=(INIT_BANNER, DONE), until=until, poll_hook=poll_hook)
     except GuestTimeout as e:
@@ -146,6 +147,8 @@ class LinuxRunReport:
     fast_traps: dict[str, int] = field(default_factory=dict)  # answered at EL2: total, roots
     sysreg_traps: dict[str, int] = field(default_factory=dict)  # trapped MSRs by register
     kpcore_stats: dict[str, int] = field(default_factory=dict)  # the policy's own counters
+    cpu: str = DEFAULT_CPU
+    feat_xnx: bool = False  # the CPU has FEAT_XNX and transparent's stage 2 relied on it
 
     @property
     def ok(self) -> bool:
@@ -163,7 +166,7 @@ class LinuxRunReport:
                 "refusals": self.refusals, "invariant_violations": self.invariant_violations,
                 "protection": self.protection, "internal_errors": self.internal_errors,
                 "traps": self.traps, "fast_traps": self.fast_traps,
-                "sysreg_traps": self.sysreg_traps}
+                "sysreg_traps": self.sysreg_traps, "cpu": self.cpu, "feat_xnx": self.feat_xnx}
 
 
 def parse_workloads(console: str, wanted: tuple[str, ...], why_missing: str) -> dict[str, WorkloadResult]:
@@ -184,7 +187,7 @@ def run_linux_workloads(policy: str, s2: str = "huge", smp: int = 1,
                         workloads: tuple[str, ...] = ("all",), *, check_invariants: bool = False,
                         timeout_s: float = 900.0, echo: bool = False,
                         root_fast_path: bool = True,
-                        trust_certs: Sequence[Path] = ()) -> LinuxRunReport:
+                        trust_certs: Sequence[Path] = (), cpu: str = DEFAULT_CPU) -> LinuxRunReport:
     """Boot Debian under `policy`, run the named workloads (or all), report each one's result."""
     names = WORKLOADS if "all" in workloads else tuple(dict.fromkeys(workloads))
     unknown = [n for n in names if n not in WORKLOADS]
@@ -194,7 +197,7 @@ def run_linux_workloads(policy: str, s2: str = "huge", smp: int = 1,
     hv = make_linux_hypervisor(policy, s2, check_invariants=check_invariants,
                                root_fast_path=root_fast_path, guest=guest, trust_certs=trust_certs)
     res = boot_linux(hv, f"SECVMA_WL={','.join(names)}", smp=smp, timeout_s=timeout_s, echo=echo,
-                     guest=guest)
+                     guest=guest, cpu=cpu)
     why = f"the run ended ({res.exit}{': ' + res.reason if res.reason else ''}) first"
     return LinuxRunReport(
         policy=policy, s2=s2, smp=smp, exit=res.exit, reason=res.reason, wall_s=res.wall_s,
@@ -205,8 +208,14 @@ def run_linux_workloads(policy: str, s2: str = "huge", smp: int = 1,
         protection=protection_of(hv), internal_errors=internal_errors_of(hv),
         traps=dict(res.traps), console=res.console,
         fast_traps={"total": res.fast_traps, "roots": res.fast_root_traps},
-        sysreg_traps=sysreg_traps_of(hv),
+        sysreg_traps=sysreg_traps_of(hv), cpu=cpu, feat_xnx=feat_xnx_of(hv),
         kpcore_stats={k: int(v) for k, v in getattr(hv, "stats", {}).items() if isinstance(k, str)})
+
+
+def feat_xnx_of(hv: Hypervisor) -> bool:
+    """Whether transparent's stage 2 ran on a CPU with FEAT_XNX (never for `none`)."""
+    t = transparent_of(hv)
+    return t is not None and t.st is not None and t.st.feat_xnx
 
 
 def sysreg_traps_of(hv: object) -> dict[str, int]:

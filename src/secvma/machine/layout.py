@@ -84,6 +84,7 @@ MB_HCR_OR = 0x0E8  # bits OR-ed into every HCR_EL2 write (IMO|FMO while the guar
 MB_FEAT = 0x0F0  # ID_AA64MMFR0_EL1 read at EL2 at start (FGT = bits 59:56)
 MB_CHECKS = 0x0F8  # guard-table checks run
 MB_X = 0x100  # x0..x30
+MB_FEAT1 = 0x1F8  # ID_AA64MMFR1_EL1 read at EL2 at start (XNX = bits 31:28: stage-2 XN[1:0])
 MB_CMDS = 0x200  # commands: {op, a, b, pad} u64 each; op 0 ends the list
 CMD_SIZE = 32
 MAX_CMDS = 64

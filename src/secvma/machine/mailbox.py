@@ -661,7 +661,7 @@ class MailboxServer:
             cpu.last_rt_valid = False
             cpu.pins.clear()  # the trampoline emptied the guard table and disarmed the guard
             cpu.guard_period = 0
-            return CpuStart(cpu.elr, cpu.x(0))
+            return CpuStart(cpu.elr, cpu.x(0), cpu.counter(layout.MB_FEAT1))
         if kind == layout.KIND_GUARD:
             return cpu.guard_trip()
         if kind == layout.KIND_UNEXPECTED:

@@ -24,7 +24,17 @@ from secvma.arch.descriptors import (
     S2MemAttr,
     Shareability,
 )
-from secvma.arch.el2 import HCR_BSU_IS, HCR_FB, HCR_RW, HCR_TSC, HCR_TVM, HCR_VM, VTCR_4G
+from secvma.arch.el2 import (
+    HCR_API,
+    HCR_APK,
+    HCR_BSU_IS,
+    HCR_FB,
+    HCR_RW,
+    HCR_TSC,
+    HCR_TVM,
+    HCR_VM,
+    VTCR_4G,
+)
 from secvma.machine import layout
 from secvma.outside import OutsideMapGuard
 from secvma.platform import (
@@ -86,7 +96,10 @@ class NullHypervisor:
         self.events: Counter[str] = Counter()
         self.hvc_log: list[tuple[int, tuple[int, ...]]] = []
         self.outside = OutsideMapGuard()
-        self.hcr = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | (HCR_TVM if trap_sysregs else 0)
+        # API|APK: PAuth instructions and key registers stay at EL1 where the CPU has them
+        # (-cpu max); without them Debian's first APIAKeyLo_EL1 write trapped and halted here
+        self.hcr = (HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | HCR_API | HCR_APK
+                    | (HCR_TVM if trap_sysregs else 0))
 
     def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
         self.events[type(event).__name__] += 1

@@ -27,6 +27,11 @@ from secvma.machine.errors import ImageError, ToolchainError
 
 LINUX_MAGIC_OFFSET = 0x38
 LINUX_MAGIC = b"ARM\x64"
+CPUS = ("cortex-a57", "cortex-a76", "max")
+"""QEMU CPU models the board is tested with (`--cpu`): cortex-a57 is ARMv8.0 (the default);
+cortex-a76 (v8.2) and max (QEMU 7.2: v8.5+ with FEAT_XNX, PAuth, SVE, ...) bring features
+whose presence the hypervisor reads from the ID registers, never from this name."""
+DEFAULT_CPU = "cortex-a57"
 
 
 @dataclass
@@ -47,7 +52,7 @@ class MachineConfig:
     append: str = "console=ttyAMA0 panic=-1"
     ncpus: int = 1
     ram_mb: int = 1024
-    cpu: str = "cortex-a57"
+    cpu: str = DEFAULT_CPU
     timeout_s: float = 120.0
     echo_console: bool = False
     log_path: Path | None = None

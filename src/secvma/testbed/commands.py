@@ -397,7 +397,7 @@ def run_commands(hypervisor: Hypervisor, commands: Iterable[Command], *,
                  image: TestbedImage | None = None, timeout_s: float = 60.0,
                  echo_console: bool = False, ram_mb: int = 1024,
                  on_result: Callable[[CommandResult], None] | None = None,
-                 ncpus: int = 1) -> CommandRun:
+                 ncpus: int = 1, cpu: str = "cortex-a57") -> CommandRun:
     """Boot the testbed, run `commands` one after the other, power off; one thread."""
     image = image or build_testbed()
     kimg = KernelImage(image.kernel_elf)
@@ -413,7 +413,7 @@ def run_commands(hypervisor: Hypervisor, commands: Iterable[Command], *,
                                                         BootInfo.SIZE)))
 
     t0 = time.perf_counter()
-    run = boot(_machine(image, timeout_s, echo_console, ram_mb, ncpus=ncpus), hypervisor,
+    run = boot(_machine(image, timeout_s, echo_console, ram_mb, cpu, ncpus=ncpus), hypervisor,
                poll_hook=hook)
     why = stop_reason(run)
     driver.abort(MachineStopped(why))

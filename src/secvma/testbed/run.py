@@ -44,6 +44,9 @@ class RunReport:
     console: str = field(repr=False, default="")
     internal_errors: list[str] = field(default_factory=list)
     """Model bugs the hypervisor hit (KPCore `internal_errors`); each one halts the machine."""
+    cpu: str = "cortex-a57"
+    feat_xnx: bool = False
+    """The CPU reported FEAT_XNX (ID_AA64MMFR1_EL1) and the policy's stage 2 relied on it."""
 
     @property
     def ok(self) -> bool:
@@ -73,6 +76,8 @@ class RunReport:
             "exit": self.exit,
             "reason": self.reason,
             "ok": self.ok,
+            "cpu": self.cpu,
+            "feat_xnx": self.feat_xnx,
         }
 
 
@@ -109,21 +114,31 @@ def _strings(hv: Hypervisor, attr: str) -> list[str]:
 def run_workloads(hypervisor: Hypervisor, workloads: list[str] | tuple[str, ...] = ("all",), *,
                   policy: str = "", s2: str = "", image: TestbedImage | None = None,
                   timeout_s: float = 120.0, echo_console: bool = False,
-                  ncpus: int = 1) -> RunReport:
-    """Boot the testbed under `hypervisor`, run each workload by command, power off.
+                  ncpus: int = 1, cpu: str = "cortex-a57") -> RunReport:
+    """Boot the testbed under `hypervisor` on QEMU CPU `cpu`, run each workload by command,
+    power off.
 
     `ncpus` > 1: the secondaries come up (PSCI CPU_ON, their own HVC 6 and trapped MSRs) and
     idle in their command loops while CPU 0 runs the workloads."""
     names = expand(workloads)
     run = run_commands(hypervisor, [Command(Op.WORKLOAD, name=n) for n in names], image=image,
-                       timeout_s=timeout_s, echo_console=echo_console, ncpus=ncpus)
+                       timeout_s=timeout_s, echo_console=echo_console, ncpus=ncpus, cpu=cpu)
     reports: dict[str, WorkloadReport] = {}
     for n, r in zip(names, run.results, strict=True):
         reports[n] = _report(n, r)
     return RunReport(policy, s2, reports, dict(run.run.traps), _hvc_counts(hypervisor),
                      _strings(hypervisor, "refusals"), _strings(hypervisor, "invariant_violations"),
                      run.boot_s, run.run.wall_s, run.run.exit, run.run.reason, run.run.console,
-                     _strings(hypervisor, "internal_errors"))
+                     _strings(hypervisor, "internal_errors"), cpu, feat_xnx_of(hypervisor))
+
+
+def feat_xnx_of(hypervisor: object) -> bool:
+    """Whether the policy's stage 2 ran on a CPU with FEAT_XNX (False for the NullHypervisor,
+    whose identity stage 2 makes no use of it)."""
+    st = getattr(hypervisor, "st", None)
+    if st is None:
+        st = getattr(hypervisor, "_st", None)
+    return bool(getattr(st, "feat_xnx", False))
 
 
 def _report(name: str, r: CommandResult) -> WorkloadReport:
