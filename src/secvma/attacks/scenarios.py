@@ -795,11 +795,12 @@ def race_ttbr0_free(s: TestbedSession) -> Evidence:
     return Evidence(Verdict.BLOCKED, detail)
 
 
-def race_module_image(s: TestbedSession) -> Evidence:
-    """CPU1 keeps writing a `nop` over the first instruction of mod_counter's .text in the
-    kernel's temporary module image (it follows `module_tmp_image`) while CPU0 loads the
-    signed module. Effect: the installed code differs from the signed module relocated by the
-    host at the kernel's addresses."""
+def _race_module_load(s: TestbedSession, follow: str,
+                      word: Callable[[bytes, int], tuple[int, int]],
+                      show_differ: bool) -> Evidence:
+    """CPU1 keeps storing through the pointer at symbol `follow` (`word(ko, .text offset)`
+    gives the 8-byte value and its offset from the pointer) while CPU0 loads mod_counter;
+    judged by whether the installed .text equals the signed module relocated by the host."""
     from secvma.module.elf import ElfModule
     from secvma.testbed import smp
     from secvma.testbed.modules import (
@@ -813,13 +814,10 @@ def race_module_image(s: TestbedSession) -> Evidence:
     text = ElfModule(ko).section_by_name(".text")
     if text is None or text.size < 8:
         return Evidence(Verdict.NOT_APPLICABLE, "mod_counter has no code to change")
-    off = text.offset & ~7
-    word = bytearray(ko[off:off + 8])
-    word[text.offset - off:text.offset - off + 4] = (0xD503201F).to_bytes(4, "little")  # nop
+    value, off = word(ko, text.offset)
     if not s.upload(ko).ok:
         return Evidence(Verdict.ERROR, "upload failed")
-    r = smp.race(s, smp.spin_store_indirect(s.image.va("module_tmp_image"),
-                                            int.from_bytes(word, "little"), off),
+    r = smp.race(s, smp.spin_store_indirect(s.image.va(follow), value, off),
                  Command(Op.MODLOAD, (len(ko), MODLOAD_F_NO_INIT, 0)))
     detail = f"{_overlap(r)}, {r.overlap_hvc30} while in HVC 30"
     if not r.main.ok:
@@ -829,8 +827,23 @@ def race_module_image(s: TestbedSession) -> Evidence:
     if text.index in differ:
         return Evidence(Verdict.SUCCEEDED, f"loaded .text differs from the signed module; "
                                            f"{detail}")
-    return Evidence(Verdict.BLOCKED, f"loaded; .text equals the signed module (differing "
-                                     f"sections {differ}); {detail}")
+    shown = f" (differing sections {differ})" if show_differ else ""
+    return Evidence(Verdict.BLOCKED, f"loaded; .text equals the signed module{shown}; {detail}")
+
+
+def race_module_image(s: TestbedSession) -> Evidence:
+    """CPU1 keeps writing a `nop` over the first instruction of mod_counter's .text in the
+    kernel's temporary module image (it follows `module_tmp_image`) while CPU0 loads the
+    signed module. Effect: the installed code differs from the signed module relocated by the
+    host at the kernel's addresses."""
+
+    def nop_in_image(ko: bytes, text_off: int) -> tuple[int, int]:
+        off = text_off & ~7
+        word = bytearray(ko[off:off + 8])
+        word[text_off - off:text_off - off + 4] = (0xD503201F).to_bytes(4, "little")  # nop
+        return int.from_bytes(word, "little"), off
+
+    return _race_module_load(s, "module_tmp_image", nop_in_image, show_differ=True)
 
 
 def race_s2_stale(s: TestbedSession) -> Evidence:
@@ -893,33 +906,8 @@ def race_module_text(s: TestbedSession) -> Evidence:
     makes the pages read-only, but the TLB invalidation runs only when the trap returns, so a
     store through CPU1's stale TLB entry can land after the verified bytes. Effect: installed
     .text differs from the signed module relocated by the host."""
-    from secvma.module.elf import ElfModule
-    from secvma.testbed import smp
-    from secvma.testbed.modules import (
-        differing_sections,
-        host_relocation,
-        loaded_module,
-        symbol_lookup,
-    )
-
-    ko = _test_module(s, "mod_counter")
-    text = ElfModule(ko).section_by_name(".text")
-    if text is None or text.size < 8:
-        return Evidence(Verdict.NOT_APPLICABLE, "mod_counter has no code to change")
-    if not s.upload(ko).ok:
-        return Evidence(Verdict.ERROR, "upload failed")
-    r = smp.race(s, smp.spin_store_indirect(s.image.va("module_run_text"),
-                                            0xD503201F_D503201F, 0),
-                 Command(Op.MODLOAD, (len(ko), MODLOAD_F_NO_INIT, 0)))
-    detail = f"{_overlap(r)}, {r.overlap_hvc30} while in HVC 30"
-    if not r.main.ok:
-        return Evidence(Verdict.BLOCKED, f"insmod refused: {r.main.msg}; {detail}")
-    lm = loaded_module(s.platform, s.image, r.main.ret[0])
-    differ = differing_sections(s.platform, lm, host_relocation(ko, lm, symbol_lookup(s)))
-    if text.index in differ:
-        return Evidence(Verdict.SUCCEEDED, f"loaded .text differs from the signed module; "
-                                           f"{detail}")
-    return Evidence(Verdict.BLOCKED, f"loaded; .text equals the signed module; {detail}")
+    return _race_module_load(s, "module_run_text", lambda _ko, _off: (0xD503201F_D503201F, 0),
+                             show_differ=False)
 
 ATTACKS: list[Attack] = [
     Attack("write-text-via-alias", "patch kernel code through a writable alias", write_text_via_alias,
