@@ -83,7 +83,8 @@ def test_cli_json_shape(guest: LinuxGuest, tmp_path: Path) -> None:
     (o,) = data["outcomes"]
     assert o["attack"] == "SCTLR_WRITE" and o["policy"] == "none" and o["matches"] is True
     assert set(o) == {"attack", "policy", "verdict", "detail", "expected", "matches", "refusals",
-                      "seconds"}
+                      "seconds", "cpu", "feat_xnx"}
+    assert o["cpu"] == "cortex-a57" and o["feat_xnx"] is False
 
 
 def test_cli_rejects_testbed_policy_and_unknown_attack() -> None:
