@@ -15,6 +15,7 @@ def test_mailbox_regions_are_disjoint_and_fit_the_page() -> None:
         (L.MB_X, L.MB_X + 31 * 8),
         (L.MB_CMDS, L.MB_CMDS + L.MAX_CMDS * L.CMD_SIZE),
         (L.MB_FASTTAB, L.MB_FASTTAB_END),
+        (L.MB_STATE, L.MB_STATE + 64),  # a cache line of its own
         (L.MB_IRQQ, L.MB_IRQQ + L.IRQQ_MAX * 4),
         (L.MB_IRQQ_N, L.MB_IRQQ_N + 8),
         (L.MB_LR_OVF, L.MB_LR_OVF + 8),
@@ -28,6 +29,7 @@ def test_mailbox_regions_are_disjoint_and_fit_the_page() -> None:
     for (_, end), (start, _) in itertools.pairwise(regions):
         assert end <= start
     assert regions[-1][1] <= L.MBOX_STRIDE
+    assert L.MB_STATE % 64 == 0
     assert (L.FAST_MAX + 1) * L.FAST_ENTRY_SIZE <= L.MB_FASTTAB_END - L.MB_FASTTAB
     assert (L.GUARD_MAX + 1) * L.GUARD_ENTRY_SIZE <= L.MB_GUARDTAB_END - L.MB_GUARDTAB
 

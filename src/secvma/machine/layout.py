@@ -47,19 +47,20 @@ MAX_RAM = 3 << 30  # highmem=off puts RAM in [1 GiB, 4 GiB)
 DEVICE_LIMIT = RAM_BASE
 
 # ---- mailbox page ------------------------------------------------------------------------
-# state: 0 idle, 1 request (EL2 -> Python), 2 response (Python -> EL2)
-MB_STATE = 0x000  # u32
-MB_KIND = 0x004  # u32, see KIND_*
-MB_SEQ = 0x008
+# The first line (64 bytes) holds what Python reads on every trap; the state word has a line of
+# its own (MB_STATE), so that the stores the trampoline makes while it fills the frame (and the
+# fast paths' ELR updates) do not bounce the line Python is polling between the two cores.
+MB_LAST = 0x000  # last round trip, ticks
+MB_KIND = 0x008  # u32, see KIND_*
 MB_ESR = 0x010
 MB_FAR = 0x018
 MB_HPFAR = 0x020
 MB_ELR = 0x028
 MB_SPSR = 0x030
-MB_TENT = 0x038  # CNTPCT at trap entry
+MB_TENT = 0x038  # CNTPCT when a trap goes to Python (the fast paths do not read the counter)
 MB_TOT = 0x040  # sum of round-trip ticks
 MB_NTR = 0x048  # traps counted by the trampoline
-MB_LAST = 0x050  # last round trip, ticks
+MB_SEQ = 0x050  # requests posted
 MB_VEC = 0x058  # vector offset for KIND_UNEXPECTED
 MB_MPIDR = 0x060
 MB_CNTFRQ = 0x068
@@ -89,7 +90,9 @@ MB_CMDS = 0x200  # commands: {op, a, b, pad} u64 each; op 0 ends the list
 CMD_SIZE = 32
 MAX_CMDS = 64
 MB_FASTTAB = 0xA00  # fast-path table (see FAST_*), up to MB_FASTTAB_END
-MB_FASTTAB_END = 0xD60
+MB_FASTTAB_END = 0xD00
+MB_STATE = 0xD00  # u32: 0 idle, 1 request (EL2 -> Python), 2 response (Python -> EL2); alone
+# in its cache line: both sides spin on it
 MB_PTE_EN = 0xD60  # PTE fast path on for this CPU (non-zero); see PTE_TABLE_MAP
 MB_FAST_PTES = 0xD68  # of MB_FAST: kernel PTE stores carried out by the PTE fast path
 MB_NEXT_TTBR0 = 0xD70  # TTBR0_EL1 value being loaded (0: none): by the root fast path, or
