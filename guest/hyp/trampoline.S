@@ -117,6 +117,23 @@ _start:
     b       post_wait
 
 // ---- synchronous exception from EL1/EL0 ------------------------------------------------
+#ifdef TRAP_FLOOR
+trap_floor:                             // measurement build only (build.TRAMPOLINE_VARIANTS):
+    mrs     x0, esr_el2                 // a CONTEXTIDR_EL1 write is dropped as cheaply as a
+    lsr     x1, x0, #26                 // trap can return: what QEMU's exception entry and
+    cmp     x1, #0x18                   // ERET cost, the floor under every fast path
+    b.ne    lower_sync
+    and     x0, x0, #0x1ffffff
+    and     x0, x0, #~(0x1f << 5)
+    ldr     w1, =CONTEXTIDR_ISS_KEY
+    cmp     w0, w1
+    b.ne    lower_sync
+    mrs     x0, elr_el2
+    add     x0, x0, #4
+    msr     elr_el2, x0
+    ldp     x0, x1, [sp, #MB_X]
+    eret
+#endif
 lower_sync:                             // x0, x1 already saved by the vector
     SAVE_X2_X30
     mrs     x0, esr_el2
@@ -932,7 +949,11 @@ vectors:
     VEC_UNEXP 0x380
     .balign 0x80                        // 0x400: lower EL, AArch64, synchronous
     stp     x0, x1, [sp, #MB_X]
+#ifdef TRAP_FLOOR
+    b       trap_floor
+#else
     b       lower_sync
+#endif
     .balign 0x80                        // 0x480: lower EL, AArch64, IRQ (guard armed)
     stp     x0, x1, [sp, #MB_X]
     b       lower_irq

