@@ -119,6 +119,20 @@ def run_suite(policies: tuple[str, ...] = POLICIES, only: tuple[str, ...] = (),
             "outcomes": [o.as_json() for o in outcomes]}
 
 
+def class_sample() -> tuple[str, ...]:
+    """One single-CPU scenario per class (the name up to its first `-`) and the first of the
+    secvma2024 gap scenarios: the quick demo's catalogue (the whole one: `secvma attack`)."""
+    first: dict[str, str] = {}
+    for a in ATTACKS:
+        if a.ncpus == 1:
+            first.setdefault(a.name.split("-")[0], a.name)
+    gap = next((a.name for a in ATTACKS if a.gap and a.ncpus == 1), None)
+    names = list(first.values())
+    if gap is not None and gap not in names:
+        names.append(gap)
+    return tuple(names)
+
+
 def summarize(outcomes: list[Outcome], policies: tuple[str, ...]) -> dict[str, dict[str, int]]:
     """Per policy: blocked (refused or halted), succeeded, internal errors, unexpected verdicts
     (the `summary` JSON key of both attack suites)."""
