@@ -31,7 +31,8 @@ def test_boot_of_a_missing_kernel_says_what_to_do(tmp_path: object) -> None:
 def test_bench_micro_json_keys() -> None:
     """`secvma bench micro --json` prints every contracted key with a measured number."""
     res = CliRunner().invoke(main, ["bench", "micro", "--iterations", "500", "--boot-runs", "0",
-                                    "--idle-ms", "0", "--syscalls", "2000", "--json"])
+                                    "--idle-ms", "0", "--syscalls", "2000", "--syscall-rounds", "2",
+                                    "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     for key in ("hvc_roundtrip_us", "stage2_abort_us", "sysreg_trap_us"):
@@ -45,6 +46,10 @@ def test_bench_micro_json_keys() -> None:
     # getppid under transparent: every call's TTBR writes (KPTI) answered at EL2, none in Python
     assert out["syscall_ns_null"] > 0 and out["syscall_ns_transparent"] > 0
     assert out["syscall_ratio"] > 0
+    runs = out["syscall_runs"]  # alternating rounds; the headline is one measured pair
+    assert len(runs["null"]) == len(runs["transparent"]) == len(runs["ratio"]) == 2
+    assert out["syscall_ratio"] in runs["ratio"]
+    assert out["syscall_ns_null"] in runs["null"] and out["syscall_ns_transparent"] in runs["transparent"]
     per = out["syscall_traps_per_call"]
     assert per["null"]["el2"] == 0 and per["transparent"]["fast"] >= 2
     assert per["transparent"]["python"] < 0.01

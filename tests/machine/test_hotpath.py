@@ -120,6 +120,25 @@ def test_same_register_traps_every_time_and_a_refused_value_stays_refused() -> N
     assert h.reports[0][0] == 7
 
 
+@pytest.mark.qemu
+def test_trap_counts_by_kind_after_hvcs_and_other_traps() -> None:
+    """Traps are counted by event type on the hot path and reported by name: an HVC is decoded
+    from ESR alone, and an MSR trap right after one still decodes with its full syndrome."""
+    b = assemble_payload(payload("""
+        hvc #1
+        mov x1, #9
+        msr contextidr_el1, x1
+        hvc #2
+        mrs x0, contextidr_el1
+        hvc #0xAA
+    """ + POWEROFF), name="test-trap-counts")
+    h = Recorder(trap_sysregs=True)
+    res = boot(MachineConfig(kernel=b.path, timeout_s=20), h)
+    assert res.exit == "poweroff"
+    assert [i for i, _ in h.hvc_log] == [1, 2, 0xAA] and h.reports[0][0] == 9
+    assert res.traps == {"CpuStart": 1, "Hvc": 3, "SysregTrap": 1, "Smc": 1}  # TVM: writes only
+
+
 @given(st.integers(0, (1 << 25) - 1))
 def test_cached_sysreg_decode_equals_the_syndrome_fields(iss: int) -> None:
     enc, reg = decode_sysreg_iss(iss)

@@ -484,7 +484,7 @@ class MailboxServer:
         self.cpus = [MailboxCpu(self, i) for i in range(self.ncpus)]
         self.spin_us = spin_us
         self.kernel_entry = kernel_entry if kernel_entry is not None else qemu.config.kernel_addr
-        self.traps: Counter[str] = Counter()
+        self._trap_counts: dict[type, int] = {}  # by event type: no name lookup per trap
         self.rt_ticks: list[int] = []
         self._halt: str | None = None
         self._current: MailboxCpu | None = None
@@ -633,10 +633,12 @@ class MailboxServer:
         kind = self.u32[cpu.u_kind]
         if kind == layout.KIND_TRAP:
             mm, off = self.mm, cpu.off
-            esr, far, hpfar, _elr, spsr = _HEADER.unpack_from(mm, off + layout.MB_ESR)
+            esr = self.q[cpu.q_esr]  # alone first: an HVC needs no FAR/HPFAR/SPSR
             ec = esr >> 26
             if ec == EC_HVC64:
                 return Hvc(esr & 0xFFFF, _X8.unpack_from(mm, off + layout.MB_X))
+            esr, far, hpfar, _elr, spsr = _HEADER.unpack_from(mm, off + layout.MB_ESR)
+            ec = esr >> 26
             if ec in (EC_DABT_LOW, EC_IABT_LOW):
                 ipa: PhysAddr = ((hpfar >> 4) << 12) | (far & 0xFFF)  # no NewType call on the hot path
                 return Stage2Abort(esr, far, ipa, ec == EC_IABT_LOW,
@@ -686,18 +688,24 @@ class MailboxServer:
             cmds.clear()
         self.u32[cpu.u_state] = layout.STATE_RESPONSE
 
+    @property
+    def traps(self) -> Counter[str]:
+        """Traps served so far by event type name (`unexpected` for an EL2 vector's)."""
+        return Counter({("unexpected" if t is Unexpected else t.__name__): n
+                        for t, n in self._trap_counts.items()})
+
     def _serve_one(self, cpu: MailboxCpu) -> None:
         if cpu.last_rt_valid:
             self.rt_ticks.append(self.q[cpu.q_last])
         ev = self._event(cpu)
         kind = type(ev)
+        counts = self._trap_counts
+        counts[kind] = counts.get(kind, 0) + 1
         if kind is Unexpected:
             assert isinstance(ev, Unexpected)
-            self.traps["unexpected"] += 1
             raise UnexpectedException(
                 f"cpu{cpu.index}: exception at EL2 vector {ev.vector:#x} (ESR {ev.esr:#x}, "
                 f"FAR {ev.far:#x}) - the trampoline never expects it", last_pc=cpu.elr)
-        self.traps[kind.__name__] += 1
         if cpu.written:
             cpu.written.clear()
         self._current = cpu

@@ -10,7 +10,7 @@ mechanism without a policy, for tests and measurements.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 
 from secvma.arch.descriptors import (
     AF,
@@ -93,7 +93,7 @@ class NullHypervisor:
         self.trap_sysregs = trap_sysregs
         self.guard_us = guard_us  # arm the interrupt guard (no pins): the mechanism alone
         self.root: int | None = None
-        self.events: Counter[str] = Counter()
+        self.events: defaultdict[str, int] = defaultdict(int)  # not Counter: 2x the cost per +=
         self.hvc_log: list[tuple[int, tuple[int, ...]]] = []
         self.outside = OutsideMapGuard()
         # API|APK: PAuth instructions and key registers stay at EL1 where the CPU has them
