@@ -60,7 +60,14 @@ def test_bench_micro_json_keys() -> None:
     assert min(out["ttbr_fast_path_guest_us"], out["trap_floor_us"]) > 5 * out["ttbr_untrapped_us"] > 0
     assert out["ttbr_fast_path_el2_us"] == pytest.approx(
         out["ttbr_fast_path_guest_us"] - out["trap_floor_us"], abs=2e-3)
-    assert set(out["el2_path_runs"]) == {"untrapped", "floor", "ttbr_fast"}
+    assert set(out["el2_path_runs"]) == {"untrapped", "floor", "ttbr_fast", "untrapped_asid",
+                                         "ttbr_fast_asid"}
+    # an ASID change makes QEMU flush its TLB: far dearer than the plain write, trapped or not
+    assert min(out["ttbr_asid_untrapped_us"], out["ttbr_asid_fast_path_guest_us"]) \
+        > 10 * out["ttbr_untrapped_us"]
+    assert out["ttbr_asid_trap_us"] == pytest.approx(
+        out["ttbr_asid_fast_path_guest_us"] - out["ttbr_asid_untrapped_us"], abs=2e-3)
+    assert out["syscall_ratio_floor"] is not None and out["syscall_ratio_floor"] > 0
 
 
 def test_boot_exits_non_zero_when_the_guest_halts() -> None:

@@ -162,11 +162,16 @@ def measure_loop(kind: str, iterations: int = 20000, spin_us: float | None = Non
 
 FAST_ROOT = layout.KERNEL_BASE + 0x80_0000
 """The TTBR1_EL1 value the fast-path loop writes (its MMU is off: never walked)."""
+_ASID_FLIP = "eor x24, x24, x25\n    msr ttbr1_el1, x24"  # x25 = ASID bit 0 (bit 48)
 EL2_LOOPS = {
     # name: (loop body, TVM trapping, root fast path for TTBR1, trampoline variant)
     "untrapped": ("msr ttbr1_el1, x24", False, False, None),
     "floor": ("msr contextidr_el1, x24", True, False, "TRAP_FLOOR"),
     "ttbr_fast": ("msr ttbr1_el1, x24", True, True, None),
+    # each write changes the ASID, as the stock kernel's do (KPTI, SW PAN): QEMU then flushes
+    # its whole TLB, and a trapped write pays for refilling EL2's entries as well
+    "untrapped_asid": (_ASID_FLIP, False, False, None),
+    "ttbr_fast_asid": (_ASID_FLIP, True, True, None),
 }
 
 
@@ -199,6 +204,13 @@ class El2PathFigure:
     floor_us: float
     untrapped_us: float
     runs: dict[str, list[float]]
+    asid_fast_us: float = 0.0  # the same two TTBR loops with an ASID change on every write
+    asid_untrapped_us: float = 0.0
+
+    @property
+    def asid_trap_us(self) -> float:
+        """What trapping adds to a TTBR write that changes the ASID (fast path included)."""
+        return self.asid_fast_us - self.asid_untrapped_us
 
     @property
     def fast_path_el2_us(self) -> float:
@@ -217,7 +229,7 @@ def measure_el2_paths(iterations: int = 100_000, runs: int = 3) -> El2PathFigure
     for _ in range(runs):
         for name, (body, trap, fast_root, variant) in EL2_LOOPS.items():
             src = _loop_payload(body, iterations).replace(
-                "1:  ", f"    ldr x24, ={FAST_ROOT:#x}\n1:  ", 1)
+                "1:  ", f"    ldr x24, ={FAST_ROOT:#x}\n    mov x25, #1 << 48\n1:  ", 1)
             b = assemble_payload(src, name=f"bench-el2-{name}")
             hyp = _FastRootClock(trap, fast_root)
 
@@ -234,7 +246,8 @@ def measure_el2_paths(iterations: int = 100_000, runs: int = 3) -> El2PathFigure
             got[name].append(hyp.guest_ticks * 1e6 / hyp.guest_freq / iterations)
     med = {k: statistics.median(v) for k, v in got.items()}
     return El2PathFigure(med["ttbr_fast"], med["floor"], med["untrapped"],
-                         {k: [round(x, 3) for x in v] for k, v in got.items()})
+                         {k: [round(x, 3) for x in v] for k, v in got.items()},
+                         med["ttbr_fast_asid"], med["untrapped_asid"])
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -396,6 +409,16 @@ def run_micro(iterations: int = 20000, boot_runs: int = 3, kernel: Path | None =
     out["trap_floor_us"] = round(el2.floor_us, 3)
     out["ttbr_untrapped_us"] = round(el2.untrapped_us, 3)
     out["el2_path_runs"] = el2.runs
+    out["ttbr_asid_fast_path_guest_us"] = round(el2.asid_fast_us, 3)
+    out["ttbr_asid_untrapped_us"] = round(el2.asid_untrapped_us, 3)
+    out["ttbr_asid_trap_us"] = round(el2.asid_trap_us, 3)
+    out["syscall_ratio_floor"] = None
+    if out["syscall_ratio"] is not None:
+        # getppid if each EL2 trap it takes cost what the ASID loop's does: what QEMU allows
+        # the fast path; the measured ratio's distance from it is the rest of the overhead
+        per = out["syscall_traps_per_call"]["transparent"]["el2"]
+        null = out["syscall_ns_null"]
+        out["syscall_ratio_floor"] = round((null + per * el2.asid_trap_us * 1000) / null, 3)
     for kind, key in (("hvc", "hvc_roundtrip_us"), ("stage2", "stage2_abort_us"),
                       ("sysreg", "sysreg_trap_us")):
         f = measure_loop(kind, iterations)

@@ -78,6 +78,11 @@ def micro(iterations: int, boot_runs: int, spin_us: float, idle_ms: int, syscall
               f"{res['ttbr_fast_path_el2_us']:.3f} µs", "",
               f"{res['ttbr_fast_path_guest_us']:.3f} µs per trap, floor {res['trap_floor_us']:.3f}",
               f"≤ {TARGETS['ttbr_fast_path_el2_us']} µs", "[green]yes[/]" if ok else "[red]no[/]")
+    t.add_row("ttbr_asid_trap_us (a trapped TTBR write that changes the ASID, over an "
+              "untrapped one)", f"{res['ttbr_asid_trap_us']:.3f} µs", "",
+              f"{res['ttbr_asid_fast_path_guest_us']:.3f} vs {res['ttbr_asid_untrapped_us']:.3f} µs"
+              + ("" if res.get("syscall_ratio_floor") is None else
+                 f"; getppid ratio at that cost: {res['syscall_ratio_floor']:.2f}"), "", "")
     if res.get("ttbr_fast_path_us") is not None:
         t.add_row("ttbr_fast_path_us (getppid, guest-timed)", f"{res['ttbr_fast_path_us']:.3f} µs",
                   "", "", "", "")
