@@ -424,8 +424,8 @@ cmd_loop:
     b.eq    do_cptr
     cmp     x0, #OP_SMC
     b.eq    do_smc
-    cmp     x0, #OP_IC_IALLU
-    b.eq    do_ic
+    cmp     x0, #OP_CODE_SYNC
+    b.eq    do_code_sync
     cmp     x0, #OP_INJECT
     b.eq    do_inject
     cmp     x0, #OP_HALT
@@ -541,8 +541,17 @@ do_doorbell:                            // a = device register (the SMMU's CMDQ_
     str     w3, [x1]                    // first); EL2 MMU off: Device-nGnRnE access
     dsb     sy
     b       cmd_loop
-do_ic:
-    dsb     ish
+do_code_sync:                           // a = list PA, b = ranges (layout "code sync"): each
+    cbz     x2, 3f                      // u64 loaded and stored back at EL2 (MMU off): QEMU
+1:  ldp     x3, x4, [x1], #16           // drops the translations the stores overlap
+    cbz     x4, 4f
+2:  ldr     x5, [x3]
+    str     x5, [x3], #8
+    subs    x4, x4, #8
+    b.hi    2b
+4:  subs    x2, x2, #1
+    b.ne    1b
+3:  dsb     ish
     ic      ialluis
     dsb     ish
     isb

@@ -257,6 +257,23 @@ class Vcpu(Protocol):
         ...
 
 
+CODE_RANGES_MAX = 512
+"""Separate ranges `Platform.flush_code` takes per CPU and trap (adjacent ones merge): a
+hypervisor that installs code in more pieces than this refuses to (a resource limit)."""
+
+
+def code_runs(starts: Iterable[int], size: int) -> list[tuple[int, int]]:
+    """[start, start + size) for each start, merged where they touch: the (pa, size) ranges
+    to hand `Platform.flush_code`, fewest first."""
+    runs: list[tuple[int, int]] = []
+    for lo in sorted(set(starts)):
+        if runs and lo <= runs[-1][0] + runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], lo + size - runs[-1][0]))
+        else:
+            runs.append((lo, size))
+    return runs
+
+
 class Platform(Protocol):
     """The machine as the hypervisor sees it: guest-physical memory and TLB maintenance."""
 
@@ -298,7 +315,10 @@ class Platform(Protocol):
         ...
 
     def flush_code(self, cpu: Vcpu, pa: PhysAddr, size: int) -> None:
-        """Make code written by the hypervisor into guest RAM visible to instruction fetch."""
+        """Make code the hypervisor wrote into [pa, pa + size) with `write` what every CPU
+        fetches from there: carried out by `cpu` before it resumes (an emulator drops its
+        translations of the range, hardware invalidates its instruction caches). Call it for
+        exactly the bytes written: at most CODE_RANGES_MAX separate ranges per trap."""
         ...
 
     def write_code(self, cpu: Vcpu, pa: PhysAddr, data: bytes) -> None:

@@ -495,6 +495,34 @@ def test_hvc30_installs_in_a_second_trip_quirk(any_policy: str, keys: ModuleKeys
     clean(hv, m)
 
 
+def test_verified_text_is_made_fetchable_while_it_cannot_run(any_policy: str, keys: ModuleKeys,
+                                                             mods: dict[str, bytes]) -> None:
+    """The machine's translations of whatever ran from the text pages before are dropped in
+    trip 1 (`flush_code` over exactly the text run, the pages read-only and not executable);
+    text a stale store changed is written and flushed again in trip 2."""
+    m, hv, k = setup(any_policy, keys)
+    seen: list[list[tuple[int, int]]] = []
+
+    def between(_cpu: object) -> None:
+        seen.append(list(m.plat.code_ranges))
+        if len(seen) == 2:  # the second load: a stale store into its staged text
+            staged = hv.state.mod.staged
+            assert staged is not None
+            pa = next(iter(staged[1].text.pages.values()))  # type: ignore[attr-defined]
+            m.plat.write(PhysAddr(pa), b"\x1f\x20\x03\xd5")
+
+    m.hvc_hook = between
+    km = k.load(mods["mod_init"])
+    text = (km.text.pa, km.text.pages * 4096)
+    assert seen == [[text]] and m.plat.code_ranges == [text]  # nothing more in trip 2
+    m.plat.code_ranges.clear()
+    km2 = k.load(mods["mod_hello"])
+    text2 = (km2.text.pa, km2.text.pages * 4096)
+    assert m.plat.code_ranges == [text2, text2]  # trip 1, then again after the rewrite
+    assert [r.rule for r in hv.refusals] == ["mload-stale-store"]
+    clean(hv, m)
+
+
 def test_hvc30_from_another_cpu_while_staged_is_busy(keys: ModuleKeys,
                                                      mods: dict[str, bytes]) -> None:
     """Between the trips only the staging CPU may go on; a changed call starts over."""

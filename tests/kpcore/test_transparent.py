@@ -426,6 +426,9 @@ def test_boot_text_patches_validated_at_arming() -> None:
     assert hv.patches.accepted == 1 and hv.patches.refused == 1
     assert [r.rule for r in hv.refusals] == ["text-patch"]
     assert plat.read(PhysAddr(TEXT_PA + 0x800), 4) == NOP.to_bytes(4, "little")  # restored
+    # and the CPU is made to fetch it: that word only (a machine that translates code would
+    # go on running what boot left there)
+    assert plat.code_ranges == [(TEXT_PA + 0x800, 4)]
 
 
 def test_runtime_text_patch_at_declared_sites_only() -> None:

@@ -104,7 +104,14 @@ from secvma.module.native import ops
 from secvma.module.relocations import RelocTarget, apply_relocations
 from secvma.module.symbols import Export, ExportKind, ExportTable, module_exports, module_name
 from secvma.module.symbols import resolve_symbols as _resolve
-from secvma.platform import GuestMemoryError, PhysAddr, Platform, Vcpu
+from secvma.platform import (
+    CODE_RANGES_MAX,
+    GuestMemoryError,
+    PhysAddr,
+    Platform,
+    Vcpu,
+    code_runs,
+)
 
 PAGE = 4096
 MAX_CHECKLIST = 100
@@ -755,10 +762,17 @@ class ModuleLoad:
         st = self.st
         pfns = [pa >> 12 for pa in [*self.text.pages.values(), *self.ro.pages.values()]]
         st.s2.check_available(_tables_needed(st, pfns), rule="mload-placement")
+        code = code_runs(self.text.pages.values(), PAGE)
+        if len(code) > CODE_RANGES_MAX:
+            raise _refuse("mload-placement", f"verified text in {len(code)} physical runs; the "
+                          f"machine makes at most {CODE_RANGES_MAX} fetchable per trap",
+                          Errno.ENOMEM)
         for run in (self.text, self.ro):
             for page, pa in run.pages.items():
                 self._write(pa, bytes(run.images[page]))
                 self._set_class(pa >> 12, Usage.EL1_AUTH)
+        for lo, size in code:  # what a CPU ran from these pages before is dropped now, while
+            self.plat.flush_code(self.cpu, PhysAddr(lo), size)  # they cannot be executed
 
     def map_text(self) -> int:
         """Install the verified runs, write data relocations, enable execution; returns the id."""
@@ -775,6 +789,9 @@ class ModuleLoad:
                 self._set_class(pa >> 12, usage)
                 if usage is Usage.EL1_MOD_TXT:
                     digests[page] = hashlib.sha256(run.images[page]).digest()
+        if any(p in self.text.pages for p in stale):  # written again: fetchable again (the
+            for lo, size in code_runs(self.text.pages.values(), PAGE):  # runs fit: stage_text)
+                plat.flush_code(self.cpu, PhysAddr(lo), size)
         for pa, data in self.data_writes:
             self._write(pa, data)
         for page, pa in self.text.pages.items():
@@ -783,8 +800,6 @@ class ModuleLoad:
         for pa in self.frozen.values():
             _commit_class(st, pa >> 12, Usage.NONE)
         self._undo.clear()
-        if self.text.pages:
-            plat.flush_code(self.cpu, PhysAddr(min(self.text.pages.values())), PAGE)
         st.mod.loaded[self.modid] = LoadedModule(
             self.modid, self.name,
             {v: p for v, p in self.text.pages.items() if v not in self.init_pages},

@@ -82,6 +82,7 @@ from secvma.kpcore.textsites import KIMAGE_VADDR, PatchSites, patch_kind, reloca
 from secvma.module.symbols import Export
 from secvma.outside import OutsideMapGuard
 from secvma.platform import (
+    CODE_RANGES_MAX,
     CpuStart,
     Event,
     GuardTrip,
@@ -96,6 +97,7 @@ from secvma.platform import (
     SysregTrap,
     Unexpected,
     Vcpu,
+    code_runs,
 )
 
 HCR_TRANSPARENT = HCR_RW | HCR_VM | HCR_TSC | HCR_FB | HCR_BSU_IS | HCR_TVM | HCR_API | HCR_APK
@@ -878,7 +880,7 @@ class TransparentKPCore:
         if image is None or sites is None or rng is None:
             return
         base = rng[0]
-        restored = 0
+        restored: list[int] = []  # PAs of the words put back
         for pfn in st.pages.pages_of(Usage.EL1_KCODE):
             pa = pfn << 12
             off = pa - base
@@ -900,7 +902,7 @@ class TransparentKPCore:
                     self.patches.refused += 1
                     self.patches.boot["refused"] += 1
                     plat.write(PhysAddr(pa + k), orig[k:k + 4])
-                    restored += 1
+                    restored.append(pa + k)
                     st.refusals.append(Refusal(
                         "text-patch", Errno.EPERM, "boot left a word that is no declared "
                         "patch in kernel text (restored)", Outcome.REFUSED, cpu.index, cpu.elr,
@@ -908,8 +910,11 @@ class TransparentKPCore:
                 else:
                     self.patches.accepted += 1
                     self.patches.boot[kind] += 1
-        if restored:
-            plat.flush_code(cpu, PhysAddr(base), rng[1] - base)  # once: every translation
+        runs = code_runs(restored, 4)
+        if len(runs) > CODE_RANGES_MAX:  # kernel text is one PA run: cover it from first to last
+            runs = [(runs[0][0], runs[-1][0] + runs[-1][1] - runs[0][0])]
+        for lo, size in runs:  # the CPU must run the restored words, not what boot left there
+            plat.flush_code(cpu, PhysAddr(lo), size)
 
     @staticmethod
     def _reader(plat: Platform) -> Callable[[PhysAddr], int]:

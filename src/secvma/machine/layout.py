@@ -130,12 +130,23 @@ OP_VTCR = 5
 OP_TLBI_IPA = 6  # TLBI IPAS2E1IS a>>12; TLBI VMALLE1IS
 OP_CPTR = 7
 OP_SMC = 8  # SMC #0 with the frame's x0..x3, result into frame x0..x3
-OP_IC_IALLU = 9  # IC IALLUIS: code written by Python becomes visible to fetch
+OP_CODE_SYNC = 9  # a = PA of this CPU's CODE_SYNC list, b = ranges in it: see below
 OP_INJECT = 10  # ESR_EL1 := a, FAR_EL1 := b, exception entry to VBAR_EL1
 OP_HALT = 11  # park this CPU forever (WFI loop) after a fatal hypervisor decision
 OP_GUARD = 12  # arm the interrupt guard: a = CNTHP period in counter ticks (see below)
 OP_STR32 = 13  # 32-bit store of b at PA a from EL2 (MMU off): QEMU sees code it rewrites
 OP_DOORBELL = 14  # device register a := the u32 at PA b (read at execution time), at EL2
+
+# ---- code sync: code Python wrote into guest RAM becomes what every CPU fetches ------------
+# QEMU translates guest code into host code and notices a change only when a CPU stores to it;
+# Python's own writes go straight to RAM, so a page that held code already run would go on
+# running the old translation. OP_CODE_SYNC: for each {pa u64, size u64} of CPU n's list (at
+# CODE_SYNC_BASE + n * CODE_SYNC_STRIDE, pa and size multiples of 8) EL2 loads and stores back
+# every u64 (its stores drop the translations they overlap), then DSB, IC IALLUIS, DSB, ISB,
+# as the architecture asks of code written by another agent.
+CODE_SYNC_BASE = HYP_BASE + 0x1E_0000
+CODE_SYNC_STRIDE = 0x2000
+CODE_SYNC_MAX = CODE_SYNC_STRIDE // 16  # ranges per CPU per trap (platform.CODE_RANGES_MAX)
 
 # ---- fast path: MSR traps answered in EL2 without Python --------------------------------
 # Table of {iss_key u32, action u32, value u64}: a trapped MSR whose ISS (with Rt masked out)
@@ -236,7 +247,8 @@ def mailbox_pa(cpu: int) -> int:
     return MBOX_BASE + cpu * MBOX_STRIDE
 
 
-assert PTE_LOG_BASE + MAX_CPUS * PTE_LOG_STRIDE <= S2_POOL_BASE, "PTE fast path overlaps the pool"
+assert PTE_LOG_BASE + MAX_CPUS * PTE_LOG_STRIDE <= CODE_SYNC_BASE, "PTE logs overlap code sync"
+assert CODE_SYNC_BASE + MAX_CPUS * CODE_SYNC_STRIDE <= S2_POOL_BASE, "code sync overlaps the pool"
 assert PTE_LOG_STRIDE == MBOX_STRIDE << PTE_LOG_SHIFT, "the trampoline scales a mailbox offset"
 assert ROOTTAB_BASE + 2 * ROOT_TABLE_SIZE <= PTE_TABLE_MAP, "root tables overlap the PTE maps"
 

@@ -43,6 +43,7 @@ from secvma.machine.errors import (
 from secvma.machine.qemu import QemuProcess
 from secvma.machine.qtest import QtestClient
 from secvma.platform import (
+    CODE_RANGES_MAX,
     CpuStart,
     Event,
     GuardTrip,
@@ -114,6 +115,7 @@ _HEADER = struct.Struct("<5Q")  # ESR, FAR, HPFAR, ELR, SPSR at MB_ESR
 _X8 = struct.Struct("<8Q")
 _X4 = struct.Struct("<4Q")
 _CMD_Q = layout.CMD_SIZE // 8  # u64 words per command slot
+assert layout.CODE_SYNC_MAX == CODE_RANGES_MAX, "the code sync list is the seam's limit"
 
 SYSREG_DECODE_CACHE_MAX = 512  # distinct MSR/MRS encodings remembered (a guest cannot grow it further)
 _sysreg_decode: dict[int, tuple[tuple[int, int, int, int, int], SysReg | None]] = {}
@@ -203,6 +205,8 @@ class MailboxCpu:
         self.u_state = (off + layout.MB_STATE) // 4
         self.u_kind = (off + layout.MB_KIND) // 4
         self.cmds: list[tuple[int, int, int]] = []
+        self.code_ranges: list[list[int]] = []  # [pa, size] for OP_CODE_SYNC, this trap
+        self.code_list = layout.CODE_SYNC_BASE + index * layout.CODE_SYNC_STRIDE
         self.shadow: dict[SysReg, int] = {}  # last value written, for registers not saved per trap
         self.written: dict[SysReg, int] = {}  # written during the current trap
         self.pending_entry: int | None = None
@@ -579,13 +583,29 @@ class MailboxServer:
         self._cpu(cpu).cmds.append((layout.OP_TLBI_IPA, ipa & ~0xFFF, 0))
 
     def flush_code(self, cpu: object, pa: PhysAddr, size: int) -> None:
-        self._cpu(cpu).cmds.append((layout.OP_IC_IALLU, 0, 0))
+        """One OP_CODE_SYNC per trap, where the first call queues it; its list grows with each
+        call (a range overlapping or adjacent to the last one extends it). Rounded out to
+        whole u64s."""
+        c = self._cpu(cpu)
+        lo, hi = pa & ~7, (pa + size + 7) & ~7
+        self._off(lo, hi - lo)
+        if size <= 0:
+            return
+        ranges = c.code_ranges
+        if ranges and ranges[-1][0] <= lo <= ranges[-1][0] + ranges[-1][1]:
+            ranges[-1][1] = max(ranges[-1][1], hi - ranges[-1][0])
+            return
+        if len(ranges) >= layout.CODE_SYNC_MAX:
+            raise ValueError(f"more than {layout.CODE_SYNC_MAX} code ranges in one trap")
+        if not ranges:
+            c.cmds.append((layout.OP_CODE_SYNC, c.code_list, 0))  # count set by _respond
+        ranges.append([lo, hi - lo])
 
     def write_code(self, cpu: object, pa: PhysAddr, data: bytes) -> None:
         """Aligned 32-bit stores by `cpu` at EL2 (partial words merged with RAM's bytes).
 
-        QEMU invalidates exactly the translated blocks these stores hit; no IC IALLUIS, which
-        TCG turns into a flush of every translated block (~5 ms per text patch when tried).
+        QEMU invalidates exactly the translated blocks these stores hit (its IC IALLUIS is a
+        no-op: only stores make it drop translations; see `flush_code`).
         """
         c = self._cpu(cpu)
         lo, hi = pa & ~3, -(-(pa + len(data)) // 4) * 4
@@ -679,13 +699,18 @@ class MailboxServer:
                 raise ProtocolError(f"hypervisor queued {len(cmds)} EL2 commands on cpu{cpu.index}; "
                                     f"the trampoline takes {layout.MAX_CMDS - 1}")
             q, i = self.q, cpu.q_cmds
+            if cpu.code_ranges:
+                self._write_code_list(cpu)
             for op, a, b in cmds:
+                if op == layout.OP_CODE_SYNC:
+                    b = len(cpu.code_ranges)
                 q[i] = op
                 q[i + 1] = a
                 q[i + 2] = b
                 i += _CMD_Q
             q[i] = layout.OP_END
             cmds.clear()
+            cpu.code_ranges.clear()
         self.u32[cpu.u_state] = layout.STATE_RESPONSE
 
     @property
@@ -693,6 +718,12 @@ class MailboxServer:
         """Traps served so far by event type name (`unexpected` for an EL2 vector's)."""
         return Counter({("unexpected" if t is Unexpected else t.__name__): n
                         for t, n in self._trap_counts.items()})
+
+    def _write_code_list(self, cpu: MailboxCpu) -> None:
+        base = (cpu.code_list - layout.RAM_BASE) >> 3
+        for k, (pa, size) in enumerate(cpu.code_ranges):
+            self.q[base + 2 * k] = pa
+            self.q[base + 2 * k + 1] = size
 
     def _serve_one(self, cpu: MailboxCpu) -> None:
         if cpu.last_rt_valid:

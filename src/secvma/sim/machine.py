@@ -104,6 +104,7 @@ class FakePlatform:
         self.flushes: list[tuple[str, int]] = []
         self.halted: str | None = None
         self.code_flushes = 0
+        self.code_ranges: list[tuple[int, int]] = []  # flush_code calls, in order
         self.posted = 0
         self.smmu_dev: FakeSmmu | None = FakeSmmu(self) if smmu else None
         self.vcpus: list[FakeVcpu] = []  # CPUs whose TTBR0 counts for roots_in_use
@@ -159,7 +160,9 @@ class FakePlatform:
         self.flushes.append(("ipa", ipa))
 
     def flush_code(self, cpu: object, pa: PhysAddr, size: int) -> None:
+        self._off(pa, size)
         self.code_flushes += 1
+        self.code_ranges.append((pa, size))
 
     def write_code(self, cpu: object, pa: PhysAddr, data: bytes) -> None:
         self.write(pa, data)
