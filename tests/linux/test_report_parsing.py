@@ -27,6 +27,15 @@ def test_only_the_first_report_of_a_workload_counts() -> None:
     assert parse_workloads(text, ("pipe",), "")["pipe"].ok
 
 
+def test_a_kernel_message_ahead_on_the_line_does_not_hide_a_report() -> None:
+    """-smp 2: the kernel's console output can land in front of the helper's line."""
+    text = "[    2.5] random: crng init doneSECVMA-WL forkexec 1 5000 200 children\n"
+    got = parse_workloads(text, ("forkexec",), "")["forkexec"]
+    assert got.ok and got.detail == "200 children"
+    got = parse_workloads("SECVMA-WL forkexec [ 2.5] x 1 5000\n", ("forkexec",), "ended")["forkexec"]
+    assert not got.ok and "unreadable" in got.detail and "[ 2.5] x" in got.detail
+
+
 def _atk(name: str, effect: int, status: str, detail: str, alive: int | None = 1) -> str:
     out = f"secvma_lkdtm: {name}\nSECVMA-ATK {name} {effect} {status} {detail}\n"
     return out + (f"SECVMA-ALIVE {alive} status 0\n" if alive is not None else "")

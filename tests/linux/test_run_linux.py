@@ -22,7 +22,7 @@ def test_all_workloads_ok_and_nothing_refused(debian: fx.FixtureSet, policy: str
     assert r.exit == "poweroff", r.reason
     assert set(r.workloads) == set(WORKLOADS)
     for w in r.workloads.values():
-        assert w.ok, f"{w.name}: {w.detail}"
+        assert w.ok, f"{w.name}: {w.detail}; console tail:\n{r.console[-3000:]}"
         assert w.seconds is not None and w.seconds > 0
     assert r.refusals == []
     assert r.internal_errors == []

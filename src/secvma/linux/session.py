@@ -37,7 +37,8 @@ _DICT_KEYS = ("table_pages", "text_patches_boot", "text_patches_runtime")
 BASE_APPEND = "console=ttyAMA0 panic=-1"
 DONE = b"SECVMA-DONE"
 
-_WL_RE = re.compile(r"^SECVMA-WL (\S+) ([01]) (\d+) ?(.*)$", re.MULTILINE)
+# not anchored at the line's start: with -smp 2 a kernel message may get there first
+_WL_RE = re.compile(r"SECVMA-WL (\S+) ([01]) (\d+)[ \t]?([^\n]*)")
 
 
 def make_linux_hypervisor(policy: str, s2: str = "huge", *,
@@ -179,7 +180,10 @@ def parse_workloads(console: str, wanted: tuple[str, ...], why_missing: str) -> 
                                        m.group(4).strip())
     for name in wanted:
         if name not in out:
-            out[name] = WorkloadResult(name, False, None, f"no report: {why_missing}")
+            seen = [ln for ln in console.splitlines() if f"SECVMA-WL {name}" in ln]
+            why = f"report unreadable on the console: {seen[0]!r}" if seen else \
+                f"no report: {why_missing}"
+            out[name] = WorkloadResult(name, False, None, why)
     return {n: out[n] for n in wanted}
 
 
