@@ -264,7 +264,7 @@ hypervisor that installs code in more pieces than this refuses to (a resource li
 
 def code_runs(starts: Iterable[int], size: int) -> list[tuple[int, int]]:
     """[start, start + size) for each start, merged where they touch: the (pa, size) ranges
-    to hand `Platform.flush_code`, fewest first."""
+    to hand `Platform.flush_code`, in address order."""
     runs: list[tuple[int, int]] = []
     for lo in sorted(set(starts)):
         if runs and lo <= runs[-1][0] + runs[-1][1]:

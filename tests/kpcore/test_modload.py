@@ -523,6 +523,26 @@ def test_verified_text_is_made_fetchable_while_it_cannot_run(any_policy: str, ke
     clean(hv, m)
 
 
+def test_text_in_more_runs_than_the_machine_syncs_is_refused(
+        keys: ModuleKeys, mods: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resource limit, checked before anything is written: the state is untouched."""
+    import secvma.kpcore.modload as modload
+
+    monkeypatch.setattr(modload, "CODE_RANGES_MAX", 0)
+    m, hv, k = setup("hardened", keys)
+    k.map_run(0, 1)
+    before = state(hv)
+    km = k.load(mods["mod_hello"])
+    refused(hv, km, "mload-placement")
+    assert "physical runs" in hv.refusals[-1].reason and not m.plat.code_ranges
+    no_module_pages(hv)
+    k.free_tmp(km)
+    for run, pool in ((km.text, 0), (km.ro, 1), (km.data, 2)):
+        k.unmap_run(pool, run)
+    assert state(hv) == before
+    clean(hv, m)
+
+
 def test_hvc30_from_another_cpu_while_staged_is_busy(keys: ModuleKeys,
                                                      mods: dict[str, bytes]) -> None:
     """Between the trips only the staging CPU may go on; a changed call starts over."""
