@@ -78,6 +78,17 @@ def refused(hv: KPCore, km: KernelModule, rule: str) -> None:
     assert hv.refusals[-1].outcome is Outcome.REFUSED
 
 
+def _unwind_refused(m: FakeMachine, hv: KPCore, k: FakeModuleKernel, km: KernelModule,
+                    before: tuple[bytes, bytes, bytes]) -> None:
+    """After a refused load: no module pages; the kernel frees its runs; the state is as before."""
+    no_module_pages(hv)
+    k.free_tmp(km)
+    for run, pool in ((km.text, 0), (km.ro, 1), (km.data, 2)):
+        k.unmap_run(pool, run)
+    assert state(hv) == before
+    clean(hv, m)
+
+
 def no_module_pages(hv: KPCore) -> None:
     pages = hv.state.pages
     for u in (Usage.EL1_AUTH, Usage.EL1_MOD_TXT, Usage.EL1_MOD_RO):
@@ -227,12 +238,7 @@ def test_unauthenticated_module_refused_and_nothing_changes(
     refused(hv, km, want)
     if case == "no-keys":
         assert "no module signature table configured" in hv.refusals[-1].reason
-    no_module_pages(hv)
-    k.free_tmp(km)
-    for run, pool in ((km.text, 0), (km.ro, 1), (km.data, 2)):
-        k.unmap_run(pool, run)
-    assert state(hv) == before
-    clean(hv, m)
+    _unwind_refused(m, hv, k, km, before)
 
 
 def test_missing_import_refused(any_policy: str, keys: ModuleKeys, mods: dict[str, bytes]) -> None:
@@ -535,12 +541,7 @@ def test_text_in_more_runs_than_the_machine_syncs_is_refused(
     km = k.load(mods["mod_hello"])
     refused(hv, km, "mload-placement")
     assert "physical runs" in hv.refusals[-1].reason and not m.plat.code_ranges
-    no_module_pages(hv)
-    k.free_tmp(km)
-    for run, pool in ((km.text, 0), (km.ro, 1), (km.data, 2)):
-        k.unmap_run(pool, run)
-    assert state(hv) == before
-    clean(hv, m)
+    _unwind_refused(m, hv, k, km, before)
 
 
 def test_hvc30_from_another_cpu_while_staged_is_busy(keys: ModuleKeys,
